@@ -1,0 +1,144 @@
+//! Backend selection: one small trait, one file per algorithm.
+//!
+//! Owns: choosing a backend index for a new connection. Every algorithm skips backends that
+//! are not routable (down, draining, starting) and those a connection already tried.
+//! Must not touch: sockets, counters other than reading `active`, or any lock: `pick` runs on
+//! the workers' hot path, once per connection attempt, from several threads at once.
+
+mod least_conn;
+mod maglev;
+mod ring_hash;
+mod round_robin;
+
+pub use least_conn::LeastConn;
+pub use maglev::Maglev;
+pub use ring_hash::RingHash;
+pub use round_robin::RoundRobin;
+
+use crate::backend::Backend;
+use crate::config::{Algorithm, PoolConfig};
+use std::sync::Arc;
+
+/// What a pick may depend on besides the backends.
+#[derive(Debug, Clone, Copy)]
+pub struct Pick<'a> {
+    /// Hash of the client key (ring_hash, maglev).
+    pub key: u64,
+    /// A random number, for tie-breaking (least_conn).
+    pub rand: u64,
+    /// Backend indices this connection already tried and must not get again.
+    pub tried: &'a [u32],
+}
+
+/// A selection algorithm, built once per pool snapshot over that pool's backends.
+pub trait Balancer: Send + Sync {
+    /// Picks the index (into `backends`) of the backend for a new connection, or `None` when
+    /// no backend is eligible.
+    fn pick(&self, backends: &[Arc<Backend>], pick: &Pick) -> Option<usize>;
+}
+
+/// Routable and not yet tried by this connection.
+#[inline]
+pub fn eligible(backends: &[Arc<Backend>], i: usize, tried: &[u32]) -> bool {
+    backends[i].is_routable() && !tried.contains(&(i as u32))
+}
+
+/// The first eligible backend in list order: the fallback when a hash walk finds nothing
+/// (everything it met was tried or over its bound).
+fn any_eligible(backends: &[Arc<Backend>], tried: &[u32]) -> Option<usize> {
+    (0..backends.len()).find(|&i| eligible(backends, i, tried))
+}
+
+/// The backends a balancer spreads over: those up now, or all of them if none is up (picks
+/// still check routability, so a pool with nothing up yields no backend).
+fn members(backends: &[Arc<Backend>]) -> Vec<u32> {
+    let up: Vec<u32> = (0..backends.len() as u32)
+        .filter(|&i| backends[i as usize].is_routable())
+        .collect();
+    if up.is_empty() {
+        (0..backends.len() as u32).collect()
+    } else {
+        up
+    }
+}
+
+/// Builds the balancer a pool's settings name.
+pub fn build(cfg: &PoolConfig, backends: &[Arc<Backend>]) -> Box<dyn Balancer> {
+    let members = members(backends);
+    let bound = cfg.balance_factor.as_ref().map(|f| Bound { factor: *f.get_ref() });
+    match cfg.algorithm {
+        Algorithm::RoundRobin => Box::new(RoundRobin::new(backends, &members)),
+        Algorithm::LeastConn => Box::new(LeastConn::new(backends, &members)),
+        Algorithm::RingHash => Box::new(RingHash::new(backends, &members, *cfg.ring_points.get_ref(), bound)),
+        Algorithm::Maglev => Box::new(Maglev::new(backends, &members, *cfg.maglev_table_size.get_ref(), bound)),
+    }
+}
+
+/// Consistent hashing with bounded loads (Mirrokni et al.): a backend may take a new
+/// connection only while its active connections stay under `factor` times its weighted
+/// share of the pool's total, so one hot key range cannot overload one backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub factor: f64,
+}
+
+impl Bound {
+    /// Whether backend `i` may take one more connection.
+    fn allows(&self, backends: &[Arc<Backend>], members: &[u32], i: usize) -> bool {
+        let mut total = 0i64;
+        let mut weights = 0u64;
+        for &m in members {
+            let b = &backends[m as usize];
+            if b.is_routable() {
+                total += b.active().max(0);
+                weights += b.weight() as u64;
+            }
+        }
+        if weights == 0 {
+            return true;
+        }
+        let share = (total + 1) as f64 * backends[i].weight() as f64 / weights as f64;
+        let cap = (self.factor * share).ceil() as i64;
+        backends[i].active() < cap
+    }
+}
+
+/// Hash of a client key (an IP, or IP and port), on the same xxh3 scale as ring points.
+pub fn key_hash(ip: std::net::IpAddr, port: Option<u16>) -> u64 {
+    // Always 18 bytes (IPv4 as v4-mapped IPv6, then the port or zero): one xxh3 code path for
+    // every key. With the 4 raw bytes of an IPv4 address (xxh3's short-input path), the
+    // tests' 10,000 client IPs put 10 equal backends at max/mean 1.12 on a ring whose arcs
+    // were within 3% of even; this form gave 1.04 on the same ring.
+    let mut buf = [0u8; 18];
+    let v6 = match ip {
+        std::net::IpAddr::V4(a) => a.to_ipv6_mapped(),
+        std::net::IpAddr::V6(a) => a,
+    };
+    buf[..16].copy_from_slice(&v6.octets());
+    buf[16..].copy_from_slice(&port.unwrap_or(0).to_be_bytes());
+    xxhash_rust::xxh3::xxh3_64(&buf)
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use crate::backend::{Backend, BackendState};
+    use std::sync::Arc;
+
+    pub fn backends(weights: &[u32]) -> Vec<Arc<Backend>> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let addr = format!("10.0.{}.{}:80", i / 250, i % 250 + 1).parse().unwrap();
+                Arc::new(Backend::new("t", addr, w, BackendState::Up))
+            })
+            .collect()
+    }
+
+    /// 10,000 client keys.
+    pub fn keys() -> Vec<u64> {
+        (0..10_000u32)
+            .map(|i| super::key_hash(std::net::Ipv4Addr::from(0x0a00_0000 + i * 7919).into(), None))
+            .collect()
+    }
+}

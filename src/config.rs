@@ -1,0 +1,659 @@
+//! The TOML configuration: schema, defaults and validation.
+//!
+//! Owns: parsing a config file into [`Config`], filling defaults, and rejecting anything
+//! doubtful with an error that names the key and the line (unknown keys are errors).
+//! Must not touch: sockets, threads or any runtime state; a `Config` is plain data.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Worker threads; 0 means one per CPU the process may run on.
+    #[serde(default)]
+    pub workers: usize,
+    /// Pin worker `i` to the `i`-th CPU of the process's affinity set.
+    #[serde(default = "default_true")]
+    pub pin_workers: bool,
+    /// On SIGTERM: stop accepting, let connections finish for up to this long.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: Dur,
+    /// Where runtime backend changes are persisted (control plane).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<PathBuf>,
+    /// Size of one relay buffer, in bytes (the kernel fills it on recv).
+    #[serde(default = "default_buffer_size")]
+    pub buffer_size: u32,
+    /// Relay buffers per worker (a power of two, at most 32768).
+    #[serde(default = "default_buffer_count")]
+    pub buffer_count: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminConfig>,
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: Spanned<String>,
+    pub bind: SocketAddr,
+    pub pool: Spanned<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Other backends tried when a connect fails.
+    #[serde(default = "default_retries")]
+    pub retries: Spanned<u32>,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Dur,
+    /// 0 = unlimited.
+    #[serde(default)]
+    pub max_connections: u32,
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocol,
+    #[serde(default = "default_relay")]
+    pub relay: Spanned<Relay>,
+    /// Listen backlog (like HAProxy's `backlog`).
+    #[serde(default = "default_backlog")]
+    pub backlog: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyProtocol {
+    #[default]
+    Off,
+    V1,
+    V2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Relay {
+    #[default]
+    RecvSend,
+    Splice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    #[default]
+    RoundRobin,
+    LeastConn,
+    RingHash,
+    Maglev,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashKey {
+    #[default]
+    ClientIp,
+    ClientIpPort,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    #[serde(default)]
+    pub hash_key: HashKey,
+    /// ring_hash: points per unit of weight.
+    #[serde(default = "default_ring_points")]
+    pub ring_points: Spanned<u32>,
+    /// ring_hash / maglev: bounded loads (> 1.0), optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance_factor: Option<Spanned<f64>>,
+    /// maglev: lookup table size, a prime.
+    #[serde(default = "default_maglev_table_size")]
+    pub maglev_table_size: Spanned<u32>,
+    pub backends: Spanned<Vec<BackendConfig>>,
+    #[serde(default)]
+    pub health: HealthConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub addr: SocketAddr,
+    #[serde(default = "default_weight")]
+    pub weight: Spanned<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthKind {
+    #[default]
+    Tcp,
+    Http,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    #[serde(default)]
+    pub kind: HealthKind,
+    #[serde(default = "default_health_interval")]
+    pub interval: Dur,
+    #[serde(default = "default_health_timeout")]
+    pub timeout: Dur,
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default = "default_expect_status")]
+    pub expect_status: String,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            kind: HealthKind::Tcp,
+            interval: default_health_interval(),
+            timeout: default_health_timeout(),
+            rise: default_rise(),
+            fall: default_fall(),
+            path: default_health_path(),
+            port: None,
+            host: None,
+            expect_status: default_expect_status(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_shutdown_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_buffer_size() -> u32 {
+    16 * 1024
+}
+fn default_buffer_count() -> u32 {
+    1024
+}
+fn default_connect_timeout() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+fn default_retries() -> Spanned<u32> {
+    Spanned::new(0..0, 2)
+}
+fn default_relay() -> Spanned<Relay> {
+    Spanned::new(0..0, Relay::RecvSend)
+}
+fn default_idle_timeout() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+fn default_backlog() -> u32 {
+    1024
+}
+/// Points per unit of weight on a hash ring. 160 (ketama's number) left 10 equal backends at
+/// max/mean 1.12 over 10,000 keys; 1024 keeps them within 1.10 (see ring_hash's tests).
+pub const DEFAULT_RING_POINTS: u32 = 1024;
+fn default_ring_points() -> Spanned<u32> {
+    Spanned::new(0..0, DEFAULT_RING_POINTS)
+}
+fn default_maglev_table_size() -> Spanned<u32> {
+    Spanned::new(0..0, 65537)
+}
+fn default_weight() -> Spanned<u32> {
+    Spanned::new(0..0, 1)
+}
+fn default_health_interval() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+fn default_health_timeout() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+fn default_health_path() -> String {
+    "/health".into()
+}
+fn default_expect_status() -> String {
+    "200-399".into()
+}
+
+/// Most retries a listener may ask for (bounds the per-connection "tried" list).
+pub const MAX_RETRIES: u32 = 7;
+/// Largest weight: keeps round-robin schedules and hash rings small.
+pub const MAX_WEIGHT: u32 = 256;
+
+/// A duration written as `"250ms"`, `"2s"`, `"5m"`, `"1h"` (also `"us"`, and `"1m30s"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+/// Parses `"250ms"`, `"2s"`, `"1m30s"`; a bare number is refused (which unit would it be?).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let err = || {
+        format!(
+            "invalid duration {s:?}: expected a number with a unit (us, ms, s, m, h), like \"250ms\" or \"2s\""
+        )
+    };
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(err());
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(err)?;
+        if digits == 0 {
+            return Err(err());
+        }
+        let value: f64 = rest[..digits].parse().map_err(|_| err())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "us" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(err()),
+        };
+        rest = &rest[unit_len..];
+        total += Duration::try_from_secs_f64(value * unit).map_err(|_| err())?;
+    }
+    Ok(total)
+}
+
+/// Writes a duration the way the config reads it back.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        format!("{}us", d.as_micros())
+    } else if ms % 3_600_000 == 0 && ms > 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(self.0))
+    }
+}
+
+/// A config error: what is wrong, and where (line and column when known).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// The offending source line, shown under the message.
+    pub source_line: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(col) = self.column {
+                write!(f, ":{col}")?;
+            }
+        }
+        write!(f, ": {}", self.message)?;
+        if let (Some(line), Some(src)) = (self.line, &self.source_line) {
+            write!(f, "\n {line:>4} | {src}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: None,
+            column: None,
+            source_line: None,
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        Config::parse(&file, &text)
+    }
+
+    /// Parses and validates config text; `file` only names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let at = |span: Option<std::ops::Range<usize>>, message: String| {
+            locate(file, text, span, message)
+        };
+        let cfg: Config = toml::from_str(text).map_err(|e| at(e.span(), e.message().to_string()))?;
+        cfg.validate().map_err(|(span, msg)| at(span, msg))?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
+        fn span<T>(s: &Spanned<T>) -> Option<std::ops::Range<usize>> {
+            let r = s.span();
+            if r.is_empty() { None } else { Some(r) }
+        }
+        if self.listeners.is_empty() {
+            return Err((None, "listeners: at least one [[listeners]] is needed".into()));
+        }
+        if !(self.buffer_count.is_power_of_two() && (2..=32768).contains(&self.buffer_count)) {
+            return Err((
+                None,
+                format!(
+                    "buffer_count = {}: must be a power of two from 2 to 32768",
+                    self.buffer_count
+                ),
+            ));
+        }
+        if !(1024..=(1 << 20)).contains(&self.buffer_size) {
+            return Err((
+                None,
+                format!(
+                    "buffer_size = {}: must be from 1024 to 1048576 bytes",
+                    self.buffer_size
+                ),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut binds = HashSet::new();
+        for l in &self.listeners {
+            let name = l.name.get_ref();
+            if name.is_empty() {
+                return Err((span(&l.name), "listeners.name: must not be empty".into()));
+            }
+            if !names.insert(name.clone()) {
+                return Err((
+                    span(&l.name),
+                    format!("listeners.name: duplicate listener name {name:?}"),
+                ));
+            }
+            if !binds.insert(l.bind) {
+                return Err((
+                    span(&l.name),
+                    format!(
+                        "listeners.bind: {} is bound by two listeners (listener {name:?})",
+                        l.bind
+                    ),
+                ));
+            }
+            if !self.pools.contains_key(l.pool.get_ref()) {
+                let known: Vec<&str> = self.pools.keys().map(|s| s.as_str()).collect();
+                return Err((
+                    span(&l.pool),
+                    format!(
+                        "listeners.pool: listener {name:?} names pool {:?}, which is not defined (pools: {})",
+                        l.pool.get_ref(),
+                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    ),
+                ));
+            }
+            if *l.retries.get_ref() > MAX_RETRIES {
+                return Err((
+                    span(&l.retries),
+                    format!("listeners.retries: at most {MAX_RETRIES}"),
+                ));
+            }
+            if l.connect_timeout.0.is_zero() {
+                return Err((None, format!("listeners.connect_timeout: listener {name:?}: must be above 0")));
+            }
+            if l.idle_timeout.0.is_zero() {
+                return Err((None, format!("listeners.idle_timeout: listener {name:?}: must be above 0")));
+            }
+            if *l.relay.get_ref() == Relay::Splice {
+                return Err((
+                    span(&l.relay),
+                    "listeners.relay: \"splice\" is not available in this version; use \"recv_send\" (io_uring runs splice on kernel worker threads and measured slower on loopback)".into(),
+                ));
+            }
+        }
+        for (pname, p) in &self.pools {
+            if p.backends.get_ref().is_empty() {
+                return Err((
+                    span(&p.backends),
+                    format!("pools.{pname}.backends: a pool needs at least one backend"),
+                ));
+            }
+            let mut seen = HashSet::new();
+            for b in p.backends.get_ref() {
+                if !seen.insert(b.addr) {
+                    return Err((
+                        span(&p.backends),
+                        format!("pools.{pname}.backends: {} is listed twice", b.addr),
+                    ));
+                }
+                let w = *b.weight.get_ref();
+                if w == 0 || w > MAX_WEIGHT {
+                    return Err((
+                        span(&b.weight),
+                        format!("pools.{pname}.backends.weight: {w} for {} is out of range 1..={MAX_WEIGHT}", b.addr),
+                    ));
+                }
+                if b.addr.port() == 0 {
+                    return Err((
+                        span(&p.backends),
+                        format!("pools.{pname}.backends.addr: {} has no port", b.addr),
+                    ));
+                }
+            }
+            let points = *p.ring_points.get_ref();
+            if points == 0 || points > 10_000 {
+                return Err((
+                    span(&p.ring_points),
+                    format!("pools.{pname}.ring_points: {points} is out of range 1..=10000"),
+                ));
+            }
+            let m = *p.maglev_table_size.get_ref();
+            if !is_prime(m as u64) || m < 7 || m > 5_000_011 {
+                return Err((
+                    span(&p.maglev_table_size),
+                    format!("pools.{pname}.maglev_table_size: {m} must be a prime from 7 to 5000011 (e.g. 65537)"),
+                ));
+            }
+            if let Some(f) = &p.balance_factor {
+                let v = *f.get_ref();
+                if v.is_nan() || v <= 1.0 {
+                    return Err((
+                        span(f),
+                        format!("pools.{pname}.balance_factor: {v} must be above 1.0 (e.g. 1.25)"),
+                    ));
+                }
+            }
+            let h = &p.health;
+            if h.rise == 0 || h.fall == 0 {
+                return Err((None, format!("pools.{pname}.health: rise and fall must be at least 1")));
+            }
+            if h.interval.0.is_zero() || h.timeout.0.is_zero() {
+                return Err((None, format!("pools.{pname}.health: interval and timeout must be above 0")));
+            }
+            if h.kind == HealthKind::Http {
+                if !h.path.starts_with('/') {
+                    return Err((None, format!("pools.{pname}.health.path: {:?} must start with '/'", h.path)));
+                }
+                parse_status_range(&h.expect_status)
+                    .map_err(|e| (None, format!("pools.{pname}.health.expect_status: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration (defaults filled in), as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// Parses `"200-399"` or `"200"` (also `"200,204"`) into inclusive ranges.
+pub fn parse_status_range(s: &str) -> Result<Vec<(u16, u16)>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        let part = part.trim();
+        let bad = || format!("{s:?}: expected statuses like \"200\", \"200-399\" or \"200,204\"");
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse::<u16>().map_err(|_| bad())?, b.trim().parse::<u16>().map_err(|_| bad())?),
+            None => {
+                let v = part.parse::<u16>().map_err(|_| bad())?;
+                (v, v)
+            }
+        };
+        if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
+            return Err(bad());
+        }
+        out.push((lo, hi));
+    }
+    Ok(out)
+}
+
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut i = 2;
+    while i * i <= n {
+        if n % i == 0 {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+fn locate(
+    file: &str,
+    text: &str,
+    span: Option<std::ops::Range<usize>>,
+    message: String,
+) -> ConfigError {
+    let (line, column, source_line) = match span {
+        Some(r) if r.start <= text.len() => {
+            let before = &text[..r.start];
+            let line = before.matches('\n').count() + 1;
+            let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+            let line_end = text[line_start..].find('\n').map(|i| line_start + i).unwrap_or(text.len());
+            (
+                Some(line),
+                Some(r.start - line_start + 1),
+                Some(text[line_start..line_end].trim_end().to_string()),
+            )
+        }
+        _ => (None, None, None),
+    };
+    ConfigError { file: file.to_string(), line, column, source_line, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:8000"
+pool = "web"
+
+[pools.web]
+backends = [{ addr = "127.0.0.1:9001" }, { addr = "127.0.0.1:9002", weight = 2 }]
+"#;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        for bad in ["", "2", "2x", "ms", "-1s", "2 s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+        for d in [Duration::from_millis(250), Duration::from_secs(2), Duration::from_secs(300), Duration::from_micros(5)] {
+            assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
+        }
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let c = Config::parse("t.toml", GOOD).unwrap();
+        let l = &c.listeners[0];
+        assert_eq!(l.connect_timeout.get(), Duration::from_secs(2));
+        assert_eq!(*l.retries.get_ref(), 2);
+        assert_eq!(c.pools["web"].algorithm, Algorithm::RoundRobin);
+        assert_eq!(*c.pools["web"].backends.get_ref()[1].weight.get_ref(), 2);
+        // The effective config reads back as the same config.
+        let again = Config::parse("t.toml", &c.to_toml()).unwrap();
+        assert_eq!(again.to_toml(), c.to_toml());
+    }
+
+    #[test]
+    fn errors_name_key_and_line() {
+        let e = Config::parse("t.toml", &GOOD.replace("pool = \"web\"", "pool = \"api\"")).unwrap_err();
+        assert_eq!(e.line, Some(5));
+        assert!(e.message.contains("listeners.pool"), "{e}");
+        let e = Config::parse("t.toml", &format!("wrokers = 2\n{GOOD}")).unwrap_err();
+        assert_eq!(e.line, Some(1));
+        assert!(e.message.contains("wrokers"), "{e}");
+        let e = Config::parse("t.toml", &GOOD.replace("pool = \"web\"", "pool = \"web\"\nidle_timeout = \"5 minutes\"")).unwrap_err();
+        assert_eq!(e.line, Some(6));
+        assert!(e.to_string().contains("idle_timeout"), "{e}");
+        assert!(parse_status_range("200-399").is_ok());
+        assert!(parse_status_range("399-200").is_err());
+    }
+}
