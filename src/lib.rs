@@ -1,3 +1,23 @@
+//! ringlb: a layer-4 TCP load balancer for Linux on io_uring.
+//!
+//! # Layout
+//! - [`config`]: the TOML schema, defaults, and validation with key and line in every error.
+//! - [`backend`]: `Backend` (address + shared atomics), `Pool`, the `Snapshot` workers read.
+//! - [`balance`]: backend selection behind one trait: round robin, least connections,
+//!   ring hash (xxh3, bounded loads) and Maglev, one file each.
+//! - [`proxy`]: the data plane. `worker` runs the per-core event loop, `conn` holds a
+//!   connection's state, `ring` wraps io_uring and its buffer ring (the only `unsafe`).
+//! - [`server`]: `ringlb serve`: starts the workers, handles signals (SIGTERM drains,
+//!   SIGHUP reloads) and shuts down.
+//! - [`demo`]: `ringlb demo`: built-in backends plus a balancer on loopback.
+//!
+//! Threads: one worker per core, each with its own ring and SO_REUSEPORT listeners; the
+//! main thread waits for signals. Workers share only the snapshot (arc-swap, lock-free to
+//! read) and per-backend atomics.
+
 pub mod backend;
 pub mod balance;
 pub mod config;
+pub mod demo;
+pub mod proxy;
+pub mod server;

@@ -1,0 +1,95 @@
+//! The data plane: worker threads, each with its own io_uring ring and listening sockets.
+//!
+//! Owns: binding the SO_REUSEPORT listeners (before any thread starts, so a bad bind fails
+//! the start cleanly) and starting one [`worker::Worker`] per core.
+//! Must not touch: HTTP, health checks or the scaler; it reads the shared snapshot and writes
+//! the shared counters, nothing else.
+
+pub mod conn;
+pub mod ring;
+pub mod worker;
+
+use crate::backend::{Shared, Snapshot};
+use crate::config::Config;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// How many workers a config asks for (0 = one per CPU this process may use).
+pub fn worker_count(cfg: &Config) -> usize {
+    if cfg.workers > 0 { cfg.workers } else { ring::sys::allowed_cpus().len().max(1) }
+}
+
+/// Binds one listening socket per listener for one worker.
+fn bind(snapshot: &Snapshot) -> Result<Vec<Socket>, String> {
+    snapshot
+        .listeners
+        .iter()
+        .map(|l| {
+            let err = |what: &str, e: std::io::Error| format!("listener {:?}: cannot {what} {}: {e}", l.name, l.bind);
+            let s = Socket::new(Domain::for_address(l.bind), Type::STREAM.cloexec(), Some(Protocol::TCP)).map_err(|e| err("create a socket for", e))?;
+            s.set_reuse_address(true).map_err(|e| err("set SO_REUSEADDR on", e))?;
+            s.set_reuse_port(true).map_err(|e| err("set SO_REUSEPORT on", e))?;
+            // Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt per accept.
+            s.set_tcp_nodelay(true).map_err(|e| err("set TCP_NODELAY on", e))?;
+            s.bind(&l.bind.into()).map_err(|e| err("bind", e))?;
+            s.listen(l.backlog.min(i32::MAX as u32) as i32).map_err(|e| err("listen on", e))?;
+            Ok(s)
+        })
+        .collect()
+}
+
+/// Binds every worker's listeners, starts the workers, and returns once each has its ring
+/// running (or the first error).
+pub fn start(cfg: &Config, shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>, String> {
+    let n = worker_count(cfg);
+    let snapshot = shared.snapshot.load_full();
+    let mut sockets = Vec::with_capacity(n);
+    for _ in 0..n {
+        sockets.push(bind(&snapshot)?);
+    }
+    let cpus = ring::sys::allowed_cpus();
+    let (count, size) = (cfg.buffer_count as u16, cfg.buffer_size);
+    let pin = cfg.pin_workers;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut handles = Vec::with_capacity(n);
+    for (id, socks) in sockets.into_iter().enumerate() {
+        let shared = shared.clone();
+        let tx = tx.clone();
+        let cpu = if pin && !cpus.is_empty() { Some(cpus[id % cpus.len()]) } else { None };
+        let h = std::thread::Builder::new()
+            .name(format!("ringlb-w{id}"))
+            .spawn(move || {
+                if let Some(cpu) = cpu {
+                    if let Err(e) = ring::sys::pin_to_cpu(cpu) {
+                        tracing::warn!(worker = id, cpu, error = %e, "cannot pin worker");
+                    }
+                }
+                let worker = match worker::Worker::new(id, shared, socks, count, size) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("worker {id}: cannot set up io_uring: {e}")));
+                        return;
+                    }
+                };
+                let _ = tx.send(Ok(()));
+                if let Err(e) = worker.run() {
+                    tracing::error!(worker = id, error = %e, "worker stopped");
+                }
+            })
+            .map_err(|e| format!("cannot start worker thread: {e}"))?;
+        handles.push(h);
+    }
+    drop(tx);
+    for _ in 0..n {
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                shared.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+                return Err(e);
+            }
+            Err(_) => return Err("a worker died while starting".into()),
+        }
+    }
+    Ok(handles)
+}

@@ -1,0 +1,418 @@
+//! The io_uring ring of one worker and the relay buffers the kernel fills: the crate's only
+//! `unsafe` code.
+//!
+//! Owns: the `IoUring` instance, a kernel-provided buffer ring (IORING_REGISTER_PBUF_RING)
+//! with its buffer memory, and every piece of memory a submission points at. Every method is
+//! safe because the memory behind an SQE is owned here:
+//! - relay buffers live in one mapping that outlives the ring (dropped after it), and the
+//!   kernel only gets a buffer back through [`Ring::recycle`];
+//! - a connect's address and timeout, and a PROXY header, are copied into storage owned here;
+//!   the kernel consumes address and timespec at submission (IORING_FEAT_SUBMIT_STABLE,
+//!   checked at setup), and a header slot lives until the ring is dropped.
+//!
+//! Must not touch: connection logic. It knows file descriptors, buffer ids and user data, not
+//! what they mean.
+
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+/// Buffer group id of the relay buffers.
+const BGID: u16 = 0;
+/// Connects (with their timeouts) that can be staged between two submissions.
+const STAGED: usize = 256;
+/// Largest PROXY protocol header (v1 is at most 107 bytes, v2 with IPv6 52).
+pub const HEADER_MAX: usize = 112;
+/// Header slots are allocated in chunks of this many, on first use.
+const HEADER_CHUNK: usize = 64;
+
+/// One completion, copied out of the CQ.
+#[derive(Debug, Clone, Copy)]
+pub struct Cqe {
+    pub user_data: u64,
+    pub result: i32,
+    pub flags: u32,
+}
+
+impl Cqe {
+    /// More completions will follow for this (multishot) request.
+    pub fn more(&self) -> bool {
+        cqueue::more(self.flags)
+    }
+    /// The provided buffer this completion filled.
+    pub fn buffer(&self) -> Option<u16> {
+        cqueue::buffer_select(self.flags)
+    }
+}
+
+/// An anonymous private mapping, unmapped on drop.
+struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(len: usize, populate: bool) -> io::Result<Mapping> {
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if populate { libc::MAP_POPULATE } else { 0 };
+        // SAFETY: an anonymous mapping with no address hint touches no existing memory; the
+        // result is checked against MAP_FAILED before use.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping { ptr: ptr as *mut u8, len })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` came from a successful mmap and are unmapped once, here.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+    }
+}
+
+/// A connect's address and timeout, kept until the SQE that points at them is submitted.
+#[derive(Clone, Copy)]
+struct Staged {
+    addr: libc::sockaddr_storage,
+    timeout: types::Timespec,
+}
+
+pub struct Ring {
+    // Field order is drop order: the ring goes first, so the kernel has let go of the
+    // buffers and header slots before they are unmapped and freed.
+    uring: IoUring,
+    /// The ring of `io_uring_buf` entries the kernel takes buffers from.
+    entries: Mapping,
+    /// The buffers themselves: `count` × `size` bytes, pre-faulted.
+    data: Mapping,
+    count: u16,
+    size: u32,
+    /// Our tail of the buffer ring; published to the kernel by [`Ring::commit`].
+    tail: u16,
+    published: u16,
+    staged: Box<[Staged; STAGED]>,
+    nstaged: usize,
+    tick: Box<types::Timespec>,
+    headers: Vec<Box<[[u8; HEADER_MAX]; HEADER_CHUNK]>>,
+}
+
+impl Ring {
+    /// A ring of `sq_entries` with `count` relay buffers of `size` bytes (`count` a power of
+    /// two). Uses DEFER_TASKRUN + SINGLE_ISSUER where the kernel has them (the ring is only
+    /// ever used by the thread that made it).
+    pub fn new(sq_entries: u32, count: u16, size: u32) -> io::Result<Ring> {
+        assert!(count.is_power_of_two(), "buffer count must be a power of two");
+        let uring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_cqsize(sq_entries * 4)
+            .build(sq_entries)
+            .or_else(|_| IoUring::builder().setup_cqsize(sq_entries * 4).build(sq_entries))?;
+        if !uring.params().is_feature_submit_stable() || !uring.params().is_feature_fast_poll() {
+            return Err(io::Error::other("this kernel's io_uring lacks SUBMIT_STABLE or FAST_POLL (Linux 5.7+ needed; 6.1+ advised)"));
+        }
+        let entries_len = (count as usize * std::mem::size_of::<types::BufRingEntry>()).max(4096);
+        let entries = Mapping::new(entries_len, false)?;
+        // Pre-fault: the buffer ring is FIFO, so every buffer is touched eventually; faulting
+        // them in now keeps idle RSS from creeping up by a page per connection later.
+        let data = Mapping::new(count as usize * size as usize, true)?;
+        let mut ring = Ring {
+            uring,
+            entries,
+            data,
+            count,
+            size,
+            tail: 0,
+            published: 0,
+            staged: Box::new(
+                [Staged {
+                    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+                    addr: unsafe { std::mem::zeroed() },
+                    timeout: types::Timespec::new(),
+                }; STAGED],
+            ),
+            nstaged: 0,
+            tick: Box::new(types::Timespec::new()),
+            headers: Vec::new(),
+        };
+        // SAFETY: the entries mapping is page-aligned, holds `count` entries, and lives in
+        // `ring` (dropped after the IoUring, which unregisters the group with it).
+        unsafe {
+            ring.uring.submitter().register_buf_ring_with_flags(ring.entries.ptr as u64, count, BGID, 0)?;
+        }
+        for bid in 0..count {
+            ring.recycle(bid);
+        }
+        ring.commit();
+        Ok(ring)
+    }
+
+    pub fn buffer_size(&self) -> u32 {
+        self.size
+    }
+    pub fn buffer_count(&self) -> u16 {
+        self.count
+    }
+
+    /// Pushes an SQE, submitting first if the queue is full.
+    fn push(&mut self, sqe: squeue::Entry) {
+        loop {
+            // SAFETY: every SQE built in this module points only at memory owned by `self`
+            // (buffers, staged connects, header slots, the tick timespec) or at nothing.
+            if unsafe { self.uring.submission().push(&sqe) }.is_ok() {
+                return;
+            }
+            self.submit();
+        }
+    }
+
+    /// Submits what is queued without waiting.
+    pub fn submit(&mut self) {
+        // Submission failures (EBUSY with a full CQ) are retried by the next loop turn.
+        let _ = self.uring.submit();
+        self.nstaged = 0;
+    }
+
+    /// Submits what is queued and waits for at least one completion.
+    pub fn submit_and_wait(&mut self) -> io::Result<()> {
+        let r = self.uring.submit_and_wait(1);
+        self.nstaged = 0;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves the completions into `out` (cleared first).
+    pub fn drain(&mut self, out: &mut Vec<Cqe>) {
+        out.clear();
+        for c in self.uring.completion() {
+            out.push(Cqe { user_data: c.user_data(), result: c.result(), flags: c.flags() });
+        }
+    }
+
+    /// Multishot accept on a listening socket.
+    pub fn accept_multi(&mut self, fd: RawFd, user_data: u64) {
+        let sqe = opcode::AcceptMulti::new(types::Fd(fd)).flags(libc::SOCK_CLOEXEC).build().user_data(user_data);
+        self.push(sqe);
+    }
+
+    /// Multishot recv into the relay buffers.
+    pub fn recv_multi(&mut self, fd: RawFd, user_data: u64) {
+        let sqe = opcode::RecvMulti::new(types::Fd(fd), BGID).build().user_data(user_data);
+        self.push(sqe);
+    }
+
+    /// Sends `len` bytes of relay buffer `bid` from `offset`.
+    pub fn send_buffer(&mut self, fd: RawFd, bid: u16, offset: u32, len: u32, user_data: u64) {
+        assert!(bid < self.count && offset as u64 + len as u64 <= self.size as u64, "send outside buffer {bid}");
+        // SAFETY: in bounds of the data mapping (checked above); the mapping outlives the ring.
+        let ptr = unsafe { self.data.ptr.add(bid as usize * self.size as usize + offset as usize) };
+        let sqe = opcode::Send::new(types::Fd(fd), ptr, len).flags(libc::MSG_NOSIGNAL).build().user_data(user_data);
+        self.push(sqe);
+    }
+
+    /// Connects `fd` to `addr`, with a linked timeout. Two completions follow: the connect's
+    /// (`-ECANCELED` when the timeout fired) and the timeout's.
+    pub fn connect(&mut self, fd: RawFd, addr: &socket2::SockAddr, timeout: Duration, connect_ud: u64, timeout_ud: u64) {
+        // The connect and its timeout go into one submission batch, and the staged slot must
+        // not be reused before that batch is submitted: make room for both first.
+        let free = {
+            let sq = self.uring.submission();
+            sq.capacity() - sq.len()
+        };
+        if self.nstaged == STAGED || free < 2 {
+            self.submit();
+        }
+        let slot = &mut self.staged[self.nstaged];
+        self.nstaged += 1;
+        let len = addr.len() as usize;
+        // SAFETY: `addr.as_ptr()` is valid for `addr.len()` bytes, and a SockAddr is never
+        // longer than sockaddr_storage, which is what `slot.addr` is.
+        unsafe {
+            std::ptr::copy_nonoverlapping(addr.as_ptr() as *const u8, &mut slot.addr as *mut _ as *mut u8, len);
+        }
+        slot.timeout = types::Timespec::from(timeout);
+        let connect = opcode::Connect::new(types::Fd(fd), &slot.addr as *const _ as *const libc::sockaddr, len as libc::socklen_t)
+            .build()
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(connect_ud);
+        let timer = opcode::LinkTimeout::new(&slot.timeout).build().user_data(timeout_ud);
+        self.push(connect);
+        self.push(timer);
+    }
+
+    /// Shuts down the write side of `fd` (the peer reads EOF).
+    pub fn shutdown_write(&mut self, fd: RawFd, user_data: u64) {
+        self.push(opcode::Shutdown::new(types::Fd(fd), libc::SHUT_WR).build().user_data(user_data));
+    }
+
+    /// Closes `fd`; its completion carries `user_data`.
+    pub fn close(&mut self, fd: RawFd, user_data: u64) {
+        self.push(opcode::Close::new(types::Fd(fd)).build().user_data(user_data));
+    }
+
+    /// Cancels the request with `target` user data.
+    pub fn cancel(&mut self, target: u64, user_data: u64) {
+        self.push(opcode::AsyncCancel2::new(types::CancelBuilder::user_data(target)).build().user_data(user_data));
+    }
+
+    /// Cancels every request on `fd`.
+    pub fn cancel_fd(&mut self, fd: RawFd, user_data: u64) {
+        self.push(opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all()).build().user_data(user_data));
+    }
+
+    /// A completion every `period`, for ever (multishot timeout).
+    pub fn tick(&mut self, period: Duration, user_data: u64) {
+        *self.tick = types::Timespec::from(period);
+        let sqe = opcode::Timeout::new(&*self.tick).count(0).flags(types::TimeoutFlags::MULTISHOT).build().user_data(user_data);
+        self.push(sqe);
+    }
+
+    /// Sends a copy of `bytes` (at most [`HEADER_MAX`]) from header slot `slot`, which the
+    /// caller owns until the completion (one slot per connection slot).
+    pub fn send_header(&mut self, fd: RawFd, slot: usize, bytes: &[u8], user_data: u64) {
+        assert!(bytes.len() <= HEADER_MAX);
+        while self.headers.len() * HEADER_CHUNK <= slot {
+            self.headers.push(Box::new([[0u8; HEADER_MAX]; HEADER_CHUNK]));
+        }
+        let buf = &mut self.headers[slot / HEADER_CHUNK][slot % HEADER_CHUNK];
+        buf[..bytes.len()].copy_from_slice(bytes);
+        let sqe = opcode::Send::new(types::Fd(fd), buf.as_ptr(), bytes.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data);
+        self.push(sqe);
+    }
+
+    /// Hands relay buffer `bid` back to the kernel (visible after [`Ring::commit`]).
+    pub fn recycle(&mut self, bid: u16) {
+        assert!(bid < self.count);
+        let idx = (self.tail & (self.count - 1)) as usize;
+        // SAFETY: `idx < count` and the entries mapping holds `count` entries; the kernel
+        // reads entries only up to the published tail, and this one is past it.
+        let entry = unsafe { &mut *(self.entries.ptr as *mut types::BufRingEntry).add(idx) };
+        // SAFETY: bid < count, so the offset is inside the data mapping.
+        entry.set_addr(unsafe { self.data.ptr.add(bid as usize * self.size as usize) } as u64);
+        entry.set_len(self.size);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Publishes recycled buffers to the kernel (once per loop turn).
+    pub fn commit(&mut self) {
+        if self.tail == self.published {
+            return;
+        }
+        // SAFETY: the tail field overlays the first entry's `resv`, inside the mapping; the
+        // kernel reads it concurrently, hence the atomic release store.
+        unsafe {
+            let tail = types::BufRingEntry::tail(self.entries.ptr as *const types::BufRingEntry) as *const AtomicU16;
+            (*tail).store(self.tail, Ordering::Release);
+        }
+        self.published = self.tail;
+    }
+}
+
+/// The few raw system calls around the ring: on descriptors the ring hands out, and for the
+/// process's limits and the workers' CPUs.
+pub mod sys {
+    use std::io;
+    use std::net::SocketAddr;
+    use std::os::fd::RawFd;
+
+    /// A new TCP socket for a backend connection, close-on-exec, with TCP_NODELAY (a relay
+    /// must not hold back the last small segment of a response).
+    pub fn stream_socket(v6: bool) -> io::Result<RawFd> {
+        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+        // SAFETY: plain syscall with constant arguments; the result is checked.
+        let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let one: libc::c_int = 1;
+        // SAFETY: `one` is a valid c_int for the duration of the call; fd was just created.
+        unsafe {
+            libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, &one as *const _ as *const libc::c_void, std::mem::size_of::<libc::c_int>() as libc::socklen_t);
+        }
+        Ok(fd)
+    }
+
+    fn sock_name(fd: RawFd, peer: bool) -> Option<SocketAddr> {
+        // SAFETY: try_init hands a zeroed storage and its length; the call writes at most
+        // that many bytes and sets the length, as try_init requires.
+        let r = unsafe {
+            socket2::SockAddr::try_init(|storage, len| {
+                let r = if peer {
+                    libc::getpeername(fd, storage.cast(), len)
+                } else {
+                    libc::getsockname(fd, storage.cast(), len)
+                };
+                if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+            })
+        };
+        r.ok().and_then(|(_, addr)| addr.as_socket())
+    }
+
+    /// The remote address of a connected socket.
+    pub fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
+        sock_name(fd, true)
+    }
+
+    /// The local address of a socket.
+    pub fn local_addr(fd: RawFd) -> Option<SocketAddr> {
+        sock_name(fd, false)
+    }
+
+    /// Closes a descriptor synchronously (for error paths before the ring owns it).
+    pub fn close(fd: RawFd) {
+        // SAFETY: the caller owns `fd` and does not use it afterwards.
+        unsafe { libc::close(fd) };
+    }
+
+    /// Raises the soft open-file limit to the hard one (as HAProxy does); returns the limit.
+    pub fn raise_nofile_limit() -> u64 {
+        // SAFETY: `lim` is a valid rlimit for both calls.
+        unsafe {
+            let mut lim: libc::rlimit = std::mem::zeroed();
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return 0;
+            }
+            if lim.rlim_cur < lim.rlim_max {
+                lim.rlim_cur = lim.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+            lim.rlim_cur
+        }
+    }
+
+    /// The CPUs this process may run on.
+    pub fn allowed_cpus() -> Vec<usize> {
+        // SAFETY: `set` is a valid cpu_set_t for the call and for CPU_ISSET.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+                return (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect();
+            }
+            (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+        }
+    }
+
+    /// Pins the calling thread to one CPU.
+    pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+        // SAFETY: `set` is a valid, zeroed cpu_set_t; cpu < CPU_SETSIZE is checked by the caller
+        // through allowed_cpus().
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+}
