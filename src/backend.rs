@@ -141,11 +141,7 @@ impl Pool {
     /// Builds a pool over `backends`, with the balancer that `algorithm` names. The balancer
     /// spreads over the backends that are up now (all of them if none is): a snapshot is
     /// rebuilt whenever a backend changes state, so weights stay exact among the routable.
-    pub fn new(
-        name: &str,
-        cfg: &crate::config::PoolConfig,
-        backends: Vec<Arc<Backend>>,
-    ) -> Pool {
+    pub fn new(name: &str, cfg: &crate::config::PoolConfig, backends: Vec<Arc<Backend>>) -> Pool {
         let balancer = balance::build(cfg, &backends);
         Pool {
             name: name.to_string(),
@@ -228,7 +224,10 @@ impl Snapshot {
                     .map(|l| l.stats.clone())
                     .unwrap_or_default();
                 Arc::new(Listener {
-                    pool: pools.iter().position(|p| &p.name == lc.pool.get_ref()).unwrap_or(0),
+                    pool: pools
+                        .iter()
+                        .position(|p| &p.name == lc.pool.get_ref())
+                        .unwrap_or(0),
                     name,
                     bind: lc.bind,
                     backlog: lc.backlog,
@@ -263,12 +262,17 @@ impl Shared {
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             stopping: AtomicBool::new(false),
-            worker_connections: (0..workers).map(|_| CachePadded::new(AtomicI64::new(0))).collect(),
+            worker_connections: (0..workers)
+                .map(|_| CachePadded::new(AtomicI64::new(0)))
+                .collect(),
         })
     }
 
     /// Connections open across all workers.
     pub fn open_connections(&self) -> i64 {
-        self.worker_connections.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        self.worker_connections
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 }

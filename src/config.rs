@@ -308,13 +308,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Writes a duration the way the config reads it back.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if d.subsec_nanos() % 1_000_000 != 0 {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
         format!("{}us", d.as_micros())
-    } else if ms % 3_600_000 == 0 && ms > 0 {
+    } else if ms.is_multiple_of(3_600_000) && ms > 0 {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 && ms > 0 {
+    } else if ms.is_multiple_of(60_000) && ms > 0 {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
@@ -324,7 +324,9 @@ pub fn format_duration(d: Duration) -> String {
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
+        parse_duration(&s)
+            .map(Dur)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -383,7 +385,8 @@ impl Config {
         let at = |span: Option<std::ops::Range<usize>>, message: String| {
             locate(file, text, span, message)
         };
-        let cfg: Config = toml::from_str(text).map_err(|e| at(e.span(), e.message().to_string()))?;
+        let cfg: Config =
+            toml::from_str(text).map_err(|e| at(e.span(), e.message().to_string()))?;
         cfg.validate().map_err(|(span, msg)| at(span, msg))?;
         Ok(cfg)
     }
@@ -394,7 +397,10 @@ impl Config {
             if r.is_empty() { None } else { Some(r) }
         }
         if self.listeners.is_empty() {
-            return Err((None, "listeners: at least one [[listeners]] is needed".into()));
+            return Err((
+                None,
+                "listeners: at least one [[listeners]] is needed".into(),
+            ));
         }
         if !(self.buffer_count.is_power_of_two() && (2..=32768).contains(&self.buffer_count)) {
             return Err((
@@ -443,7 +449,11 @@ impl Config {
                     format!(
                         "listeners.pool: listener {name:?} names pool {:?}, which is not defined (pools: {})",
                         l.pool.get_ref(),
-                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
                     ),
                 ));
             }
@@ -454,10 +464,16 @@ impl Config {
                 ));
             }
             if l.connect_timeout.0.is_zero() {
-                return Err((None, format!("listeners.connect_timeout: listener {name:?}: must be above 0")));
+                return Err((
+                    None,
+                    format!("listeners.connect_timeout: listener {name:?}: must be above 0"),
+                ));
             }
             if l.idle_timeout.0.is_zero() {
-                return Err((None, format!("listeners.idle_timeout: listener {name:?}: must be above 0")));
+                return Err((
+                    None,
+                    format!("listeners.idle_timeout: listener {name:?}: must be above 0"),
+                ));
             }
             if *l.relay.get_ref() == Relay::Splice {
                 return Err((
@@ -485,7 +501,10 @@ impl Config {
                 if w == 0 || w > MAX_WEIGHT {
                     return Err((
                         span(&b.weight),
-                        format!("pools.{pname}.backends.weight: {w} for {} is out of range 1..={MAX_WEIGHT}", b.addr),
+                        format!(
+                            "pools.{pname}.backends.weight: {w} for {} is out of range 1..={MAX_WEIGHT}",
+                            b.addr
+                        ),
                     ));
                 }
                 if b.addr.port() == 0 {
@@ -503,10 +522,12 @@ impl Config {
                 ));
             }
             let m = *p.maglev_table_size.get_ref();
-            if !is_prime(m as u64) || m < 7 || m > 5_000_011 {
+            if !is_prime(m as u64) || !(7..=5_000_011).contains(&m) {
                 return Err((
                     span(&p.maglev_table_size),
-                    format!("pools.{pname}.maglev_table_size: {m} must be a prime from 7 to 5000011 (e.g. 65537)"),
+                    format!(
+                        "pools.{pname}.maglev_table_size: {m} must be a prime from 7 to 5000011 (e.g. 65537)"
+                    ),
                 ));
             }
             if let Some(f) = &p.balance_factor {
@@ -520,14 +541,26 @@ impl Config {
             }
             let h = &p.health;
             if h.rise == 0 || h.fall == 0 {
-                return Err((None, format!("pools.{pname}.health: rise and fall must be at least 1")));
+                return Err((
+                    None,
+                    format!("pools.{pname}.health: rise and fall must be at least 1"),
+                ));
             }
             if h.interval.0.is_zero() || h.timeout.0.is_zero() {
-                return Err((None, format!("pools.{pname}.health: interval and timeout must be above 0")));
+                return Err((
+                    None,
+                    format!("pools.{pname}.health: interval and timeout must be above 0"),
+                ));
             }
             if h.kind == HealthKind::Http {
                 if !h.path.starts_with('/') {
-                    return Err((None, format!("pools.{pname}.health.path: {:?} must start with '/'", h.path)));
+                    return Err((
+                        None,
+                        format!(
+                            "pools.{pname}.health.path: {:?} must start with '/'",
+                            h.path
+                        ),
+                    ));
                 }
                 parse_status_range(&h.expect_status)
                     .map_err(|e| (None, format!("pools.{pname}.health.expect_status: {e}")))?;
@@ -549,7 +582,10 @@ pub fn parse_status_range(s: &str) -> Result<Vec<(u16, u16)>, String> {
         let part = part.trim();
         let bad = || format!("{s:?}: expected statuses like \"200\", \"200-399\" or \"200,204\"");
         let (lo, hi) = match part.split_once('-') {
-            Some((a, b)) => (a.trim().parse::<u16>().map_err(|_| bad())?, b.trim().parse::<u16>().map_err(|_| bad())?),
+            Some((a, b)) => (
+                a.trim().parse::<u16>().map_err(|_| bad())?,
+                b.trim().parse::<u16>().map_err(|_| bad())?,
+            ),
             None => {
                 let v = part.parse::<u16>().map_err(|_| bad())?;
                 (v, v)
@@ -569,7 +605,7 @@ fn is_prime(n: u64) -> bool {
     }
     let mut i = 2;
     while i * i <= n {
-        if n % i == 0 {
+        if n.is_multiple_of(i) {
             return false;
         }
         i += 1;
@@ -588,7 +624,10 @@ fn locate(
             let before = &text[..r.start];
             let line = before.matches('\n').count() + 1;
             let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-            let line_end = text[line_start..].find('\n').map(|i| line_start + i).unwrap_or(text.len());
+            let line_end = text[line_start..]
+                .find('\n')
+                .map(|i| line_start + i)
+                .unwrap_or(text.len());
             (
                 Some(line),
                 Some(r.start - line_start + 1),
@@ -597,7 +636,34 @@ fn locate(
         }
         _ => (None, None, None),
     };
-    ConfigError { file: file.to_string(), line, column, source_line, message }
+    // Name the key when the message does not: the last `key =` before the error's column.
+    let message = match (&source_line, column) {
+        (Some(src), Some(col)) => match key_before(src, col) {
+            Some(key) if !message.contains(&format!("`{key}`")) && !message.starts_with(key) => format!("{key}: {message}"),
+            _ => message,
+        },
+        _ => message,
+    };
+    ConfigError {
+        file: file.to_string(),
+        line,
+        column,
+        source_line,
+        message,
+    }
+}
+
+/// The last `key =` on `line` before `column` (1-based), if any.
+fn key_before(line: &str, column: usize) -> Option<&str> {
+    let upto = &line[..(column.saturating_sub(1)).min(line.len())];
+    let eq = upto.rfind('=')?;
+    let before = upto[..eq].trim_end();
+    let start = before
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'))
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    let key = &before[start..];
+    (!key.is_empty()).then_some(key)
 }
 
 #[cfg(test)]
@@ -624,7 +690,12 @@ backends = [{ addr = "127.0.0.1:9001" }, { addr = "127.0.0.1:9002", weight = 2 }
         for bad in ["", "2", "2x", "ms", "-1s", "2 s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
         }
-        for d in [Duration::from_millis(250), Duration::from_secs(2), Duration::from_secs(300), Duration::from_micros(5)] {
+        for d in [
+            Duration::from_millis(250),
+            Duration::from_secs(2),
+            Duration::from_secs(300),
+            Duration::from_micros(5),
+        ] {
             assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
         }
     }
@@ -644,13 +715,21 @@ backends = [{ addr = "127.0.0.1:9001" }, { addr = "127.0.0.1:9002", weight = 2 }
 
     #[test]
     fn errors_name_key_and_line() {
-        let e = Config::parse("t.toml", &GOOD.replace("pool = \"web\"", "pool = \"api\"")).unwrap_err();
+        let e =
+            Config::parse("t.toml", &GOOD.replace("pool = \"web\"", "pool = \"api\"")).unwrap_err();
         assert_eq!(e.line, Some(5));
         assert!(e.message.contains("listeners.pool"), "{e}");
         let e = Config::parse("t.toml", &format!("wrokers = 2\n{GOOD}")).unwrap_err();
         assert_eq!(e.line, Some(1));
         assert!(e.message.contains("wrokers"), "{e}");
-        let e = Config::parse("t.toml", &GOOD.replace("pool = \"web\"", "pool = \"web\"\nidle_timeout = \"5 minutes\"")).unwrap_err();
+        let e = Config::parse(
+            "t.toml",
+            &GOOD.replace(
+                "pool = \"web\"",
+                "pool = \"web\"\nidle_timeout = \"5 minutes\"",
+            ),
+        )
+        .unwrap_err();
         assert_eq!(e.line, Some(6));
         assert!(e.to_string().contains("idle_timeout"), "{e}");
         assert!(parse_status_range("200-399").is_ok());

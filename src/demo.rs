@@ -15,12 +15,14 @@ pub fn start_backend(name: &str) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let name = name.to_string();
-    std::thread::Builder::new().name(name.clone()).spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let name = name.clone();
-            std::thread::spawn(move || serve_http(stream, &name));
-        }
-    })?;
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let name = name.clone();
+                std::thread::spawn(move || serve_http(stream, &name));
+            }
+        })?;
     Ok(addr)
 }
 
@@ -28,7 +30,10 @@ pub fn start_backend(name: &str) -> std::io::Result<SocketAddr> {
 fn serve_http(mut s: TcpStream, name: &str) {
     let _ = s.set_nodelay(true);
     let body = format!("hello from {name}\n");
-    let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     let mut buf = [0u8; 8192];
     let mut have = 0;
     loop {
@@ -52,7 +57,10 @@ fn serve_http(mut s: TcpStream, name: &str) {
 
 /// The demo's config, as a user would write it.
 pub fn config_text(listen: SocketAddr, backends: &[SocketAddr]) -> String {
-    let list: Vec<String> = backends.iter().map(|a| format!("  {{ addr = \"{a}\" }},")).collect();
+    let list: Vec<String> = backends
+        .iter()
+        .map(|a| format!("  {{ addr = \"{a}\" }},"))
+        .collect();
     format!(
         r#"workers = 0
 shutdown_timeout = "2s"
@@ -89,8 +97,12 @@ pub fn run(listen: SocketAddr) -> Result<(), String> {
     }
     println!();
     println!("Try:");
-    println!("  for i in 1 2 3 4 5 6; do curl -s http://{listen}/; done   # round robin over the three");
-    println!("  wrk -c64 -d5s http://{listen}/                            # load through the balancer");
+    println!(
+        "  for i in 1 2 3 4 5 6; do curl -s http://{listen}/; done   # round robin over the three"
+    );
+    println!(
+        "  wrk -c64 -d5s http://{listen}/                            # load through the balancer"
+    );
     println!();
     println!("The config in use (see `ringlb check --config FILE` for your own):");
     for line in text.lines() {

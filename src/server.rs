@@ -21,11 +21,16 @@ pub struct Server {
     config: Config,
     path: Option<PathBuf>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    signals: signal_hook::iterator::Signals,
 }
 
 impl Server {
     /// Binds and starts everything; returns once every worker accepts.
     pub fn start(config: Config, path: Option<PathBuf>) -> Result<Server, String> {
+        // Handlers first: a SIGTERM that arrives the moment the listeners accept must drain,
+        // not kill the process by the default action.
+        let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+            .map_err(|e| format!("cannot handle signals: {e}"))?;
         let limit = proxy::ring::sys::raise_nofile_limit();
         let workers = proxy::worker_count(&config);
         let shared = Shared::new(Snapshot::build(&config, None), workers);
@@ -34,32 +39,54 @@ impl Server {
             tracing::info!(listener = %l.name.get_ref(), bind = %l.bind, pool = %l.pool.get_ref(), workers, "listening");
         }
         tracing::debug!(open_files_limit = limit, "started");
-        Ok(Server { shared, config, path, workers: handles })
+        Ok(Server {
+            shared,
+            config,
+            path,
+            workers: handles,
+            signals,
+        })
     }
 
     /// Re-reads the config file. Backends that stay keep their connections and counters.
     pub fn reload(&mut self) -> Result<(), String> {
-        let path = self.path.as_ref().ok_or("this balancer has no config file to reload")?;
+        let path = self
+            .path
+            .as_ref()
+            .ok_or("this balancer has no config file to reload")?;
         let new = Config::load(path).map_err(|e| e.to_string())?;
         let same_listeners = new.listeners.len() == self.config.listeners.len()
-            && new.listeners.iter().zip(&self.config.listeners).all(|(a, b)| a.name.get_ref() == b.name.get_ref() && a.bind == b.bind);
+            && new
+                .listeners
+                .iter()
+                .zip(&self.config.listeners)
+                .all(|(a, b)| a.name.get_ref() == b.name.get_ref() && a.bind == b.bind);
         if !same_listeners {
-            return Err("listeners were added, removed or rebound: restart ringlb to apply that".into());
+            return Err(
+                "listeners were added, removed or rebound: restart ringlb to apply that".into(),
+            );
         }
         let old = self.shared.snapshot.load_full();
-        self.shared.snapshot.store(Arc::new(Snapshot::build(&new, Some(&old))));
+        self.shared
+            .snapshot
+            .store(Arc::new(Snapshot::build(&new, Some(&old))));
         self.config = new;
         Ok(())
     }
 
     /// Waits for signals until SIGTERM/SIGINT, then drains and returns.
     pub fn run_until_stopped(mut self) -> Result<(), String> {
-        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("cannot handle signals: {e}"))?;
+        let mut signals = std::mem::replace(
+            &mut self.signals,
+            signal_hook::iterator::Signals::new([] as [i32; 0]).map_err(|e| e.to_string())?,
+        );
         for sig in signals.forever() {
             if sig == SIGHUP {
                 match self.reload() {
                     Ok(()) => tracing::info!("configuration reloaded"),
-                    Err(e) => tracing::error!(error = %e, "reload refused; the running configuration stays"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reload refused; the running configuration stays")
+                    }
                 }
                 continue;
             }
@@ -78,7 +105,10 @@ impl Server {
         let deadline = Instant::now() + timeout;
         while !self.workers.iter().all(|h| h.is_finished()) {
             if Instant::now() >= deadline {
-                tracing::warn!(open_connections = self.shared.open_connections(), "shutdown_timeout passed: closing the rest");
+                tracing::warn!(
+                    open_connections = self.shared.open_connections(),
+                    "shutdown_timeout passed: closing the rest"
+                );
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -14,7 +14,9 @@ pub struct LeastConn {
 
 impl LeastConn {
     pub fn new(_backends: &[Arc<Backend>], members: &[u32]) -> LeastConn {
-        LeastConn { members: members.to_vec() }
+        LeastConn {
+            members: members.to_vec(),
+        }
     }
 }
 
@@ -55,7 +57,16 @@ mod tests {
         let lc = LeastConn::new(&b, &[0, 1, 2]);
         // Hold every picked connection open: counts must follow the weights 1:1:2.
         for n in 0..40u64 {
-            let i = lc.pick(&b, &Pick { key: 0, rand: n * 7, tried: &[] }).unwrap();
+            let i = lc
+                .pick(
+                    &b,
+                    &Pick {
+                        key: 0,
+                        rand: n * 7,
+                        tried: &[],
+                    },
+                )
+                .unwrap();
             let ratio = |j: usize| b[j].active() as f64 / b[j].weight() as f64;
             for j in 0..3 {
                 assert!(ratio(i) <= ratio(j), "pick {n}: {i} is not least loaded");
@@ -71,7 +82,16 @@ mod tests {
         let lc = LeastConn::new(&b, &[0, 1, 2, 3]);
         let mut seen = [0; 4];
         for r in 0..400u64 {
-            seen[lc.pick(&b, &Pick { key: 0, rand: r.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 7, tried: &[] }).unwrap()] += 1;
+            seen[lc
+                .pick(
+                    &b,
+                    &Pick {
+                        key: 0,
+                        rand: r.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 7,
+                        tried: &[],
+                    },
+                )
+                .unwrap()] += 1;
         }
         assert!(seen.iter().all(|&c| c > 50), "ties herded: {seen:?}");
     }

@@ -18,12 +18,21 @@ pub struct Maglev {
 }
 
 impl Maglev {
-    pub fn new(backends: &[Arc<Backend>], members: &[u32], size: u32, bound: Option<Bound>) -> Maglev {
+    pub fn new(
+        backends: &[Arc<Backend>],
+        members: &[u32],
+        size: u32,
+        bound: Option<Bound>,
+    ) -> Maglev {
         let m = size as u64;
         const EMPTY: u32 = u32::MAX;
         let mut table = vec![EMPTY; size as usize];
         if members.is_empty() {
-            return Maglev { table: Vec::new(), members: Vec::new(), bound };
+            return Maglev {
+                table: Vec::new(),
+                members: Vec::new(),
+                bound,
+            };
         }
         struct Entry {
             backend: u32,
@@ -33,7 +42,11 @@ impl Maglev {
             weight: u64,
             target: u64,
         }
-        let max_weight = members.iter().map(|&i| backends[i as usize].weight().max(1) as u64).max().unwrap_or(1);
+        let max_weight = members
+            .iter()
+            .map(|&i| backends[i as usize].weight().max(1) as u64)
+            .max()
+            .unwrap_or(1);
         let mut entries: Vec<Entry> = members
             .iter()
             .map(|&i| {
@@ -72,7 +85,11 @@ impl Maglev {
             }
             iteration += 1;
         }
-        Maglev { table, members: members.to_vec(), bound }
+        Maglev {
+            table,
+            members: members.to_vec(),
+            bound,
+        }
     }
 }
 
@@ -85,7 +102,9 @@ impl Balancer for Maglev {
         let start = (pick.key % n as u64) as usize;
         let ok = |i: usize| {
             eligible(backends, i, pick.tried)
-                && self.bound.is_none_or(|b| b.allows(backends, &self.members, i))
+                && self
+                    .bound
+                    .is_none_or(|b| b.allows(backends, &self.members, i))
         };
         let first = self.table[start] as usize;
         if ok(first) {
@@ -108,7 +127,15 @@ mod tests {
     use crate::balance::testutil::{backends, keys};
 
     fn owner(t: &Maglev, b: &[Arc<Backend>], key: u64) -> usize {
-        t.pick(b, &Pick { key, rand: 0, tried: &[] }).unwrap()
+        t.pick(
+            b,
+            &Pick {
+                key,
+                rand: 0,
+                tried: &[],
+            },
+        )
+        .unwrap()
     }
 
     #[test]
@@ -117,10 +144,19 @@ mod tests {
         let all = Maglev::new(&b, &[0, 1, 2, 3, 4], 65537, None);
         let without = Maglev::new(&b, &[0, 1, 3, 4], 65537, None);
         let ks = keys();
-        let moved = ks.iter().filter(|&&k| owner(&all, &b, k) != owner(&without, &b, k)).count();
+        let moved = ks
+            .iter()
+            .filter(|&&k| owner(&all, &b, k) != owner(&without, &b, k))
+            .count();
         let share = ks.len() / 5;
-        assert!(moved as f64 <= 1.5 * share as f64, "moved {moved}, share {share}");
-        assert!(moved >= share * 8 / 10, "moved {moved}: the removed backend's keys must move");
+        assert!(
+            moved as f64 <= 1.5 * share as f64,
+            "moved {moved}, share {share}"
+        );
+        assert!(
+            moved >= share * 8 / 10,
+            "moved {moved}: the removed backend's keys must move"
+        );
     }
 
     #[test]

@@ -65,12 +65,24 @@ fn members(backends: &[Arc<Backend>]) -> Vec<u32> {
 /// Builds the balancer a pool's settings name.
 pub fn build(cfg: &PoolConfig, backends: &[Arc<Backend>]) -> Box<dyn Balancer> {
     let members = members(backends);
-    let bound = cfg.balance_factor.as_ref().map(|f| Bound { factor: *f.get_ref() });
+    let bound = cfg.balance_factor.as_ref().map(|f| Bound {
+        factor: *f.get_ref(),
+    });
     match cfg.algorithm {
         Algorithm::RoundRobin => Box::new(RoundRobin::new(backends, &members)),
         Algorithm::LeastConn => Box::new(LeastConn::new(backends, &members)),
-        Algorithm::RingHash => Box::new(RingHash::new(backends, &members, *cfg.ring_points.get_ref(), bound)),
-        Algorithm::Maglev => Box::new(Maglev::new(backends, &members, *cfg.maglev_table_size.get_ref(), bound)),
+        Algorithm::RingHash => Box::new(RingHash::new(
+            backends,
+            &members,
+            *cfg.ring_points.get_ref(),
+            bound,
+        )),
+        Algorithm::Maglev => Box::new(Maglev::new(
+            backends,
+            &members,
+            *cfg.maglev_table_size.get_ref(),
+            bound,
+        )),
     }
 }
 
@@ -129,7 +141,9 @@ pub(crate) mod testutil {
             .iter()
             .enumerate()
             .map(|(i, &w)| {
-                let addr = format!("10.0.{}.{}:80", i / 250, i % 250 + 1).parse().unwrap();
+                let addr = format!("10.0.{}.{}:80", i / 250, i % 250 + 1)
+                    .parse()
+                    .unwrap();
                 Arc::new(Backend::new("t", addr, w, BackendState::Up))
             })
             .collect()
@@ -138,7 +152,12 @@ pub(crate) mod testutil {
     /// 10,000 client keys.
     pub fn keys() -> Vec<u64> {
         (0..10_000u32)
-            .map(|i| super::key_hash(std::net::Ipv4Addr::from(0x0a00_0000 + i * 7919).into(), None))
+            .map(|i| {
+                super::key_hash(
+                    std::net::Ipv4Addr::from(0x0a00_0000 + i * 7919).into(),
+                    None,
+                )
+            })
             .collect()
     }
 }

@@ -28,8 +28,16 @@ pub struct RingHash {
 }
 
 impl RingHash {
-    pub fn new(backends: &[Arc<Backend>], members: &[u32], ring_points: u32, bound: Option<Bound>) -> RingHash {
-        let total_weight: u64 = members.iter().map(|&m| backends[m as usize].weight().max(1) as u64).sum();
+    pub fn new(
+        backends: &[Arc<Backend>],
+        members: &[u32],
+        ring_points: u32,
+        bound: Option<Bound>,
+    ) -> RingHash {
+        let total_weight: u64 = members
+            .iter()
+            .map(|&m| backends[m as usize].weight().max(1) as u64)
+            .sum();
         let per_weight = (ring_points as u64).min((MAX_RING_POINTS / total_weight.max(1)).max(1));
         let mut points = Vec::with_capacity((per_weight * total_weight) as usize);
         for &m in members {
@@ -48,7 +56,12 @@ impl RingHash {
             }
             index.push(pos as u32);
         }
-        RingHash { points, index, members: members.to_vec(), bound }
+        RingHash {
+            points,
+            index,
+            members: members.to_vec(),
+            bound,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -72,7 +85,9 @@ impl Balancer for RingHash {
         let first = self.points[start % n].1 as usize;
         let ok = |i: usize| {
             eligible(backends, i, pick.tried)
-                && self.bound.is_none_or(|b| b.allows(backends, &self.members, i))
+                && self
+                    .bound
+                    .is_none_or(|b| b.allows(backends, &self.members, i))
         };
         if ok(first) {
             return Some(first);
@@ -97,7 +112,15 @@ mod tests {
     use crate::balance::testutil::{backends, keys};
 
     fn owner(r: &RingHash, b: &[Arc<Backend>], key: u64) -> usize {
-        r.pick(b, &Pick { key, rand: 0, tried: &[] }).unwrap()
+        r.pick(
+            b,
+            &Pick {
+                key,
+                rand: 0,
+                tried: &[],
+            },
+        )
+        .unwrap()
     }
 
     #[test]
@@ -141,11 +164,19 @@ mod tests {
         let b = backends(&[1, 3]);
         let r = RingHash::new(&b, &[0, 1], 160, None);
         assert_eq!(r.len(), 640);
-        let whole = |k: u64| r.points[r.points.partition_point(|&(h, _)| h < k) % r.len()].1 as usize;
+        let whole =
+            |k: u64| r.points[r.points.partition_point(|&(h, _)| h < k) % r.len()].1 as usize;
         for k in keys() {
-            assert_eq!(owner(&r, &b, k), whole(k), "the index must not change the owner");
+            assert_eq!(
+                owner(&r, &b, k),
+                whole(k),
+                "the index must not change the owner"
+            );
         }
-        let heavy = keys().into_iter().filter(|&k| owner(&r, &b, k) == 1).count();
+        let heavy = keys()
+            .into_iter()
+            .filter(|&k| owner(&r, &b, k) == 1)
+            .count();
         assert!((6800..8200).contains(&heavy), "{heavy}");
     }
 
@@ -156,8 +187,19 @@ mod tests {
         // One key, many connections held open: the owner fills to its bound, then spills.
         let key = keys()[0];
         for _ in 0..100 {
-            let i = r.pick(&b, &Pick { key, rand: 0, tried: &[] }).unwrap();
-            b[i].stats.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let i = r
+                .pick(
+                    &b,
+                    &Pick {
+                        key,
+                        rand: 0,
+                        tried: &[],
+                    },
+                )
+                .unwrap();
+            b[i].stats
+                .active
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let max = b.iter().map(|b| b.active()).max().unwrap();
         assert!(max <= 32, "a backend took {max} of 100 (bound 1.25 x 25)");

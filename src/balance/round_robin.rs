@@ -22,7 +22,10 @@ fn gcd(a: u32, b: u32) -> u32 {
 
 impl RoundRobin {
     pub fn new(backends: &[Arc<Backend>], members: &[u32]) -> RoundRobin {
-        let weights: Vec<i64> = members.iter().map(|&m| backends[m as usize].weight().max(1) as i64).collect();
+        let weights: Vec<i64> = members
+            .iter()
+            .map(|&m| backends[m as usize].weight().max(1) as i64)
+            .collect();
         let g = weights.iter().fold(0u32, |g, &w| gcd(g, w as u32)).max(1) as i64;
         let weights: Vec<i64> = weights.iter().map(|w| w / g).collect();
         let total: i64 = weights.iter().sum();
@@ -41,7 +44,10 @@ impl RoundRobin {
             current[best] -= total;
             schedule.push(members[best]);
         }
-        RoundRobin { schedule, cursor: CachePadded::new(AtomicUsize::new(0)) }
+        RoundRobin {
+            schedule,
+            cursor: CachePadded::new(AtomicUsize::new(0)),
+        }
     }
 }
 
@@ -66,7 +72,14 @@ mod tests {
     use crate::balance::testutil::backends;
 
     fn pick(rr: &RoundRobin, b: &[Arc<Backend>], tried: &[u32]) -> Option<usize> {
-        rr.pick(b, &Pick { key: 0, rand: 0, tried })
+        rr.pick(
+            b,
+            &Pick {
+                key: 0,
+                rand: 0,
+                tried,
+            },
+        )
     }
 
     #[test]

@@ -70,13 +70,25 @@ impl Op {
         })
     }
     pub fn recv(dir: usize) -> Op {
-        if dir == TO_BACKEND { Op::RecvClient } else { Op::RecvBackend }
+        if dir == TO_BACKEND {
+            Op::RecvClient
+        } else {
+            Op::RecvBackend
+        }
     }
     pub fn send(dir: usize) -> Op {
-        if dir == TO_BACKEND { Op::SendBackend } else { Op::SendClient }
+        if dir == TO_BACKEND {
+            Op::SendBackend
+        } else {
+            Op::SendClient
+        }
     }
     pub fn shut(dir: usize) -> Op {
-        if dir == TO_BACKEND { Op::ShutBackend } else { Op::ShutClient }
+        if dir == TO_BACKEND {
+            Op::ShutBackend
+        } else {
+            Op::ShutClient
+        }
     }
 }
 
@@ -122,6 +134,12 @@ pub struct Dir {
     pub offset: u32,
     /// Bytes sent and not yet folded into the backend's counters.
     pub unflushed: u64,
+}
+
+impl Default for Dir {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Dir {
@@ -180,22 +198,41 @@ impl Conn {
     }
     /// The descriptor a direction reads from.
     pub fn source(&self, dir: usize) -> RawFd {
-        if dir == TO_BACKEND { self.client } else { self.server }
+        if dir == TO_BACKEND {
+            self.client
+        } else {
+            self.server
+        }
     }
     /// The descriptor a direction writes to.
     pub fn dest(&self, dir: usize) -> RawFd {
-        if dir == TO_BACKEND { self.server } else { self.client }
+        if dir == TO_BACKEND {
+            self.server
+        } else {
+            self.client
+        }
     }
 }
 
 /// Builds the PROXY protocol header (v1 text or v2 binary) for a connection from `client`
 /// to `local`; returns its length in `out`.
-pub fn proxy_header(version: ProxyProtocol, client: SocketAddr, local: SocketAddr, out: &mut [u8; crate::proxy::ring::HEADER_MAX]) -> usize {
+pub fn proxy_header(
+    version: ProxyProtocol,
+    client: SocketAddr,
+    local: SocketAddr,
+    out: &mut [u8; crate::proxy::ring::HEADER_MAX],
+) -> usize {
     use std::io::Write;
     // Mixed families (a v4 client on a v6 listener) are written as v6.
     let (client, local) = match (client, local) {
-        (SocketAddr::V4(c), SocketAddr::V6(l)) => (SocketAddr::new(c.ip().to_ipv6_mapped().into(), c.port()), SocketAddr::V6(l)),
-        (SocketAddr::V6(c), SocketAddr::V4(l)) => (SocketAddr::V6(c), SocketAddr::new(l.ip().to_ipv6_mapped().into(), l.port())),
+        (SocketAddr::V4(c), SocketAddr::V6(l)) => (
+            SocketAddr::new(c.ip().to_ipv6_mapped().into(), c.port()),
+            SocketAddr::V6(l),
+        ),
+        (SocketAddr::V6(c), SocketAddr::V4(l)) => (
+            SocketAddr::V6(c),
+            SocketAddr::new(l.ip().to_ipv6_mapped().into(), l.port()),
+        ),
         pair => pair,
     };
     match version {
@@ -203,11 +240,20 @@ pub fn proxy_header(version: ProxyProtocol, client: SocketAddr, local: SocketAdd
         ProxyProtocol::V1 => {
             let fam = if client.is_ipv4() { "TCP4" } else { "TCP6" };
             let mut cur = std::io::Cursor::new(&mut out[..]);
-            let _ = write!(cur, "PROXY {fam} {} {} {} {}\r\n", client.ip(), local.ip(), client.port(), local.port());
+            let _ = write!(
+                cur,
+                "PROXY {fam} {} {} {} {}\r\n",
+                client.ip(),
+                local.ip(),
+                client.port(),
+                local.port()
+            );
             cur.position() as usize
         }
         ProxyProtocol::V2 => {
-            const SIG: [u8; 12] = [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A];
+            const SIG: [u8; 12] = [
+                0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
+            ];
             out[..12].copy_from_slice(&SIG);
             out[12] = 0x21; // version 2, PROXY command
             let mut n = 16;
@@ -260,7 +306,10 @@ mod tests {
         assert_eq!(&buf[24..26], &5000u16.to_be_bytes());
         let c6: SocketAddr = "[2001:db8::1]:5000".parse().unwrap();
         let n = proxy_header(ProxyProtocol::V1, c6, l, &mut buf);
-        assert_eq!(&buf[..n], b"PROXY TCP6 2001:db8::1 ::ffff:127.0.0.1 5000 8000\r\n");
+        assert_eq!(
+            &buf[..n],
+            b"PROXY TCP6 2001:db8::1 ::ffff:127.0.0.1 5000 8000\r\n"
+        );
         assert!(n <= 107);
     }
 }

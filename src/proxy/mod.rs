@@ -17,7 +17,11 @@ use std::thread::JoinHandle;
 
 /// How many workers a config asks for (0 = one per CPU this process may use).
 pub fn worker_count(cfg: &Config) -> usize {
-    if cfg.workers > 0 { cfg.workers } else { ring::sys::allowed_cpus().len().max(1) }
+    if cfg.workers > 0 {
+        cfg.workers
+    } else {
+        ring::sys::allowed_cpus().len().max(1)
+    }
 }
 
 /// Binds one listening socket per listener for one worker.
@@ -26,14 +30,25 @@ fn bind(snapshot: &Snapshot) -> Result<Vec<Socket>, String> {
         .listeners
         .iter()
         .map(|l| {
-            let err = |what: &str, e: std::io::Error| format!("listener {:?}: cannot {what} {}: {e}", l.name, l.bind);
-            let s = Socket::new(Domain::for_address(l.bind), Type::STREAM.cloexec(), Some(Protocol::TCP)).map_err(|e| err("create a socket for", e))?;
-            s.set_reuse_address(true).map_err(|e| err("set SO_REUSEADDR on", e))?;
-            s.set_reuse_port(true).map_err(|e| err("set SO_REUSEPORT on", e))?;
+            let err = |what: &str, e: std::io::Error| {
+                format!("listener {:?}: cannot {what} {}: {e}", l.name, l.bind)
+            };
+            let s = Socket::new(
+                Domain::for_address(l.bind),
+                Type::STREAM.cloexec(),
+                Some(Protocol::TCP),
+            )
+            .map_err(|e| err("create a socket for", e))?;
+            s.set_reuse_address(true)
+                .map_err(|e| err("set SO_REUSEADDR on", e))?;
+            s.set_reuse_port(true)
+                .map_err(|e| err("set SO_REUSEPORT on", e))?;
             // Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt per accept.
-            s.set_tcp_nodelay(true).map_err(|e| err("set TCP_NODELAY on", e))?;
+            s.set_tcp_nodelay(true)
+                .map_err(|e| err("set TCP_NODELAY on", e))?;
             s.bind(&l.bind.into()).map_err(|e| err("bind", e))?;
-            s.listen(l.backlog.min(i32::MAX as u32) as i32).map_err(|e| err("listen on", e))?;
+            s.listen(l.backlog.min(i32::MAX as u32) as i32)
+                .map_err(|e| err("listen on", e))?;
             Ok(s)
         })
         .collect()
@@ -56,15 +71,18 @@ pub fn start(cfg: &Config, shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>, S
     for (id, socks) in sockets.into_iter().enumerate() {
         let shared = shared.clone();
         let tx = tx.clone();
-        let cpu = if pin && !cpus.is_empty() { Some(cpus[id % cpus.len()]) } else { None };
+        let cpu = if pin && !cpus.is_empty() {
+            Some(cpus[id % cpus.len()])
+        } else {
+            None
+        };
         let h = std::thread::Builder::new()
             .name(format!("ringlb-w{id}"))
             .spawn(move || {
-                if let Some(cpu) = cpu {
-                    if let Err(e) = ring::sys::pin_to_cpu(cpu) {
+                if let Some(cpu) = cpu
+                    && let Err(e) = ring::sys::pin_to_cpu(cpu) {
                         tracing::warn!(worker = id, cpu, error = %e, "cannot pin worker");
                     }
-                }
                 let worker = match worker::Worker::new(id, shared, socks, count, size) {
                     Ok(w) => w,
                     Err(e) => {
@@ -85,7 +103,9 @@ pub fn start(cfg: &Config, shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>, S
         match rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                shared.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+                shared
+                    .stopping
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 return Err(e);
             }
             Err(_) => return Err("a worker died while starting".into()),

@@ -55,14 +55,27 @@ struct Mapping {
 
 impl Mapping {
     fn new(len: usize, populate: bool) -> io::Result<Mapping> {
-        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if populate { libc::MAP_POPULATE } else { 0 };
+        let flags =
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if populate { libc::MAP_POPULATE } else { 0 };
         // SAFETY: an anonymous mapping with no address hint touches no existing memory; the
         // result is checked against MAP_FAILED before use.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                -1,
+                0,
+            )
+        };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Mapping { ptr: ptr as *mut u8, len })
+        Ok(Mapping {
+            ptr: ptr as *mut u8,
+            len,
+        })
     }
 }
 
@@ -104,15 +117,24 @@ impl Ring {
     /// two). Uses DEFER_TASKRUN + SINGLE_ISSUER where the kernel has them (the ring is only
     /// ever used by the thread that made it).
     pub fn new(sq_entries: u32, count: u16, size: u32) -> io::Result<Ring> {
-        assert!(count.is_power_of_two(), "buffer count must be a power of two");
+        assert!(
+            count.is_power_of_two(),
+            "buffer count must be a power of two"
+        );
         let uring = IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
             .setup_cqsize(sq_entries * 4)
             .build(sq_entries)
-            .or_else(|_| IoUring::builder().setup_cqsize(sq_entries * 4).build(sq_entries))?;
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_cqsize(sq_entries * 4)
+                    .build(sq_entries)
+            })?;
         if !uring.params().is_feature_submit_stable() || !uring.params().is_feature_fast_poll() {
-            return Err(io::Error::other("this kernel's io_uring lacks SUBMIT_STABLE or FAST_POLL (Linux 5.7+ needed; 6.1+ advised)"));
+            return Err(io::Error::other(
+                "this kernel's io_uring lacks SUBMIT_STABLE or FAST_POLL (Linux 5.7+ needed; 6.1+ advised)",
+            ));
         }
         let entries_len = (count as usize * std::mem::size_of::<types::BufRingEntry>()).max(4096);
         let entries = Mapping::new(entries_len, false)?;
@@ -141,7 +163,12 @@ impl Ring {
         // SAFETY: the entries mapping is page-aligned, holds `count` entries, and lives in
         // `ring` (dropped after the IoUring, which unregisters the group with it).
         unsafe {
-            ring.uring.submitter().register_buf_ring_with_flags(ring.entries.ptr as u64, count, BGID, 0)?;
+            ring.uring.submitter().register_buf_ring_with_flags(
+                ring.entries.ptr as u64,
+                count,
+                BGID,
+                0,
+            )?;
         }
         for bid in 0..count {
             ring.recycle(bid);
@@ -182,7 +209,14 @@ impl Ring {
         self.nstaged = 0;
         match r {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
@@ -191,34 +225,60 @@ impl Ring {
     pub fn drain(&mut self, out: &mut Vec<Cqe>) {
         out.clear();
         for c in self.uring.completion() {
-            out.push(Cqe { user_data: c.user_data(), result: c.result(), flags: c.flags() });
+            out.push(Cqe {
+                user_data: c.user_data(),
+                result: c.result(),
+                flags: c.flags(),
+            });
         }
     }
 
     /// Multishot accept on a listening socket.
     pub fn accept_multi(&mut self, fd: RawFd, user_data: u64) {
-        let sqe = opcode::AcceptMulti::new(types::Fd(fd)).flags(libc::SOCK_CLOEXEC).build().user_data(user_data);
+        let sqe = opcode::AcceptMulti::new(types::Fd(fd))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(user_data);
         self.push(sqe);
     }
 
     /// Multishot recv into the relay buffers.
     pub fn recv_multi(&mut self, fd: RawFd, user_data: u64) {
-        let sqe = opcode::RecvMulti::new(types::Fd(fd), BGID).build().user_data(user_data);
+        let sqe = opcode::RecvMulti::new(types::Fd(fd), BGID)
+            .build()
+            .user_data(user_data);
         self.push(sqe);
     }
 
     /// Sends `len` bytes of relay buffer `bid` from `offset`.
     pub fn send_buffer(&mut self, fd: RawFd, bid: u16, offset: u32, len: u32, user_data: u64) {
-        assert!(bid < self.count && offset as u64 + len as u64 <= self.size as u64, "send outside buffer {bid}");
+        assert!(
+            bid < self.count && offset as u64 + len as u64 <= self.size as u64,
+            "send outside buffer {bid}"
+        );
         // SAFETY: in bounds of the data mapping (checked above); the mapping outlives the ring.
-        let ptr = unsafe { self.data.ptr.add(bid as usize * self.size as usize + offset as usize) };
-        let sqe = opcode::Send::new(types::Fd(fd), ptr, len).flags(libc::MSG_NOSIGNAL).build().user_data(user_data);
+        let ptr = unsafe {
+            self.data
+                .ptr
+                .add(bid as usize * self.size as usize + offset as usize)
+        };
+        let sqe = opcode::Send::new(types::Fd(fd), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data);
         self.push(sqe);
     }
 
     /// Connects `fd` to `addr`, with a linked timeout. Two completions follow: the connect's
     /// (`-ECANCELED` when the timeout fired) and the timeout's.
-    pub fn connect(&mut self, fd: RawFd, addr: &socket2::SockAddr, timeout: Duration, connect_ud: u64, timeout_ud: u64) {
+    pub fn connect(
+        &mut self,
+        fd: RawFd,
+        addr: &socket2::SockAddr,
+        timeout: Duration,
+        connect_ud: u64,
+        timeout_ud: u64,
+    ) {
         // The connect and its timeout go into one submission batch, and the staged slot must
         // not be reused before that batch is submitted: make room for both first.
         let free = {
@@ -234,42 +294,72 @@ impl Ring {
         // SAFETY: `addr.as_ptr()` is valid for `addr.len()` bytes, and a SockAddr is never
         // longer than sockaddr_storage, which is what `slot.addr` is.
         unsafe {
-            std::ptr::copy_nonoverlapping(addr.as_ptr() as *const u8, &mut slot.addr as *mut _ as *mut u8, len);
+            std::ptr::copy_nonoverlapping(
+                addr.as_ptr() as *const u8,
+                &mut slot.addr as *mut _ as *mut u8,
+                len,
+            );
         }
         slot.timeout = types::Timespec::from(timeout);
-        let connect = opcode::Connect::new(types::Fd(fd), &slot.addr as *const _ as *const libc::sockaddr, len as libc::socklen_t)
+        let connect = opcode::Connect::new(
+            types::Fd(fd),
+            &slot.addr as *const _ as *const libc::sockaddr,
+            len as libc::socklen_t,
+        )
+        .build()
+        .flags(squeue::Flags::IO_LINK)
+        .user_data(connect_ud);
+        let timer = opcode::LinkTimeout::new(&slot.timeout)
             .build()
-            .flags(squeue::Flags::IO_LINK)
-            .user_data(connect_ud);
-        let timer = opcode::LinkTimeout::new(&slot.timeout).build().user_data(timeout_ud);
+            .user_data(timeout_ud);
         self.push(connect);
         self.push(timer);
     }
 
     /// Shuts down the write side of `fd` (the peer reads EOF).
     pub fn shutdown_write(&mut self, fd: RawFd, user_data: u64) {
-        self.push(opcode::Shutdown::new(types::Fd(fd), libc::SHUT_WR).build().user_data(user_data));
+        self.push(
+            opcode::Shutdown::new(types::Fd(fd), libc::SHUT_WR)
+                .build()
+                .user_data(user_data),
+        );
     }
 
     /// Closes `fd`; its completion carries `user_data`.
     pub fn close(&mut self, fd: RawFd, user_data: u64) {
-        self.push(opcode::Close::new(types::Fd(fd)).build().user_data(user_data));
+        self.push(
+            opcode::Close::new(types::Fd(fd))
+                .build()
+                .user_data(user_data),
+        );
     }
 
     /// Cancels the request with `target` user data.
     pub fn cancel(&mut self, target: u64, user_data: u64) {
-        self.push(opcode::AsyncCancel2::new(types::CancelBuilder::user_data(target)).build().user_data(user_data));
+        self.push(
+            opcode::AsyncCancel2::new(types::CancelBuilder::user_data(target))
+                .build()
+                .user_data(user_data),
+        );
     }
 
     /// Cancels every request on `fd`.
     pub fn cancel_fd(&mut self, fd: RawFd, user_data: u64) {
-        self.push(opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all()).build().user_data(user_data));
+        self.push(
+            opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+                .build()
+                .user_data(user_data),
+        );
     }
 
     /// A completion every `period`, for ever (multishot timeout).
     pub fn tick(&mut self, period: Duration, user_data: u64) {
         *self.tick = types::Timespec::from(period);
-        let sqe = opcode::Timeout::new(&*self.tick).count(0).flags(types::TimeoutFlags::MULTISHOT).build().user_data(user_data);
+        let sqe = opcode::Timeout::new(&*self.tick)
+            .count(0)
+            .flags(types::TimeoutFlags::MULTISHOT)
+            .build()
+            .user_data(user_data);
         self.push(sqe);
     }
 
@@ -278,7 +368,8 @@ impl Ring {
     pub fn send_header(&mut self, fd: RawFd, slot: usize, bytes: &[u8], user_data: u64) {
         assert!(bytes.len() <= HEADER_MAX);
         while self.headers.len() * HEADER_CHUNK <= slot {
-            self.headers.push(Box::new([[0u8; HEADER_MAX]; HEADER_CHUNK]));
+            self.headers
+                .push(Box::new([[0u8; HEADER_MAX]; HEADER_CHUNK]));
         }
         let buf = &mut self.headers[slot / HEADER_CHUNK][slot % HEADER_CHUNK];
         buf[..bytes.len()].copy_from_slice(bytes);
@@ -311,7 +402,8 @@ impl Ring {
         // SAFETY: the tail field overlays the first entry's `resv`, inside the mapping; the
         // kernel reads it concurrently, hence the atomic release store.
         unsafe {
-            let tail = types::BufRingEntry::tail(self.entries.ptr as *const types::BufRingEntry) as *const AtomicU16;
+            let tail = types::BufRingEntry::tail(self.entries.ptr as *const types::BufRingEntry)
+                as *const AtomicU16;
             (*tail).store(self.tail, Ordering::Release);
         }
         self.published = self.tail;
@@ -337,7 +429,13 @@ pub mod sys {
         let one: libc::c_int = 1;
         // SAFETY: `one` is a valid c_int for the duration of the call; fd was just created.
         unsafe {
-            libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, &one as *const _ as *const libc::c_void, std::mem::size_of::<libc::c_int>() as libc::socklen_t);
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
         }
         Ok(fd)
     }
@@ -352,7 +450,11 @@ pub mod sys {
                 } else {
                     libc::getsockname(fd, storage.cast(), len)
                 };
-                if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+                if r == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
             })
         };
         r.ok().and_then(|(_, addr)| addr.as_socket())
@@ -396,9 +498,14 @@ pub mod sys {
         unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
             if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-                return (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect();
+                return (0..std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1))
+                    .collect();
             }
-            (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| libc::CPU_ISSET(c, &set))
+                .collect()
         }
     }
 

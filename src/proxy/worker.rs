@@ -74,13 +74,26 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(id: usize, shared: Arc<Shared>, sockets: Vec<socket2::Socket>, buffer_count: u16, buffer_size: u32) -> std::io::Result<Worker> {
+    pub fn new(
+        id: usize,
+        shared: Arc<Shared>,
+        sockets: Vec<socket2::Socket>,
+        buffer_count: u16,
+        buffer_size: u32,
+    ) -> std::io::Result<Worker> {
         let ring = Ring::new(4096, buffer_count, buffer_size)?;
         Ok(Worker {
             id,
             ring,
             shared,
-            listening: sockets.into_iter().map(|s| Listening { socket: Some(s), state: AcceptState::Idle, paused_until: 0 }).collect(),
+            listening: sockets
+                .into_iter()
+                .map(|s| Listening {
+                    socket: Some(s),
+                    state: AcceptState::Idle,
+                    paused_until: 0,
+                })
+                .collect(),
             conns: Vec::new(),
             gens: Vec::new(),
             free: Vec::new(),
@@ -112,7 +125,8 @@ impl Worker {
             }
             self.ring.commit();
             self.wake_parked();
-            if self.stopping && self.live == 0 && self.listening.iter().all(|l| l.socket.is_none()) {
+            if self.stopping && self.live == 0 && self.listening.iter().all(|l| l.socket.is_none())
+            {
                 return Ok(());
             }
         }
@@ -138,7 +152,12 @@ impl Worker {
                 match self.conns.get(slot) {
                     Some(Some(conn)) if conn.gen_ == gen_ => {}
                     _ => {
-                        tracing::error!(worker = self.id, slot, ?op, "completion for a released connection");
+                        tracing::error!(
+                            worker = self.id,
+                            slot,
+                            ?op,
+                            "completion for a released connection"
+                        );
                         return;
                     }
                 }
@@ -177,17 +196,20 @@ impl Worker {
 
     fn arm_accept(&mut self, i: usize) {
         let l = &mut self.listening[i];
-        if let Some(s) = &l.socket {
-            if l.state == AcceptState::Idle && !self.stopping {
-                self.ring.accept_multi(s.as_raw_fd(), conn::user_data(i as u32, 0, Op::Accept));
+        if let Some(s) = &l.socket
+            && l.state == AcceptState::Idle && !self.stopping {
+                self.ring
+                    .accept_multi(s.as_raw_fd(), conn::user_data(i as u32, 0, Op::Accept));
                 l.state = AcceptState::Armed;
             }
-        }
     }
 
     fn cancel_accept(&mut self, i: usize) {
         if self.listening[i].state == AcceptState::Armed {
-            self.ring.cancel(conn::user_data(i as u32, 0, Op::Accept), conn::user_data(i as u32, 0, Op::AcceptCancel));
+            self.ring.cancel(
+                conn::user_data(i as u32, 0, Op::Accept),
+                conn::user_data(i as u32, 0, Op::AcceptCancel),
+            );
             self.listening[i].state = AcceptState::Cancelling;
         }
     }
@@ -203,7 +225,10 @@ impl Worker {
         }
         if c.result < 0 {
             let err = -c.result;
-            if matches!(err, libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) {
+            if matches!(
+                err,
+                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+            ) {
                 // Out of descriptors or memory: pause accepting for a couple of ticks rather
                 // than spin on an error that only time (closing connections) can cure.
                 self.listening[li].paused_until = self.now + ACCEPT_PAUSE_TICKS;
@@ -215,7 +240,9 @@ impl Worker {
             } else if err != libc::ECANCELED {
                 tracing::warn!(worker = self.id, error = %std::io::Error::from_raw_os_error(err), "accept failed");
             }
-            if self.listening[li].state == AcceptState::Idle && self.now >= self.listening[li].paused_until {
+            if self.listening[li].state == AcceptState::Idle
+                && self.now >= self.listening[li].paused_until
+            {
                 self.arm_accept(li);
             }
             return;
@@ -226,7 +253,9 @@ impl Worker {
             return;
         }
         self.new_connection(li, fd);
-        if self.listening[li].state == AcceptState::Idle && self.now >= self.listening[li].paused_until {
+        if self.listening[li].state == AcceptState::Idle
+            && self.now >= self.listening[li].paused_until
+        {
             self.arm_accept(li);
         }
     }
@@ -250,7 +279,10 @@ impl Worker {
         }
         let key = if pool.needs_client_key() {
             match sys::peer_addr(fd) {
-                Some(a) => key_hash(a.ip(), (pool.hash_key == HashKey::ClientIpPort).then_some(a.port())),
+                Some(a) => key_hash(
+                    a.ip(),
+                    (pool.hash_key == HashKey::ClientIpPort).then_some(a.port()),
+                ),
                 None => 0,
             }
         } else {
@@ -297,7 +329,14 @@ impl Worker {
         let c = self.conns[slot].as_mut().expect("live connection");
         let attempts_left = c.ntried as u32 <= c.listener.retries;
         let picked = if attempts_left {
-            c.pool.balancer.pick(&c.pool.backends, &Pick { key: c.key, rand, tried: c.tried() })
+            c.pool.balancer.pick(
+                &c.pool.backends,
+                &Pick {
+                    key: c.key,
+                    rand,
+                    tried: c.tried(),
+                },
+            )
         } else {
             None
         };
@@ -327,7 +366,10 @@ impl Worker {
         c.server = fd;
         c.inflight += 2;
         let timeout = c.listener.connect_timeout;
-        let (cu, tu) = (self.ud(slot, Op::Connect), self.ud(slot, Op::ConnectTimeout));
+        let (cu, tu) = (
+            self.ud(slot, Op::Connect),
+            self.ud(slot, Op::ConnectTimeout),
+        );
         self.ring.connect(fd, &backend.sockaddr, timeout, cu, tu);
         self.conn(slot).backend = Some(backend);
     }
@@ -376,7 +418,8 @@ impl Worker {
         c.server = -1;
         c.backend = None;
         // Nothing else uses this descriptor: the linked timeout is not bound to it.
-        self.ring.close(fd, conn::user_data(slot as u32, 0, Op::Close));
+        self.ring
+            .close(fd, conn::user_data(slot as u32, 0, Op::Close));
         self.connect_next(slot);
     }
 
@@ -397,7 +440,9 @@ impl Worker {
             let mut hdr = [0u8; HEADER_MAX];
             let version = c.listener.proxy_protocol;
             let (from, to) = (sys::peer_addr(c.client), sys::local_addr(c.client));
-            let (Some(from), Some(to)) = (from, to) else { return self.teardown(slot) };
+            let (Some(from), Some(to)) = (from, to) else {
+                return self.teardown(slot);
+            };
             let n = conn::proxy_header(version, from, to, &mut hdr);
             let (sent, server) = (c.header_sent as usize, c.server);
             c.inflight += 1;
@@ -669,7 +714,7 @@ impl Worker {
 
     fn on_tick(&mut self) {
         self.now += 1;
-        if self.now % 10 == 0 {
+        if self.now.is_multiple_of(10) {
             self.accept_warned = 0;
         }
         if !self.stopping && self.shared.stopping.load(Relaxed) {

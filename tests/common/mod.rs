@@ -1,0 +1,242 @@
+//! Helpers for the end-to-end tests: real backends on 127.0.0.1, the real `ringlb` binary
+//! as a child process, and bounded waits (every loop here has a deadline).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ringlb");
+
+/// A free loopback port (bound and released; good enough for tests run here).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An address that refuses connections: a port that was bound and released.
+pub fn refusing_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// A test backend. On each connection it writes its name and a newline, then echoes
+/// everything; on EOF from the peer it shuts down its write side. Counts what it sees.
+pub struct TestBackend {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub accepted: Arc<AtomicUsize>,
+    pub open: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl TestBackend {
+    pub fn start(name: &str) -> TestBackend {
+        Self::start_with(name, true)
+    }
+
+    /// A plain echo backend (no greeting).
+    pub fn echo() -> TestBackend {
+        Self::start_with("echo", false)
+    }
+
+    fn start_with(name: &str, greet: bool) -> TestBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, o, s, n) = (
+            accepted.clone(),
+            open.clone(),
+            stop.clone(),
+            name.to_string(),
+        );
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(mut stream) = stream else { continue };
+                a.fetch_add(1, Ordering::Relaxed);
+                o.fetch_add(1, Ordering::Relaxed);
+                let (o, n) = (o.clone(), n.clone());
+                std::thread::spawn(move || {
+                    if greet {
+                        let _ = stream.write_all(format!("{n}\n").as_bytes());
+                    }
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match stream.read(&mut buf) {
+                            Ok(0) => {
+                                let _ = stream.shutdown(Shutdown::Write);
+                                break;
+                            }
+                            Ok(k) => {
+                                if stream.write_all(&buf[..k]).is_err() {
+                                    break;
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    o.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+        });
+        TestBackend {
+            addr,
+            name: name.to_string(),
+            accepted,
+            open,
+            stop,
+        }
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(100));
+    }
+}
+
+/// The real binary, serving a config written to a temporary file.
+pub struct Proxy {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub config_path: std::path::PathBuf,
+}
+
+impl Proxy {
+    /// Starts `ringlb serve` and waits (bounded) until `wait_for` accepts connections.
+    pub fn start(config: &str, wait_for: SocketAddr) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("ringlb.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("RINGLB_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ringlb");
+        let p = Proxy {
+            child,
+            dir,
+            config_path,
+        };
+        wait_until(Duration::from_secs(10), || {
+            TcpStream::connect(wait_for).is_ok()
+        });
+        p
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits (bounded) for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it is true or `limit` passes; panics on timeout.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("condition not met within {limit:?}");
+}
+
+/// Connects through the proxy and reads the backend's greeting line.
+pub fn greet(addr: SocketAddr) -> (TcpStream, String) {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line).unwrap();
+    (s, line.trim().to_string())
+}
+
+/// Connects from a chosen loopback source address.
+pub fn connect_from(src: std::net::Ipv4Addr, dst: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from((src, 0)).into()).unwrap();
+    s.connect(&dst.into()).unwrap();
+    s.into()
+}
+
+pub fn listener_config(name: &str, port: u16, pool: &str, extra: &str) -> String {
+    format!(
+        "[[listeners]]\nname = \"{name}\"\nbind = \"127.0.0.1:{port}\"\npool = \"{pool}\"\n{extra}\n"
+    )
+}
+
+pub fn pool_config(
+    name: &str,
+    algorithm: &str,
+    backends: &[(SocketAddr, u32)],
+    extra: &str,
+) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|(a, w)| format!("{{ addr = \"{a}\", weight = {w} }}"))
+        .collect();
+    format!(
+        "[pools.{name}]\nalgorithm = \"{algorithm}\"\nbackends = [{}]\n{extra}\n",
+        list.join(", ")
+    )
+}
+
+pub fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), for integrity checks.
+pub fn fill(buf: &mut [u8], seed: &mut u64) {
+    for chunk in buf.chunks_mut(8) {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        let b = seed.to_le_bytes();
+        chunk.copy_from_slice(&b[..chunk.len()]);
+    }
+}

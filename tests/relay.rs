@@ -1,0 +1,297 @@
+//! Relaying through the real binary: integrity, half-close, many connections, retries,
+//! timeouts, limits and graceful stop.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+use xxhash_rust::xxh3::Xxh3;
+
+fn single_pool(backends: &[SocketAddr], listener_extra: &str, top: &str) -> (Proxy, SocketAddr) {
+    let port = free_port();
+    let list: Vec<_> = backends.iter().map(|&a| (a, 1)).collect();
+    let cfg = format!(
+        "{top}\n{}{}",
+        listener_config("l", port, "p", listener_extra),
+        pool_config("p", "round_robin", &list, "")
+    );
+    (Proxy::start(&cfg, addr(port)), addr(port))
+}
+
+#[test]
+fn sixty_four_mib_each_way_arrive_intact() {
+    let echo = TestBackend::echo();
+    let (_p, lb) = single_pool(&[echo.addr], "", "workers = 2");
+    let total: usize = 64 << 20;
+    let s = TcpStream::connect(lb).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut h = Xxh3::new();
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        let mut buf = vec![0u8; 100_003]; // odd size: chunk edges never line up with buffers
+        let mut sent = 0;
+        while sent < total {
+            let n = buf.len().min(total - sent);
+            fill(&mut buf[..n], &mut seed);
+            w.write_all(&buf[..n]).unwrap();
+            h.update(&buf[..n]);
+            sent += n;
+        }
+        w.shutdown(Shutdown::Write).unwrap();
+        h.digest()
+    });
+    let mut r = s;
+    let mut h = Xxh3::new();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        got += n;
+    }
+    let sent_hash = writer.join().unwrap();
+    assert_eq!(got, total, "bytes back");
+    assert_eq!(h.digest(), sent_hash, "checksum of the echoed stream");
+}
+
+#[test]
+fn half_close_lets_the_reply_through() {
+    // A backend that reads to EOF, then answers with what it counted, then closes.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(2) {
+            let mut s = s.unwrap();
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).unwrap();
+            s.write_all(format!("got {} bytes", all.len()).as_bytes())
+                .unwrap();
+        }
+    });
+    let (_p, lb) = single_pool(&[backend], "", "");
+    let mut s = TcpStream::connect(lb).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&[7u8; 300_000]).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "got 300000 bytes");
+}
+
+#[test]
+fn two_thousand_concurrent_connections_echo() {
+    ringlb::proxy::ring::sys::raise_nofile_limit();
+    let echo = TestBackend::echo();
+    let (_p, lb) = single_pool(&[echo.addr], "", "workers = 2");
+    let n = 2000;
+    let mut conns: Vec<TcpStream> = (0..n).map(|_| TcpStream::connect(lb).unwrap()).collect();
+    for (i, s) in conns.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(format!("hello {i:05}\n").as_bytes()).unwrap();
+    }
+    wait_until(Duration::from_secs(20), || {
+        echo.open.load(std::sync::atomic::Ordering::Relaxed) >= n
+    });
+    for (i, s) in conns.iter_mut().enumerate() {
+        let mut line = String::new();
+        BufReader::new(&*s).read_line(&mut line).unwrap();
+        assert_eq!(line, format!("hello {i:05}\n"));
+    }
+}
+
+#[test]
+fn a_refusing_backend_is_retried_elsewhere() {
+    let good = TestBackend::start("good");
+    let (_p, lb) = single_pool(&[refusing_addr(), good.addr], "retries = 1", "workers = 2");
+    for i in 0..200 {
+        let (_s, name) = greet(lb);
+        assert_eq!(name, "good", "connection {i}");
+    }
+}
+
+#[test]
+fn a_silent_backend_times_out_and_is_retried() {
+    // A listener whose accept queue is full and never drained drops further SYNs: a
+    // connect to it hangs until the proxy's connect_timeout.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    sock.listen(0).unwrap();
+    let silent_addr: SocketAddr = sock.local_addr().unwrap().as_socket().unwrap();
+    // Fill its accept queue so further SYNs are dropped.
+    let _fill: Vec<_> = (0..4)
+        .filter_map(|_| TcpStream::connect_timeout(&silent_addr, Duration::from_millis(200)).ok())
+        .collect();
+    assert!(
+        TcpStream::connect_timeout(&silent_addr, Duration::from_millis(300)).is_err(),
+        "the silent backend still completes handshakes"
+    );
+    let good = TestBackend::start("good");
+    let (_p, lb) = single_pool(
+        &[silent_addr, good.addr],
+        "retries = 1\nconnect_timeout = \"200ms\"",
+        "",
+    );
+    for i in 0..6 {
+        let (_s, name) = greet(lb);
+        assert_eq!(name, "good", "connection {i}");
+    }
+}
+
+#[test]
+fn no_backend_left_closes_the_client() {
+    let (_p, lb) = {
+        let port = free_port();
+        let cfg = format!(
+            "{}{}",
+            listener_config("l", port, "p", "retries = 1"),
+            pool_config(
+                "p",
+                "round_robin",
+                &[(refusing_addr(), 1), (refusing_addr(), 1)],
+                ""
+            )
+        );
+        let p = Proxy::start(&cfg, addr(port));
+        (p, addr(port))
+    };
+    let mut s = TcpStream::connect(lb).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 16];
+    // Closed with nothing sent: EOF or a reset, never a hang.
+    match s.read(&mut buf) {
+        Ok(n) => assert_eq!(n, 0),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+    }
+}
+
+#[test]
+fn idle_connections_are_closed_after_idle_timeout() {
+    let echo = TestBackend::echo();
+    let (_p, lb) = single_pool(&[echo.addr], "idle_timeout = \"300ms\"", "");
+    let mut s = TcpStream::connect(lb).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).unwrap();
+    // Then silence: the proxy closes it (EOF), well before the read timeout.
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn max_connections_holds_the_next_client_until_a_slot_frees() {
+    let b = TestBackend::start("b");
+    let (_p, lb) = single_pool(&[b.addr], "max_connections = 2", "workers = 1");
+    wait_until(Duration::from_secs(10), || {
+        b.open.load(std::sync::atomic::Ordering::Relaxed) == 0
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let (first, _) = greet(lb);
+    let (_second, _) = greet(lb);
+    // The third is accepted by the kernel's backlog, or accepted and closed; either way it
+    // gets no greeting while two are open.
+    let third = TcpStream::connect(lb).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut line = String::new();
+    let r = BufReader::new(&third).read_line(&mut line);
+    assert!(
+        line.is_empty(),
+        "a third connection was served: {r:?} {line:?}"
+    );
+    drop(first);
+    drop(third);
+    // A slot frees up: new clients are served again.
+    let mut served = false;
+    for _ in 0..50 {
+        let s = TcpStream::connect(lb).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut line = String::new();
+        if BufReader::new(&s).read_line(&mut line).is_ok() && line == "b\n" {
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "no client was served after a slot freed");
+}
+
+#[test]
+fn proxy_protocol_v1_header_reaches_the_backend() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = l.local_addr().unwrap();
+    let (_p, lb) = single_pool(&[backend], "proxy_protocol = \"v1\"", "");
+    // The readiness probe's connection came first: skip it.
+    let handle = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for s in l.incoming().take(2) {
+            let s = s.unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut r = BufReader::new(s);
+            let mut line = String::new();
+            let _ = r.read_line(&mut line);
+            let mut rest = String::new();
+            let _ = r.read_line(&mut rest);
+            lines.push((line, rest));
+        }
+        lines
+    });
+    let c = connect_from(std::net::Ipv4Addr::new(127, 0, 0, 9), lb);
+    let local_port = c.local_addr().unwrap().port();
+    (&c).write_all(b"payload\n").unwrap();
+    let lines = handle.join().unwrap();
+    let (header, rest) = lines
+        .iter()
+        .find(|(h, _)| h.contains("127.0.0.9"))
+        .expect("our connection's header");
+    assert_eq!(
+        header,
+        &format!(
+            "PROXY TCP4 127.0.0.9 127.0.0.1 {local_port} {}\r\n",
+            lb.port()
+        )
+    );
+    assert_eq!(rest, "payload\n");
+}
+
+#[test]
+fn sigterm_lets_an_open_connection_finish_then_exits_zero() {
+    let echo = TestBackend::echo();
+    let (mut p, lb) = single_pool(&[echo.addr], "", "shutdown_timeout = \"20s\"");
+    let mut s = TcpStream::connect(lb).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"before").unwrap();
+    let mut buf = [0u8; 6];
+    s.read_exact(&mut buf).unwrap();
+    p.signal("TERM");
+    // New connections are refused once the listeners close...
+    wait_until(Duration::from_secs(10), || TcpStream::connect(lb).is_err());
+    // ...while the open one still relays both ways.
+    assert_eq!(
+        p.wait_exit(Duration::from_millis(300)),
+        None,
+        "exited with a connection open"
+    );
+    s.write_all(b"after!").unwrap();
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"after!");
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(s.read(&mut buf).unwrap(), 0);
+    drop(s);
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn sigterm_with_nothing_open_exits_at_once() {
+    let echo = TestBackend::echo();
+    let (mut p, _lb) = single_pool(&[echo.addr], "", "shutdown_timeout = \"30s\"");
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(5)), Some(0));
+}
