@@ -11,6 +11,7 @@ use crate::balance::{self, Balancer};
 use crate::config::{Algorithm, Config, HashKey, ProxyProtocol};
 use arc_swap::ArcSwap;
 use crossbeam_utils::CachePadded;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
@@ -89,6 +90,8 @@ pub struct Backend {
     pub sockaddr: socket2::SockAddr,
     weight: AtomicU32,
     state: AtomicU8,
+    /// Removed from its pool: workers close the connections it still has.
+    removed: AtomicBool,
     pub stats: CachePadded<BackendStats>,
 }
 
@@ -100,6 +103,7 @@ impl Backend {
             sockaddr: socket2::SockAddr::from(addr),
             weight: AtomicU32::new(weight),
             state: AtomicU8::new(state as u8),
+            removed: AtomicBool::new(false),
             stats: CachePadded::new(BackendStats::default()),
         }
     }
@@ -113,6 +117,14 @@ impl Backend {
     #[inline]
     pub fn is_routable(&self) -> bool {
         self.state.load(Ordering::Relaxed) == BackendState::Up as u8
+    }
+    /// Marks the backend as gone from its pool; workers close what it still carries.
+    pub fn set_removed(&self) {
+        self.removed.store(true, Ordering::Relaxed);
+    }
+    #[inline]
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
     }
     pub fn weight(&self) -> u32 {
         self.weight.load(Ordering::Relaxed)
@@ -135,6 +147,8 @@ pub struct Pool {
     pub balancer: Box<dyn Balancer>,
     /// The settings it was built from, to build it again after a change.
     pub settings: crate::config::PoolConfig,
+    /// Cached handle for `ringlb_backend_connect_duration_seconds`.
+    pub connect_duration: metrics::Histogram,
 }
 
 impl Pool {
@@ -150,6 +164,7 @@ impl Pool {
             backends,
             balancer,
             settings: cfg.clone(),
+            connect_duration: metrics::histogram!("ringlb_backend_connect_duration_seconds", "pool" => name.to_string()),
         }
     }
 
@@ -182,6 +197,8 @@ pub struct Listener {
     pub max_connections: u32,
     pub proxy_protocol: ProxyProtocol,
     pub stats: Arc<CachePadded<ListenerStats>>,
+    /// Cached handle: recording is a few atomic adds, no label lookup.
+    pub connection_duration: metrics::Histogram,
 }
 
 /// Everything the workers route by, swapped whole.
@@ -190,30 +207,50 @@ pub struct Snapshot {
     pub listeners: Vec<Arc<Listener>>,
 }
 
+/// Backends per pool name: who is a member right now (draining ones included).
+pub type Members = BTreeMap<String, Vec<Arc<Backend>>>;
+
 impl Snapshot {
-    /// Builds a snapshot from a config. Backends and listener counters of `prev` that the
-    /// config still names are reused (same `Arc`), so their counters and connections carry on.
-    pub fn build(cfg: &Config, prev: Option<&Snapshot>) -> Snapshot {
-        let mut pools = Vec::new();
-        for (name, pc) in &cfg.pools {
-            let old = prev.and_then(|p| p.pools.iter().find(|p| &p.name == name));
-            let backends = pc
-                .backends
-                .get_ref()
-                .iter()
-                .map(|bc| {
-                    let w = *bc.weight.get_ref();
-                    match old.and_then(|o| o.backends.iter().find(|b| b.addr == bc.addr)) {
-                        Some(b) => {
-                            b.set_weight(w);
-                            b.clone()
+    /// The members a config names, reusing `prev`'s `Backend`s (same `Arc`) where the config
+    /// still names them, so their counters and connections carry on.
+    pub fn members_from_config(cfg: &Config, prev: Option<&Snapshot>) -> Members {
+        cfg.pools
+            .iter()
+            .map(|(name, pc)| {
+                let old = prev.and_then(|p| p.pool(name));
+                let backends = pc
+                    .backends
+                    .get_ref()
+                    .iter()
+                    .map(|bc| {
+                        let w = *bc.weight.get_ref();
+                        match old.and_then(|o| o.backends.iter().find(|b| b.addr == bc.addr)) {
+                            Some(b) => {
+                                b.set_weight(w);
+                                b.clone()
+                            }
+                            None => Arc::new(Backend::new(name, bc.addr, w, BackendState::Up)),
                         }
-                        None => Arc::new(Backend::new(name, bc.addr, w, BackendState::Up)),
-                    }
-                })
-                .collect();
-            pools.push(Arc::new(Pool::new(name, pc, backends)));
-        }
+                    })
+                    .collect();
+                (name.clone(), backends)
+            })
+            .collect()
+    }
+
+    /// A snapshot of a config alone (no runtime changes).
+    pub fn build(cfg: &Config, prev: Option<&Snapshot>) -> Snapshot {
+        Snapshot::assemble(cfg, &Snapshot::members_from_config(cfg, prev), prev)
+    }
+
+    /// A snapshot of `cfg`'s listeners and pool settings over `members`. Listener counters of
+    /// `prev` carry on.
+    pub fn assemble(cfg: &Config, members: &Members, prev: Option<&Snapshot>) -> Snapshot {
+        let pools: Vec<Arc<Pool>> = cfg
+            .pools
+            .iter()
+            .map(|(name, pc)| Arc::new(Pool::new(name, pc, members.get(name).cloned().unwrap_or_default())))
+            .collect();
         let listeners = cfg
             .listeners
             .iter()
@@ -224,10 +261,8 @@ impl Snapshot {
                     .map(|l| l.stats.clone())
                     .unwrap_or_default();
                 Arc::new(Listener {
-                    pool: pools
-                        .iter()
-                        .position(|p| &p.name == lc.pool.get_ref())
-                        .unwrap_or(0),
+                    pool: pools.iter().position(|p| &p.name == lc.pool.get_ref()).unwrap_or(0),
+                    connection_duration: metrics::histogram!("ringlb_connection_duration_seconds", "listener" => name.clone()),
                     name,
                     bind: lc.bind,
                     backlog: lc.backlog,

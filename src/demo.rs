@@ -56,7 +56,7 @@ fn serve_http(mut s: TcpStream, name: &str) {
 }
 
 /// The demo's config, as a user would write it.
-pub fn config_text(listen: SocketAddr, backends: &[SocketAddr]) -> String {
+pub fn config_text(listen: SocketAddr, metrics: SocketAddr, admin: SocketAddr, backends: &[SocketAddr]) -> String {
     let list: Vec<String> = backends
         .iter()
         .map(|a| format!("  {{ addr = \"{a}\" }},"))
@@ -64,6 +64,12 @@ pub fn config_text(listen: SocketAddr, backends: &[SocketAddr]) -> String {
     format!(
         r#"workers = 0
 shutdown_timeout = "2s"
+
+[metrics]
+listen = "{metrics}"
+
+[admin]
+listen = "{admin}"
 
 [[listeners]]
 name = "demo"
@@ -77,18 +83,23 @@ algorithm = "round_robin"
 backends = [
 {}
 ]
+
+[pools.demo.health]
+kind = "http"
+path = "/health"
+interval = "1s"
 "#,
         list.join("\n")
     )
 }
 
-pub fn run(listen: SocketAddr) -> Result<(), String> {
+pub fn run(listen: SocketAddr, metrics: SocketAddr, admin: SocketAddr) -> Result<(), String> {
     let names = ["backend-1", "backend-2", "backend-3"];
     let mut addrs = Vec::new();
     for n in names {
         addrs.push(start_backend(n).map_err(|e| format!("cannot start a demo backend: {e}"))?);
     }
-    let text = config_text(listen, &addrs);
+    let text = config_text(listen, metrics, admin, &addrs);
     let config = Config::parse("demo.toml", &text).map_err(|e| e.to_string())?;
     let server = Server::start(config, None)?;
     println!("ringlb demo: a balancer on {listen} in front of 3 backends");

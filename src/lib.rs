@@ -7,17 +7,24 @@
 //!   ring hash (xxh3, bounded loads) and Maglev, one file each.
 //! - [`proxy`]: the data plane. `worker` runs the per-core event loop, `conn` holds a
 //!   connection's state, `ring` wraps io_uring and its buffer ring (the only `unsafe`).
+//! - [`health`]: the rise/fall state machine and the TCP/HTTP probes.
+//! - [`metrics`]: metric names, the Prometheus recorder, the scrape.
+//! - [`control`]: the control plane on its own tokio thread: `state` (membership, runtime
+//!   changes, persistence), `admin` (HTTP API and /metrics), health-check and drain tasks.
 //! - [`server`]: `ringlb serve`: starts the workers, handles signals (SIGTERM drains,
 //!   SIGHUP reloads) and shuts down.
 //! - [`demo`]: `ringlb demo`: built-in backends plus a balancer on loopback.
 //!
-//! Threads: one worker per core, each with its own ring and SO_REUSEPORT listeners; the
-//! main thread waits for signals. Workers share only the snapshot (arc-swap, lock-free to
+//! Threads: one worker per core, each with its own ring and SO_REUSEPORT listeners; one
+//! control thread (tokio); the main thread waits for signals. Workers share only the snapshot (arc-swap, lock-free to
 //! read) and per-backend atomics.
 
 pub mod backend;
 pub mod balance;
 pub mod config;
+pub mod control;
 pub mod demo;
+pub mod health;
+pub mod metrics;
 pub mod proxy;
 pub mod server;

@@ -26,6 +26,12 @@ enum Command {
         /// Where the balancer listens.
         #[arg(long, default_value = "127.0.0.1:8000")]
         listen: std::net::SocketAddr,
+        /// Where /metrics is served.
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        metrics: std::net::SocketAddr,
+        /// Where the admin API listens.
+        #[arg(long, default_value = "127.0.0.1:9101")]
+        admin: std::net::SocketAddr,
     },
 }
 
@@ -51,7 +57,7 @@ fn main() {
                 1
             }
         },
-        Command::Demo { listen } => match ringlb::demo::run(listen) {
+        Command::Demo { listen, metrics, admin } => match ringlb::demo::run(listen, metrics, admin) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("ringlb demo: {e}");

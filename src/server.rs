@@ -6,7 +6,9 @@
 //! refused whole and the running one kept.
 //! Must not touch: the event loop's internals; it talks to workers through `Shared` only.
 
-use crate::backend::{Shared, Snapshot};
+use crate::backend::Shared;
+use crate::control::state::State;
+use crate::control::{Control, Endpoints};
 use crate::config::Config;
 use crate::proxy;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -15,62 +17,83 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// A running balancer: its workers and what they share.
+/// A running balancer: its workers, its control plane, and what they share.
 pub struct Server {
     pub shared: Arc<Shared>,
-    config: Config,
+    pub control: Control,
+    shutdown_timeout: Duration,
     path: Option<PathBuf>,
     workers: Vec<std::thread::JoinHandle<()>>,
     signals: signal_hook::iterator::Signals,
 }
 
+/// Binds a control-plane endpoint (before anything starts, so a taken port fails the start).
+fn bind_endpoint(what: &str, addr: std::net::SocketAddr) -> Result<std::net::TcpListener, String> {
+    std::net::TcpListener::bind(addr).map_err(|e| format!("cannot bind the {what} endpoint on {addr}: {e}"))
+}
+
 impl Server {
-    /// Binds and starts everything; returns once every worker accepts.
+    /// Binds and starts everything; returns once every worker accepts and the control
+    /// plane serves.
     pub fn start(config: Config, path: Option<PathBuf>) -> Result<Server, String> {
         // Handlers first: a SIGTERM that arrives the moment the listeners accept must drain,
         // not kill the process by the default action.
-        let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
-            .map_err(|e| format!("cannot handle signals: {e}"))?;
+        let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("cannot handle signals: {e}"))?;
         let limit = proxy::ring::sys::raise_nofile_limit();
+        let token = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
+            Some(f) => {
+                let t = std::fs::read_to_string(f).map_err(|e| format!("admin.token_file {}: {e}", f.display()))?;
+                let t = t.trim().to_string();
+                if t.is_empty() {
+                    return Err(format!("admin.token_file {} is empty", f.display()));
+                }
+                Some(t)
+            }
+            None => None,
+        };
+        let endpoints = Endpoints {
+            metrics: config.metrics.as_ref().map(|m| bind_endpoint("metrics", m.listen)).transpose()?,
+            admin: config.admin.as_ref().map(|a| bind_endpoint("admin", a.listen).map(|l| (l, token))).transpose()?,
+        };
+        if endpoints.metrics.is_some() {
+            // Only with an endpoint: without scrapes or upkeep, histogram samples would pile up.
+            crate::metrics::install()?;
+        }
         let workers = proxy::worker_count(&config);
-        let shared = Shared::new(Snapshot::build(&config, None), workers);
+        let shutdown_timeout = config.shutdown_timeout.get();
+        let listeners: Vec<(String, std::net::SocketAddr, String)> =
+            config.listeners.iter().map(|l| (l.name.get_ref().clone(), l.bind, l.pool.get_ref().clone())).collect();
+        let (metrics_at, admin_at) = (config.metrics.as_ref().map(|m| m.listen), config.admin.as_ref().map(|a| a.listen));
+        let state = State::new(config.clone(), workers)?;
+        let shared = state.shared.clone();
         let handles = proxy::start(&config, shared.clone())?;
-        for l in &config.listeners {
-            tracing::info!(listener = %l.name.get_ref(), bind = %l.bind, pool = %l.pool.get_ref(), workers, "listening");
+        let control = match Control::start(state, endpoints) {
+            Ok(c) => c,
+            Err(e) => {
+                shared.stopping.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        for (name, bind, pool) in listeners {
+            tracing::info!(listener = %name, %bind, %pool, workers, "listening");
+        }
+        if let Some(a) = metrics_at {
+            tracing::info!(url = %format!("http://{a}/metrics"), "metrics");
+        }
+        if let Some(a) = admin_at {
+            tracing::info!(url = %format!("http://{a}/backends"), "admin API");
         }
         tracing::debug!(open_files_limit = limit, "started");
-        Ok(Server {
-            shared,
-            config,
-            path,
-            workers: handles,
-            signals,
-        })
+        Ok(Server { shared, control, shutdown_timeout, path, workers: handles, signals })
     }
 
     /// Re-reads the config file. Backends that stay keep their connections and counters.
     pub fn reload(&mut self) -> Result<(), String> {
-        let path = self
-            .path
-            .as_ref()
-            .ok_or("this balancer has no config file to reload")?;
-        let new = Config::load(path).map_err(|e| e.to_string())?;
-        let same_listeners = new.listeners.len() == self.config.listeners.len()
-            && new
-                .listeners
-                .iter()
-                .zip(&self.config.listeners)
-                .all(|(a, b)| a.name.get_ref() == b.name.get_ref() && a.bind == b.bind);
-        if !same_listeners {
-            return Err(
-                "listeners were added, removed or rebound: restart ringlb to apply that".into(),
-            );
+        let path = self.path.as_ref().ok_or("this balancer has no config file to reload")?;
+        self.control.reload(path)?;
+        if let Ok(c) = Config::load(path) {
+            self.shutdown_timeout = c.shutdown_timeout.get();
         }
-        let old = self.shared.snapshot.load_full();
-        self.shared
-            .snapshot
-            .store(Arc::new(Snapshot::build(&new, Some(&old))));
-        self.config = new;
         Ok(())
     }
 
@@ -92,7 +115,7 @@ impl Server {
             }
             break;
         }
-        let timeout = self.config.shutdown_timeout.get();
+        let timeout = self.shutdown_timeout;
         self.stop(timeout);
         Ok(())
     }

@@ -190,6 +190,9 @@ pub struct Conn {
     /// PROXY header: total length and bytes sent so far.
     pub header_len: u8,
     pub header_sent: u8,
+    /// When the client was accepted, and when the current connect attempt began.
+    pub accepted_at: std::time::Instant,
+    pub connect_started: std::time::Instant,
 }
 
 impl Conn {

@@ -313,6 +313,8 @@ impl Worker {
             dirs: [Dir::new(), Dir::new()],
             header_len: 0,
             header_sent: 0,
+            accepted_at: std::time::Instant::now(),
+            connect_started: std::time::Instant::now(),
         });
         self.live += 1;
         self.shared.worker_connections[self.id].fetch_add(1, Relaxed);
@@ -364,6 +366,7 @@ impl Worker {
             }
         };
         c.server = fd;
+        c.connect_started = std::time::Instant::now();
         c.inflight += 2;
         let timeout = c.listener.connect_timeout;
         let (cu, tu) = (
@@ -384,6 +387,7 @@ impl Worker {
         let backend = c.backend.clone().expect("connecting to a backend");
         if res == 0 {
             backend.stats.failures_in_row.store(0, Relaxed);
+            c.pool.connect_duration.record(c.connect_started.elapsed().as_secs_f64());
             c.last_active = now;
             let version = c.listener.proxy_protocol;
             if version != crate::config::ProxyProtocol::Off {
@@ -705,6 +709,7 @@ impl Worker {
             b.stats.active.fetch_sub(1, Relaxed);
         }
         c.listener.stats.active.fetch_sub(1, Relaxed);
+        c.listener.connection_duration.record(c.accepted_at.elapsed().as_secs_f64());
         self.shared.worker_connections[self.id].fetch_sub(1, Relaxed);
         self.free.push(slot as u32);
         self.live -= 1;
@@ -745,6 +750,12 @@ impl Worker {
         let tick_ms = TICK.as_millis() as u64;
         for slot in 0..self.conns.len() {
             let Some(c) = &self.conns[slot] else { continue };
+            if c.backend.as_ref().is_some_and(|b| b.is_removed()) {
+                // Its backend was removed (a drain that timed out): close what remains.
+                self.teardown(slot);
+                self.release_if_idle(slot);
+                continue;
+            }
             if c.phase != Phase::Relaying {
                 continue;
             }

@@ -1,0 +1,186 @@
+//! The control plane: a small tokio runtime on its own thread running the health checks,
+//! the admin API and the Prometheus endpoint.
+//!
+//! Owns: the [`state::State`] behind one mutex (held briefly, never across an await), the
+//! tasks that watch each backend's health, and the drains that end in removal.
+//! Must not touch: the data plane, except through the snapshot swap and backend atomics that
+//! `State` publishes.
+
+pub mod admin;
+pub mod state;
+
+use crate::backend::{Backend, BackendState};
+use crate::health::{self, Health, Outcome};
+use state::State;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Default time a removed backend's connections get to finish.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+/// How often passive failures and drains are looked at.
+const POLL: Duration = Duration::from_millis(100);
+
+/// A handle on the control plane, cheap to clone.
+#[derive(Clone)]
+pub struct Control {
+    state: Arc<Mutex<State>>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// Listeners bound before anything starts, so a taken port fails the start cleanly.
+pub struct Endpoints {
+    pub metrics: Option<std::net::TcpListener>,
+    pub admin: Option<(std::net::TcpListener, Option<String>)>,
+}
+
+impl Control {
+    /// Starts the control thread: health checks for every member, and the endpoints.
+    pub fn start(state: State, endpoints: Endpoints) -> Result<Control, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the control runtime: {e}"))?;
+        let control = Control { state: Arc::new(Mutex::new(state)), runtime: runtime.handle().clone() };
+        let c = control.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        std::thread::Builder::new()
+            .name("ringlb-control".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let members: Vec<Arc<Backend>> = c.lock().members.values().flatten().cloned().collect();
+                    for b in members {
+                        c.watch(b);
+                    }
+                    let shared = c.lock().shared.clone();
+                    let mut result = Ok(());
+                    if let Some(l) = endpoints.metrics {
+                        match serve(l, admin::metrics_router(shared.clone())) {
+                            Ok(()) => {
+                                // Histograms are drained into their buckets here, scraped or not.
+                                tokio::spawn(async {
+                                    loop {
+                                        tokio::time::sleep(Duration::from_secs(5)).await;
+                                        let _ = crate::metrics::upkeep();
+                                    }
+                                });
+                            }
+                            Err(e) => result = Err(e),
+                        }
+                    }
+                    if let Some((l, token)) = endpoints.admin {
+                        if let Err(e) = serve(l, admin::router(c.clone(), token)) {
+                            result = Err(e);
+                        }
+                    }
+                    let _ = ready_tx.send(result);
+                    std::future::pending::<()>().await
+                })
+            })
+            .map_err(|e| format!("cannot start the control thread: {e}"))?;
+        ready_rx.recv().map_err(|_| "the control thread died".to_string())??;
+        Ok(control)
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would be a bug; the state itself is still whole
+        // (every change is validated before it is applied), so carry on with it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts health-checking a backend until it is removed.
+    pub fn watch(&self, backend: Arc<Backend>) {
+        let c = self.clone();
+        self.runtime.spawn(async move { c.check_loop(backend).await });
+    }
+
+    /// Drains `backend`, then takes it out of its pool once it has no connections or
+    /// `timeout` has passed (its remaining connections are then closed).
+    pub fn remove_after_drain(&self, backend: Arc<Backend>, timeout: Duration) {
+        let c = self.clone();
+        self.runtime.spawn(async move {
+            let deadline = Instant::now() + timeout;
+            while backend.active() > 0 && Instant::now() < deadline {
+                tokio::time::sleep(POLL).await;
+            }
+            if backend.active() > 0 {
+                tracing::warn!(pool = %backend.pool, backend = %backend.addr, connections = backend.active(), "drain timeout passed: closing the remaining connections");
+            }
+            c.lock().finish_removal(&backend);
+        });
+    }
+
+    /// Re-reads the config file and applies it (see [`State::reload`]).
+    pub fn reload(&self, path: &std::path::Path) -> Result<(), String> {
+        let config = crate::config::Config::load(path).map_err(|e| e.to_string())?;
+        let (joined, left) = self.lock().reload(config)?;
+        for b in joined {
+            self.watch(b);
+        }
+        for b in left {
+            self.remove_after_drain(b, DEFAULT_DRAIN_TIMEOUT);
+        }
+        Ok(())
+    }
+
+    async fn check_loop(self, backend: Arc<Backend>) {
+        let mut health = Health::new(backend.state() == BackendState::Up);
+        let shared = self.lock().shared.clone();
+        let settings = || shared.snapshot.load().pool(&backend.pool).map(|p| p.settings.health.clone());
+        let Some(first) = settings() else { return };
+        let seed = backend.addr.port() as u64 ^ (backend.addr.ip().to_string().len() as u64) << 16;
+        let mut wait = health::jitter(first.interval.get(), seed);
+        let label = backend.addr.to_string();
+        loop {
+            // Wait for the next probe, looking at the data plane's connect failures meanwhile.
+            let until = Instant::now() + wait;
+            loop {
+                if backend.is_removed() {
+                    return;
+                }
+                let Some(cfg) = settings() else { return };
+                let failures = backend.stats.failures_in_row.swap(0, std::sync::atomic::Ordering::Relaxed);
+                if failures > 0 {
+                    if let Some(v) = health.record_failures(failures, cfg.rise, cfg.fall) {
+                        let reason = format!("{failures} connects in a row failed in the data plane");
+                        self.lock().health_changed(&backend, v, &reason);
+                    }
+                }
+                let now = Instant::now();
+                if now >= until {
+                    break;
+                }
+                tokio::time::sleep(POLL.min(until - now)).await;
+            }
+            let Some(cfg) = settings() else { return };
+            let started = Instant::now();
+            let outcome = health::probe(backend.addr, &cfg).await;
+            let pool = backend.pool.clone();
+            metrics::histogram!("ringlb_health_check_duration_seconds", "pool" => pool.clone()).record(started.elapsed().as_secs_f64());
+            let result = if outcome == Outcome::Ok { "ok" } else { "fail" };
+            metrics::counter!("ringlb_health_checks_total", "pool" => pool, "backend" => label.clone(), "result" => result).increment(1);
+            let ok = outcome == Outcome::Ok;
+            if let Some(v) = health.record(ok, cfg.rise, cfg.fall) {
+                let reason = match &outcome {
+                    Outcome::Ok => format!("{} checks in a row passed", cfg.rise),
+                    Outcome::Fail(why) => format!("{} checks in a row failed, last: {why}", cfg.fall),
+                };
+                self.lock().health_changed(&backend, v, &reason);
+            } else if let Outcome::Fail(why) = &outcome {
+                tracing::debug!(pool = %backend.pool, backend = %backend.addr, why, "check failed");
+            }
+            wait = cfg.interval.get();
+        }
+    }
+}
+
+/// Serves `router` on an already bound listener, on the current runtime.
+fn serve(listener: std::net::TcpListener, router: axum::Router) -> Result<(), String> {
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "HTTP endpoint stopped");
+        }
+    });
+    Ok(())
+}
