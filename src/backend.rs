@@ -249,7 +249,13 @@ impl Snapshot {
         let pools: Vec<Arc<Pool>> = cfg
             .pools
             .iter()
-            .map(|(name, pc)| Arc::new(Pool::new(name, pc, members.get(name).cloned().unwrap_or_default())))
+            .map(|(name, pc)| {
+                Arc::new(Pool::new(
+                    name,
+                    pc,
+                    members.get(name).cloned().unwrap_or_default(),
+                ))
+            })
             .collect();
         let listeners = cfg
             .listeners

@@ -639,7 +639,9 @@ fn locate(
     // Name the key when the message does not: the last `key =` before the error's column.
     let message = match (&source_line, column) {
         (Some(src), Some(col)) => match key_before(src, col) {
-            Some(key) if !message.contains(&format!("`{key}`")) && !message.starts_with(key) => format!("{key}: {message}"),
+            Some(key) if !message.contains(&format!("`{key}`")) && !message.starts_with(key) => {
+                format!("{key}: {message}")
+            }
             _ => message,
         },
         _ => message,

@@ -56,7 +56,12 @@ fn serve_http(mut s: TcpStream, name: &str) {
 }
 
 /// The demo's config, as a user would write it.
-pub fn config_text(listen: SocketAddr, metrics: SocketAddr, admin: SocketAddr, backends: &[SocketAddr]) -> String {
+pub fn config_text(
+    listen: SocketAddr,
+    metrics: SocketAddr,
+    admin: SocketAddr,
+    backends: &[SocketAddr],
+) -> String {
     let list: Vec<String> = backends
         .iter()
         .map(|a| format!("  {{ addr = \"{a}\" }},"))

@@ -22,7 +22,11 @@ pub struct Health {
 
 impl Health {
     pub fn new(healthy: bool) -> Health {
-        Health { healthy, successes: 0, failures: 0 }
+        Health {
+            healthy,
+            successes: 0,
+            failures: 0,
+        }
     }
 
     /// Records one probe result; returns the new verdict when it changed.
@@ -69,18 +73,29 @@ pub async fn probe(addr: SocketAddr, cfg: &HealthConfig) -> Outcome {
         None => addr,
     };
     let work = async {
-        let mut stream = tokio::net::TcpStream::connect(target).await.map_err(|e| format!("connect to {target}: {e}"))?;
+        let mut stream = tokio::net::TcpStream::connect(target)
+            .await
+            .map_err(|e| format!("connect to {target}: {e}"))?;
         if cfg.kind == HealthKind::Tcp {
             return Ok(());
         }
         let host = cfg.host.clone().unwrap_or_else(|| target.to_string());
-        let req = format!("GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringlb-health\r\nConnection: close\r\n\r\n", cfg.path);
-        stream.write_all(req.as_bytes()).await.map_err(|e| format!("send request: {e}"))?;
+        let req = format!(
+            "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringlb-health\r\nConnection: close\r\n\r\n",
+            cfg.path
+        );
+        stream
+            .write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("send request: {e}"))?;
         // The status line is all a verdict needs.
         let mut buf = [0u8; 256];
         let mut have = 0;
         while !buf[..have].contains(&b'\n') && have < buf.len() {
-            let n = stream.read(&mut buf[have..]).await.map_err(|e| format!("read response: {e}"))?;
+            let n = stream
+                .read(&mut buf[have..])
+                .await
+                .map_err(|e| format!("read response: {e}"))?;
             if n == 0 {
                 break;
             }
@@ -97,13 +112,19 @@ pub async fn probe(addr: SocketAddr, cfg: &HealthConfig) -> Outcome {
         if ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&status)) {
             Ok(())
         } else {
-            Err(format!("{} answered {status}, expected {}", cfg.path, cfg.expect_status))
+            Err(format!(
+                "{} answered {status}, expected {}",
+                cfg.path, cfg.expect_status
+            ))
         }
     };
     match tokio::time::timeout(cfg.timeout.get(), work).await {
         Ok(Ok(())) => Outcome::Ok,
         Ok(Err(e)) => Outcome::Fail(e),
-        Err(_) => Outcome::Fail(format!("no answer within {}", crate::config::format_duration(cfg.timeout.get()))),
+        Err(_) => Outcome::Fail(format!(
+            "no answer within {}",
+            crate::config::format_duration(cfg.timeout.get())
+        )),
     }
 }
 
@@ -126,7 +147,11 @@ mod tests {
         let mut h = Health::new(true);
         assert_eq!(h.record(false, 2, 3), None);
         assert_eq!(h.record(false, 2, 3), None);
-        assert_eq!(h.record(true, 2, 3), None, "a success breaks the run of failures");
+        assert_eq!(
+            h.record(true, 2, 3),
+            None,
+            "a success breaks the run of failures"
+        );
         assert_eq!(h.record(false, 2, 3), None);
         assert_eq!(h.record(false, 2, 3), None);
         assert_eq!(h.record(false, 2, 3), Some(false));

@@ -57,7 +57,11 @@ fn main() {
                 1
             }
         },
-        Command::Demo { listen, metrics, admin } => match ringlb::demo::run(listen, metrics, admin) {
+        Command::Demo {
+            listen,
+            metrics,
+            admin,
+        } => match ringlb::demo::run(listen, metrics, admin) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("ringlb demo: {e}");

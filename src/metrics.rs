@@ -18,9 +18,13 @@ use std::time::Duration;
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Latency buckets for connects and probes, in seconds (100 µs to 5 s).
-const LATENCY: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+const LATENCY: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 /// Connection lifetimes, in seconds (1 ms to 1 h).
-const LIFETIME: &[f64] = &[0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+const LIFETIME: &[f64] = &[
+    0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
 
 /// Installs the recorder (once per process). Series of removed backends expire after 10
 /// minutes without an update.
@@ -29,28 +33,86 @@ pub fn install() -> Result<(), String> {
         return Ok(());
     }
     let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full("ringlb_backend_connect_duration_seconds".into()), LATENCY)
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Full("ringlb_health_check_duration_seconds".into()), LATENCY))
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Full("ringlb_connection_duration_seconds".into()), LIFETIME))
-        .map(|b| b.idle_timeout(MetricKindMask::COUNTER | MetricKindMask::GAUGE, Some(Duration::from_secs(600))))
+        .set_buckets_for_metric(
+            Matcher::Full("ringlb_backend_connect_duration_seconds".into()),
+            LATENCY,
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("ringlb_health_check_duration_seconds".into()),
+                LATENCY,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("ringlb_connection_duration_seconds".into()),
+                LIFETIME,
+            )
+        })
+        .map(|b| {
+            b.idle_timeout(
+                MetricKindMask::COUNTER | MetricKindMask::GAUGE,
+                Some(Duration::from_secs(600)),
+            )
+        })
         .and_then(|b| b.install_recorder())
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     let _ = HANDLE.set(handle);
-    describe_counter!("ringlb_listener_connections_total", "Connections accepted by the listener.");
-    describe_gauge!("ringlb_listener_active_connections", "Connections open on the listener now.");
-    describe_counter!("ringlb_listener_no_backend_total", "Connections closed because no backend was routable.");
-    describe_counter!("ringlb_listener_rejected_total", "Connections closed at once because max_connections was reached.");
-    describe_counter!("ringlb_backend_connections_total", "Connections (connect attempts) sent to the backend.");
-    describe_gauge!("ringlb_backend_active_connections", "Connections open to the backend now.");
-    describe_counter!("ringlb_backend_connect_errors_total", "Failed connects to the backend, by reason.");
-    describe_counter!("ringlb_backend_bytes_total", Unit::Bytes, "Bytes relayed, by direction.");
-    describe_gauge!("ringlb_backend_up", "1 when the backend takes new connections.");
+    describe_counter!(
+        "ringlb_listener_connections_total",
+        "Connections accepted by the listener."
+    );
+    describe_gauge!(
+        "ringlb_listener_active_connections",
+        "Connections open on the listener now."
+    );
+    describe_counter!(
+        "ringlb_listener_no_backend_total",
+        "Connections closed because no backend was routable."
+    );
+    describe_counter!(
+        "ringlb_listener_rejected_total",
+        "Connections closed at once because max_connections was reached."
+    );
+    describe_counter!(
+        "ringlb_backend_connections_total",
+        "Connections (connect attempts) sent to the backend."
+    );
+    describe_gauge!(
+        "ringlb_backend_active_connections",
+        "Connections open to the backend now."
+    );
+    describe_counter!(
+        "ringlb_backend_connect_errors_total",
+        "Failed connects to the backend, by reason."
+    );
+    describe_counter!(
+        "ringlb_backend_bytes_total",
+        Unit::Bytes,
+        "Bytes relayed, by direction."
+    );
+    describe_gauge!(
+        "ringlb_backend_up",
+        "1 when the backend takes new connections."
+    );
     describe_gauge!("ringlb_backend_state", "1 for the backend's current state.");
     describe_gauge!("ringlb_backend_weight", "The backend's weight.");
     describe_counter!("ringlb_health_checks_total", "Health probes, by result.");
-    describe_histogram!("ringlb_health_check_duration_seconds", Unit::Seconds, "Health probe duration.");
-    describe_histogram!("ringlb_backend_connect_duration_seconds", Unit::Seconds, "Time to connect to a backend.");
-    describe_histogram!("ringlb_connection_duration_seconds", Unit::Seconds, "Lifetime of proxied connections.");
+    describe_histogram!(
+        "ringlb_health_check_duration_seconds",
+        Unit::Seconds,
+        "Health probe duration."
+    );
+    describe_histogram!(
+        "ringlb_backend_connect_duration_seconds",
+        Unit::Seconds,
+        "Time to connect to a backend."
+    );
+    describe_histogram!(
+        "ringlb_connection_duration_seconds",
+        Unit::Seconds,
+        "Lifetime of proxied connections."
+    );
     Ok(())
 }
 
@@ -61,10 +123,14 @@ pub fn render(shared: &Shared) -> String {
         let name = l.name.clone();
         let s = &l.stats;
         use std::sync::atomic::Ordering::Relaxed;
-        counter!("ringlb_listener_connections_total", "listener" => name.clone()).absolute(s.connections.load(Relaxed));
-        gauge!("ringlb_listener_active_connections", "listener" => name.clone()).set(s.active.load(Relaxed).max(0) as f64);
-        counter!("ringlb_listener_no_backend_total", "listener" => name.clone()).absolute(s.no_backend.load(Relaxed));
-        counter!("ringlb_listener_rejected_total", "listener" => name).absolute(s.rejected.load(Relaxed));
+        counter!("ringlb_listener_connections_total", "listener" => name.clone())
+            .absolute(s.connections.load(Relaxed));
+        gauge!("ringlb_listener_active_connections", "listener" => name.clone())
+            .set(s.active.load(Relaxed).max(0) as f64);
+        counter!("ringlb_listener_no_backend_total", "listener" => name.clone())
+            .absolute(s.no_backend.load(Relaxed));
+        counter!("ringlb_listener_rejected_total", "listener" => name)
+            .absolute(s.rejected.load(Relaxed));
     }
     for p in &snap.pools {
         for b in &p.backends {
@@ -82,12 +148,14 @@ pub fn render(shared: &Shared) -> String {
                     .absolute(s.bytes[i].load(Relaxed));
             }
             let state = b.state();
-            gauge!("ringlb_backend_up", "pool" => pool.clone(), "backend" => addr.clone()).set(if b.is_routable() { 1.0 } else { 0.0 });
+            gauge!("ringlb_backend_up", "pool" => pool.clone(), "backend" => addr.clone())
+                .set(if b.is_routable() { 1.0 } else { 0.0 });
             for st in BackendState::ALL {
                 gauge!("ringlb_backend_state", "pool" => pool.clone(), "backend" => addr.clone(), "state" => st.as_str())
                     .set(if st == state { 1.0 } else { 0.0 });
             }
-            gauge!("ringlb_backend_weight", "pool" => pool, "backend" => addr).set(b.weight() as f64);
+            gauge!("ringlb_backend_weight", "pool" => pool, "backend" => addr)
+                .set(b.weight() as f64);
         }
     }
     match HANDLE.get() {

@@ -7,9 +7,9 @@
 //! Must not touch: the event loop's internals; it talks to workers through `Shared` only.
 
 use crate::backend::Shared;
+use crate::config::Config;
 use crate::control::state::State;
 use crate::control::{Control, Endpoints};
-use crate::config::Config;
 use crate::proxy;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::path::{Path, PathBuf};
@@ -29,7 +29,8 @@ pub struct Server {
 
 /// Binds a control-plane endpoint (before anything starts, so a taken port fails the start).
 fn bind_endpoint(what: &str, addr: std::net::SocketAddr) -> Result<std::net::TcpListener, String> {
-    std::net::TcpListener::bind(addr).map_err(|e| format!("cannot bind the {what} endpoint on {addr}: {e}"))
+    std::net::TcpListener::bind(addr)
+        .map_err(|e| format!("cannot bind the {what} endpoint on {addr}: {e}"))
 }
 
 impl Server {
@@ -38,11 +39,13 @@ impl Server {
     pub fn start(config: Config, path: Option<PathBuf>) -> Result<Server, String> {
         // Handlers first: a SIGTERM that arrives the moment the listeners accept must drain,
         // not kill the process by the default action.
-        let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("cannot handle signals: {e}"))?;
+        let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+            .map_err(|e| format!("cannot handle signals: {e}"))?;
         let limit = proxy::ring::sys::raise_nofile_limit();
         let token = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
             Some(f) => {
-                let t = std::fs::read_to_string(f).map_err(|e| format!("admin.token_file {}: {e}", f.display()))?;
+                let t = std::fs::read_to_string(f)
+                    .map_err(|e| format!("admin.token_file {}: {e}", f.display()))?;
                 let t = t.trim().to_string();
                 if t.is_empty() {
                     return Err(format!("admin.token_file {} is empty", f.display()));
@@ -52,8 +55,16 @@ impl Server {
             None => None,
         };
         let endpoints = Endpoints {
-            metrics: config.metrics.as_ref().map(|m| bind_endpoint("metrics", m.listen)).transpose()?,
-            admin: config.admin.as_ref().map(|a| bind_endpoint("admin", a.listen).map(|l| (l, token))).transpose()?,
+            metrics: config
+                .metrics
+                .as_ref()
+                .map(|m| bind_endpoint("metrics", m.listen))
+                .transpose()?,
+            admin: config
+                .admin
+                .as_ref()
+                .map(|a| bind_endpoint("admin", a.listen).map(|l| (l, token)))
+                .transpose()?,
         };
         if endpoints.metrics.is_some() {
             // Only with an endpoint: without scrapes or upkeep, histogram samples would pile up.
@@ -61,9 +72,15 @@ impl Server {
         }
         let workers = proxy::worker_count(&config);
         let shutdown_timeout = config.shutdown_timeout.get();
-        let listeners: Vec<(String, std::net::SocketAddr, String)> =
-            config.listeners.iter().map(|l| (l.name.get_ref().clone(), l.bind, l.pool.get_ref().clone())).collect();
-        let (metrics_at, admin_at) = (config.metrics.as_ref().map(|m| m.listen), config.admin.as_ref().map(|a| a.listen));
+        let listeners: Vec<(String, std::net::SocketAddr, String)> = config
+            .listeners
+            .iter()
+            .map(|l| (l.name.get_ref().clone(), l.bind, l.pool.get_ref().clone()))
+            .collect();
+        let (metrics_at, admin_at) = (
+            config.metrics.as_ref().map(|m| m.listen),
+            config.admin.as_ref().map(|a| a.listen),
+        );
         let state = State::new(config.clone(), workers)?;
         let shared = state.shared.clone();
         let handles = proxy::start(&config, shared.clone())?;
@@ -84,12 +101,22 @@ impl Server {
             tracing::info!(url = %format!("http://{a}/backends"), "admin API");
         }
         tracing::debug!(open_files_limit = limit, "started");
-        Ok(Server { shared, control, shutdown_timeout, path, workers: handles, signals })
+        Ok(Server {
+            shared,
+            control,
+            shutdown_timeout,
+            path,
+            workers: handles,
+            signals,
+        })
     }
 
     /// Re-reads the config file. Backends that stay keep their connections and counters.
     pub fn reload(&mut self) -> Result<(), String> {
-        let path = self.path.as_ref().ok_or("this balancer has no config file to reload")?;
+        let path = self
+            .path
+            .as_ref()
+            .ok_or("this balancer has no config file to reload")?;
         self.control.reload(path)?;
         if let Ok(c) = Config::load(path) {
             self.shutdown_timeout = c.shutdown_timeout.get();

@@ -154,6 +154,13 @@ fn serve_on_a_taken_port_exits_1() {
 #[test]
 fn the_shipped_reference_config_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/ringlb.toml");
-    let out = Command::new(BIN).args(["check", "--config", path]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["check", "--config", path])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -308,7 +308,11 @@ fn cpu_ticks(pid: u32) -> u64 {
 fn out_of_descriptors_pauses_accepting_without_spinning_then_recovers() {
     let echo = TestBackend::echo();
     let port = free_port();
-    let cfg = format!("workers = 1\n{}{}", listener_config("l", port, "p", ""), pool_config("p", "round_robin", &[(echo.addr, 1)], ""));
+    let cfg = format!(
+        "workers = 1\n{}{}",
+        listener_config("l", port, "p", ""),
+        pool_config("p", "round_robin", &[(echo.addr, 1)], "")
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
     std::fs::write(&path, cfg).unwrap();
@@ -319,29 +323,52 @@ fn out_of_descriptors_pauses_accepting_without_spinning_then_recovers() {
         .env("RINGLB_LOG", "error")
         .spawn()
         .unwrap();
-    let mut p = Proxy { child, dir, config_path: path };
-    wait_until(Duration::from_secs(10), || TcpStream::connect(addr(port)).is_ok());
+    let mut p = Proxy {
+        child,
+        dir,
+        config_path: path,
+    };
+    wait_until(Duration::from_secs(10), || {
+        TcpStream::connect(addr(port)).is_ok()
+    });
     // Far more clients than descriptors: the kernel completes their handshakes (backlog),
     // the proxy serves what it can and pauses accepting for the rest.
-    let mut conns: Vec<TcpStream> = (0..60).map(|_| TcpStream::connect(addr(port)).unwrap()).collect();
+    let mut conns: Vec<TcpStream> = (0..60)
+        .map(|_| TcpStream::connect(addr(port)).unwrap())
+        .collect();
     for s in &mut conns {
-        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
         let _ = s.write_all(b"x");
     }
-    let served = conns.iter().filter(|s| (&**s).read(&mut [0u8; 1]).map(|n| n == 1).unwrap_or(false)).count();
+    let served = conns
+        .iter()
+        .filter(|s| (&**s).read(&mut [0u8; 1]).map(|n| n == 1).unwrap_or(false))
+        .count();
     eprintln!("served {served} of 60");
-    assert!(served > 5 && served < 60, "served {served} of 60 with 48 descriptors");
+    assert!(
+        served > 5 && served < 60,
+        "served {served} of 60 with 48 descriptors"
+    );
     // While it is out of descriptors it must not spin: measure its CPU over a second.
     let before = cpu_ticks(p.pid());
     std::thread::sleep(Duration::from_secs(1));
     let used = cpu_ticks(p.pid()) - before;
-    assert!(used < 30, "used {used} ticks of CPU in one second while out of descriptors");
+    assert!(
+        used < 30,
+        "used {used} ticks of CPU in one second while out of descriptors"
+    );
     // Free the descriptors: the waiting clients are served, and new ones too.
     conns.truncate(0);
     wait_until(Duration::from_secs(10), || {
         let mut s = TcpStream::connect(addr(port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         s.write_all(b"y").is_ok() && s.read(&mut [0u8; 1]).map(|n| n == 1).unwrap_or(false)
     });
-    assert_eq!(p.wait_exit(Duration::from_millis(10)), None, "the proxy died");
+    assert_eq!(
+        p.wait_exit(Duration::from_millis(10)),
+        None,
+        "the proxy died"
+    );
 }

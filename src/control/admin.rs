@@ -60,7 +60,12 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn authenticate(State(app): State<App>, headers: HeaderMap, req: Request, next: Next) -> Response {
+async fn authenticate(
+    State(app): State<App>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
     if let Some(token) = &app.token {
         let given = headers
             .get(header::AUTHORIZATION)
@@ -69,7 +74,10 @@ async fn authenticate(State(app): State<App>, headers: HeaderMap, req: Request, 
             .unwrap_or("");
         if !same_secret(given.as_bytes(), token.as_bytes()) {
             let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static header"));
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                "Bearer".parse().expect("static header"),
+            );
             return r;
         }
     }
@@ -82,7 +90,12 @@ async fn list(State(app): State<App>) -> Response {
         .members
         .iter()
         .map(|(name, list)| {
-            let algorithm = s.config.pools.get(name).map(|p| format!("{:?}", p.algorithm)).unwrap_or_default();
+            let algorithm = s
+                .config
+                .pools
+                .get(name)
+                .map(|p| format!("{:?}", p.algorithm))
+                .unwrap_or_default();
             json!({
                 "name": name,
                 "algorithm": toml_name(&algorithm),
@@ -118,14 +131,15 @@ struct WeightBody {
     weight: u32,
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body)
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}"))))
 }
 
 async fn add(State(app): State<App>, Path(pool): Path<String>, body: Bytes) -> Response {
     let req: AddBody = match parse(&body) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return *e,
     };
     let added = app.control.lock().add(&pool, &req.addr, req.weight);
     match added {
@@ -144,9 +158,16 @@ async fn drain(State(app): State<App>, Path((pool, addr)): Path<(String, String)
     }
 }
 
-async fn remove(State(app): State<App>, Path((pool, addr)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn remove(
+    State(app): State<App>,
+    Path((pool, addr)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if let Some(k) = q.keys().find(|k| k.as_str() != "drain_timeout") {
-        return error(StatusCode::BAD_REQUEST, format!("unknown query parameter {k:?}"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("unknown query parameter {k:?}"),
+        );
     }
     let timeout = match q.get("drain_timeout") {
         Some(t) => match crate::config::parse_duration(t) {
@@ -167,10 +188,14 @@ async fn remove(State(app): State<App>, Path((pool, addr)): Path<(String, String
     }
 }
 
-async fn weight(State(app): State<App>, Path((pool, addr)): Path<(String, String)>, body: Bytes) -> Response {
+async fn weight(
+    State(app): State<App>,
+    Path((pool, addr)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
     let req: WeightBody = match parse(&body) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return *e,
     };
     match app.control.lock().set_weight(&pool, &addr, req.weight) {
         Ok(b) => axum::Json(backend_json(&b)).into_response(),
@@ -184,7 +209,11 @@ async fn healthz(State(app): State<App>) -> Response {
         axum::Json(json!({ "status": "ok" })).into_response()
     } else {
         let reason = format!("no routable backend in pool(s): {}", empty.join(", "));
-        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "unavailable", "reason": reason }))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "unavailable", "reason": reason })),
+        )
+            .into_response()
     }
 }
 
@@ -194,7 +223,10 @@ async fn not_found() -> Response {
 
 /// The admin API.
 pub fn router(control: Control, token: Option<String>) -> Router {
-    let app = App { control, token: token.map(Arc::new) };
+    let app = App {
+        control,
+        token: token.map(Arc::new),
+    };
     Router::new()
         .route("/backends", get(list))
         .route("/pools/{pool}/backends", post(add))
@@ -213,7 +245,12 @@ pub fn metrics_router(shared: Arc<Shared>) -> Router {
         "/metrics",
         get(move || {
             let shared = shared.clone();
-            async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render(&shared)) }
+            async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    crate::metrics::render(&shared),
+                )
+            }
         }),
     )
 }

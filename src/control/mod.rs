@@ -40,14 +40,18 @@ impl Control {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the control runtime: {e}"))?;
-        let control = Control { state: Arc::new(Mutex::new(state)), runtime: runtime.handle().clone() };
+        let control = Control {
+            state: Arc::new(Mutex::new(state)),
+            runtime: runtime.handle().clone(),
+        };
         let c = control.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         std::thread::Builder::new()
             .name("ringlb-control".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let members: Vec<Arc<Backend>> = c.lock().members.values().flatten().cloned().collect();
+                    let members: Vec<Arc<Backend>> =
+                        c.lock().members.values().flatten().cloned().collect();
                     for b in members {
                         c.watch(b);
                     }
@@ -67,17 +71,19 @@ impl Control {
                             Err(e) => result = Err(e),
                         }
                     }
-                    if let Some((l, token)) = endpoints.admin {
-                        if let Err(e) = serve(l, admin::router(c.clone(), token)) {
-                            result = Err(e);
-                        }
+                    if let Some((l, token)) = endpoints.admin
+                        && let Err(e) = serve(l, admin::router(c.clone(), token))
+                    {
+                        result = Err(e);
                     }
                     let _ = ready_tx.send(result);
                     std::future::pending::<()>().await
                 })
             })
             .map_err(|e| format!("cannot start the control thread: {e}"))?;
-        ready_rx.recv().map_err(|_| "the control thread died".to_string())??;
+        ready_rx
+            .recv()
+            .map_err(|_| "the control thread died".to_string())??;
         Ok(control)
     }
 
@@ -90,7 +96,8 @@ impl Control {
     /// Starts health-checking a backend until it is removed.
     pub fn watch(&self, backend: Arc<Backend>) {
         let c = self.clone();
-        self.runtime.spawn(async move { c.check_loop(backend).await });
+        self.runtime
+            .spawn(async move { c.check_loop(backend).await });
     }
 
     /// Drains `backend`, then takes it out of its pool once it has no connections or
@@ -125,7 +132,13 @@ impl Control {
     async fn check_loop(self, backend: Arc<Backend>) {
         let mut health = Health::new(backend.state() == BackendState::Up);
         let shared = self.lock().shared.clone();
-        let settings = || shared.snapshot.load().pool(&backend.pool).map(|p| p.settings.health.clone());
+        let settings = || {
+            shared
+                .snapshot
+                .load()
+                .pool(&backend.pool)
+                .map(|p| p.settings.health.clone())
+        };
         let Some(first) = settings() else { return };
         let seed = backend.addr.port() as u64 ^ (backend.addr.ip().to_string().len() as u64) << 16;
         let mut wait = health::jitter(first.interval.get(), seed);
@@ -138,12 +151,15 @@ impl Control {
                     return;
                 }
                 let Some(cfg) = settings() else { return };
-                let failures = backend.stats.failures_in_row.swap(0, std::sync::atomic::Ordering::Relaxed);
-                if failures > 0 {
-                    if let Some(v) = health.record_failures(failures, cfg.rise, cfg.fall) {
-                        let reason = format!("{failures} connects in a row failed in the data plane");
-                        self.lock().health_changed(&backend, v, &reason);
-                    }
+                let failures = backend
+                    .stats
+                    .failures_in_row
+                    .swap(0, std::sync::atomic::Ordering::Relaxed);
+                if failures > 0
+                    && let Some(v) = health.record_failures(failures, cfg.rise, cfg.fall)
+                {
+                    let reason = format!("{failures} connects in a row failed in the data plane");
+                    self.lock().health_changed(&backend, v, &reason);
                 }
                 let now = Instant::now();
                 if now >= until {
@@ -155,14 +171,17 @@ impl Control {
             let started = Instant::now();
             let outcome = health::probe(backend.addr, &cfg).await;
             let pool = backend.pool.clone();
-            metrics::histogram!("ringlb_health_check_duration_seconds", "pool" => pool.clone()).record(started.elapsed().as_secs_f64());
+            metrics::histogram!("ringlb_health_check_duration_seconds", "pool" => pool.clone())
+                .record(started.elapsed().as_secs_f64());
             let result = if outcome == Outcome::Ok { "ok" } else { "fail" };
             metrics::counter!("ringlb_health_checks_total", "pool" => pool, "backend" => label.clone(), "result" => result).increment(1);
             let ok = outcome == Outcome::Ok;
             if let Some(v) = health.record(ok, cfg.rise, cfg.fall) {
                 let reason = match &outcome {
                     Outcome::Ok => format!("{} checks in a row passed", cfg.rise),
-                    Outcome::Fail(why) => format!("{} checks in a row failed, last: {why}", cfg.fall),
+                    Outcome::Fail(why) => {
+                        format!("{} checks in a row failed, last: {why}", cfg.fall)
+                    }
                 };
                 self.lock().health_changed(&backend, v, &reason);
             } else if let Outcome::Fail(why) = &outcome {

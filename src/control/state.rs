@@ -30,6 +30,9 @@ pub struct Overlay {
     pub pools: BTreeMap<String, BTreeMap<SocketAddr, Change>>,
 }
 
+/// What a reload changed: backends that joined (to check) and that left (to drain).
+pub type Reloaded = (Vec<Arc<Backend>>, Vec<Arc<Backend>>);
+
 /// An admin request that cannot be applied, with the HTTP status it maps to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -43,7 +46,10 @@ pub enum Refusal {
 impl Refusal {
     pub fn message(&self) -> &str {
         match self {
-            Refusal::BadRequest(m) | Refusal::NotFound(m) | Refusal::Conflict(m) | Refusal::Internal(m) => m,
+            Refusal::BadRequest(m)
+            | Refusal::NotFound(m)
+            | Refusal::Conflict(m)
+            | Refusal::Internal(m) => m,
         }
     }
 }
@@ -59,7 +65,8 @@ pub struct State {
 impl Overlay {
     pub fn load(path: &Path) -> Result<Overlay, String> {
         match std::fs::read_to_string(path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| format!("state file {}: {e}", path.display())),
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|e| format!("state file {}: {e}", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Overlay::default()),
             Err(e) => Err(format!("state file {}: {e}", path.display())),
         }
@@ -69,8 +76,14 @@ impl Overlay {
     pub fn save(&self, path: &Path) -> Result<(), String> {
         use std::io::Write;
         let err = |e: std::io::Error| format!("cannot write state file {}: {e}", path.display());
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("state")));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(
+            ".{}.tmp",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
+        ));
         let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
         let mut f = std::fs::File::create(&tmp).map_err(err)?;
         f.write_all(text.as_bytes()).map_err(err)?;
@@ -110,14 +123,14 @@ fn members_of(config: &Config, overlay: &Overlay, existing: &Members) -> Members
     let mut out = Members::new();
     for (name, pc) in &config.pools {
         let old = existing.get(name);
-        let reuse = |addr: SocketAddr, weight: u32, fresh: BackendState| {
-            match old.and_then(|o| o.iter().find(|b| b.addr == addr)) {
-                Some(b) => {
-                    b.set_weight(weight);
-                    b.clone()
-                }
-                None => Arc::new(Backend::new(name, addr, weight, fresh)),
+        let reuse = |addr: SocketAddr, weight: u32, fresh: BackendState| match old
+            .and_then(|o| o.iter().find(|b| b.addr == addr))
+        {
+            Some(b) => {
+                b.set_weight(weight);
+                b.clone()
             }
+            None => Arc::new(Backend::new(name, addr, weight, fresh)),
         };
         let changes = overlay.pools.get(name);
         let mut list = Vec::new();
@@ -130,10 +143,10 @@ fn members_of(config: &Config, overlay: &Overlay, existing: &Members) -> Members
             list.push(reuse(bc.addr, weight, BackendState::Up));
         }
         for (addr, change) in changes.into_iter().flatten() {
-            if let Change::Add { weight } = change {
-                if !list.iter().any(|b| b.addr == *addr) {
-                    list.push(reuse(*addr, *weight, BackendState::Starting));
-                }
+            if let Change::Add { weight } = change
+                && !list.iter().any(|b| b.addr == *addr)
+            {
+                list.push(reuse(*addr, *weight, BackendState::Starting));
             }
         }
         out.insert(name.clone(), list);
@@ -150,13 +163,23 @@ impl State {
         };
         let members = members_of(&config, &overlay, &Members::new());
         let shared = Shared::new(Snapshot::assemble(&config, &members, None), workers);
-        Ok(State { state_file: config.state_file.clone(), config, members, overlay, shared })
+        Ok(State {
+            state_file: config.state_file.clone(),
+            config,
+            members,
+            overlay,
+            shared,
+        })
     }
 
     /// Publishes the current members as a new snapshot (balancers rebuilt).
     pub fn publish(&self) {
         let old = self.shared.snapshot.load_full();
-        self.shared.snapshot.store(Arc::new(Snapshot::assemble(&self.config, &self.members, Some(&old))));
+        self.shared.snapshot.store(Arc::new(Snapshot::assemble(
+            &self.config,
+            &self.members,
+            Some(&old),
+        )));
     }
 
     fn persist(&self, next: &Overlay) -> Result<(), Refusal> {
@@ -167,8 +190,13 @@ impl State {
     }
 
     fn find(&self, pool: &str, addr: &str) -> Result<Arc<Backend>, Refusal> {
-        let list = self.members.get(pool).ok_or_else(|| Refusal::NotFound(format!("no pool {pool:?}")))?;
-        let addr: SocketAddr = addr.parse().map_err(|_| Refusal::BadRequest(format!("{addr:?} is not an IP:port address")))?;
+        let list = self
+            .members
+            .get(pool)
+            .ok_or_else(|| Refusal::NotFound(format!("no pool {pool:?}")))?;
+        let addr: SocketAddr = addr
+            .parse()
+            .map_err(|_| Refusal::BadRequest(format!("{addr:?} is not an IP:port address")))?;
         list.iter()
             .find(|b| b.addr == addr)
             .cloned()
@@ -176,26 +204,42 @@ impl State {
     }
 
     /// Adds a backend; it starts `starting` and takes traffic after `rise` passing checks.
-    pub fn add(&mut self, pool: &str, addr: &str, weight: Option<u32>) -> Result<Arc<Backend>, Refusal> {
+    pub fn add(
+        &mut self,
+        pool: &str,
+        addr: &str,
+        weight: Option<u32>,
+    ) -> Result<Arc<Backend>, Refusal> {
         if !self.members.contains_key(pool) {
             return Err(Refusal::NotFound(format!("no pool {pool:?}")));
         }
-        let addr: SocketAddr = addr.parse().map_err(|_| Refusal::BadRequest(format!("{addr:?} is not an IP:port address")))?;
+        let addr: SocketAddr = addr
+            .parse()
+            .map_err(|_| Refusal::BadRequest(format!("{addr:?} is not an IP:port address")))?;
         if addr.port() == 0 || addr.ip().is_unspecified() {
-            return Err(Refusal::BadRequest(format!("{addr} needs a real IP and a port")));
+            return Err(Refusal::BadRequest(format!(
+                "{addr} needs a real IP and a port"
+            )));
         }
         let weight = weight.unwrap_or(1);
         if weight == 0 || weight > MAX_WEIGHT {
-            return Err(Refusal::BadRequest(format!("weight {weight} is out of range 1..={MAX_WEIGHT}")));
+            return Err(Refusal::BadRequest(format!(
+                "weight {weight} is out of range 1..={MAX_WEIGHT}"
+            )));
         }
         if self.members[pool].iter().any(|b| b.addr == addr) {
-            return Err(Refusal::Conflict(format!("pool {pool:?} already has backend {addr}")));
+            return Err(Refusal::Conflict(format!(
+                "pool {pool:?} already has backend {addr}"
+            )));
         }
         let next = self.overlay.with(pool, addr, Change::Add { weight });
         self.persist(&next)?;
         self.overlay = next;
         let b = Arc::new(Backend::new(pool, addr, weight, BackendState::Starting));
-        self.members.get_mut(pool).expect("checked above").push(b.clone());
+        self.members
+            .get_mut(pool)
+            .expect("checked above")
+            .push(b.clone());
         self.publish();
         tracing::info!(pool, backend = %addr, weight, "backend added (starting)");
         Ok(b)
@@ -238,10 +282,17 @@ impl State {
         }
     }
 
-    pub fn set_weight(&mut self, pool: &str, addr: &str, weight: u32) -> Result<Arc<Backend>, Refusal> {
+    pub fn set_weight(
+        &mut self,
+        pool: &str,
+        addr: &str,
+        weight: u32,
+    ) -> Result<Arc<Backend>, Refusal> {
         let b = self.find(pool, addr)?;
         if weight == 0 || weight > MAX_WEIGHT {
-            return Err(Refusal::BadRequest(format!("weight {weight} is out of range 1..={MAX_WEIGHT}")));
+            return Err(Refusal::BadRequest(format!(
+                "weight {weight} is out of range 1..={MAX_WEIGHT}"
+            )));
         }
         let next = self.overlay.with(pool, b.addr, Change::Weight { weight });
         self.persist(&next)?;
@@ -254,11 +305,18 @@ impl State {
 
     /// A health verdict changed. Draining and removed backends keep their state.
     pub fn health_changed(&mut self, b: &Arc<Backend>, healthy: bool, reason: &str) {
-        let member = self.members.get(&b.pool).is_some_and(|l| l.iter().any(|x| Arc::ptr_eq(x, b)));
+        let member = self
+            .members
+            .get(&b.pool)
+            .is_some_and(|l| l.iter().any(|x| Arc::ptr_eq(x, b)));
         if !member || b.state() == BackendState::Draining {
             return;
         }
-        let next = if healthy { BackendState::Up } else { BackendState::Down };
+        let next = if healthy {
+            BackendState::Up
+        } else {
+            BackendState::Down
+        };
         if b.state() != next {
             let from = b.state();
             b.set_state(next);
@@ -273,17 +331,29 @@ impl State {
 
     /// Applies a new config. Listeners cannot change without a restart. Returns the backends
     /// that joined (to check) and those that left (to drain, then remove).
-    pub fn reload(&mut self, config: Config) -> Result<(Vec<Arc<Backend>>, Vec<Arc<Backend>>), String> {
+    pub fn reload(
+        &mut self,
+        config: Config,
+    ) -> Result<(Vec<Arc<Backend>>, Vec<Arc<Backend>>), String> {
         let same_listeners = config.listeners.len() == self.config.listeners.len()
-            && config.listeners.iter().zip(&self.config.listeners).all(|(a, b)| a.name.get_ref() == b.name.get_ref() && a.bind == b.bind);
+            && config
+                .listeners
+                .iter()
+                .zip(&self.config.listeners)
+                .all(|(a, b)| a.name.get_ref() == b.name.get_ref() && a.bind == b.bind);
         if !same_listeners {
-            return Err("listeners were added, removed or rebound: restart ringlb to apply that".into());
+            return Err(
+                "listeners were added, removed or rebound: restart ringlb to apply that".into(),
+            );
         }
         let mut members = members_of(&config, &self.overlay, &self.members);
         let mut joined = Vec::new();
         for (pool, list) in &members {
             for b in list {
-                let known = self.members.get(pool).is_some_and(|l| l.iter().any(|x| Arc::ptr_eq(x, b)));
+                let known = self
+                    .members
+                    .get(pool)
+                    .is_some_and(|l| l.iter().any(|x| Arc::ptr_eq(x, b)));
                 if !known {
                     joined.push(b.clone());
                 }
@@ -293,7 +363,9 @@ impl State {
         let mut left = Vec::new();
         for (pool, list) in &self.members {
             for b in list {
-                let kept = members.get(pool).is_some_and(|l| l.iter().any(|x| Arc::ptr_eq(x, b)));
+                let kept = members
+                    .get(pool)
+                    .is_some_and(|l| l.iter().any(|x| Arc::ptr_eq(x, b)));
                 if !kept {
                     b.set_state(BackendState::Draining);
                     if let Some(l) = members.get_mut(pool) {
@@ -340,12 +412,30 @@ mod tests {
     fn refusals_change_nothing() {
         let mut s = State::new(config(""), 1).unwrap();
         let before = s.shared.snapshot.load_full();
-        assert!(matches!(s.add("nope", "127.0.0.1:9003", None), Err(Refusal::NotFound(_))));
-        assert!(matches!(s.add("p", "127.0.0.1:9001", None), Err(Refusal::Conflict(_))));
-        assert!(matches!(s.add("p", "not-an-addr", None), Err(Refusal::BadRequest(_))));
-        assert!(matches!(s.add("p", "127.0.0.1:9003", Some(0)), Err(Refusal::BadRequest(_))));
-        assert!(matches!(s.set_weight("p", "127.0.0.1:9009", 2), Err(Refusal::NotFound(_))));
-        assert!(Arc::ptr_eq(&before, &s.shared.snapshot.load_full()), "a refusal published a snapshot");
+        assert!(matches!(
+            s.add("nope", "127.0.0.1:9003", None),
+            Err(Refusal::NotFound(_))
+        ));
+        assert!(matches!(
+            s.add("p", "127.0.0.1:9001", None),
+            Err(Refusal::Conflict(_))
+        ));
+        assert!(matches!(
+            s.add("p", "not-an-addr", None),
+            Err(Refusal::BadRequest(_))
+        ));
+        assert!(matches!(
+            s.add("p", "127.0.0.1:9003", Some(0)),
+            Err(Refusal::BadRequest(_))
+        ));
+        assert!(matches!(
+            s.set_weight("p", "127.0.0.1:9009", 2),
+            Err(Refusal::NotFound(_))
+        ));
+        assert!(
+            Arc::ptr_eq(&before, &s.shared.snapshot.load_full()),
+            "a refusal published a snapshot"
+        );
         assert_eq!(s.members["p"].len(), 2);
     }
 
@@ -360,23 +450,34 @@ mod tests {
         s.finish_removal(&b);
         s.set_weight("p", "127.0.0.1:9002", 5).unwrap();
         let again = State::new(config(&extra), 1).unwrap();
-        let got: Vec<(String, u32, BackendState)> =
-            again.members["p"].iter().map(|b| (b.addr.to_string(), b.weight(), b.state())).collect();
+        let got: Vec<(String, u32, BackendState)> = again.members["p"]
+            .iter()
+            .map(|b| (b.addr.to_string(), b.weight(), b.state()))
+            .collect();
         assert_eq!(
             got,
-            vec![("127.0.0.1:9002".into(), 5, BackendState::Up), ("127.0.0.1:9003".into(), 3, BackendState::Starting)]
+            vec![
+                ("127.0.0.1:9002".into(), 5, BackendState::Up),
+                ("127.0.0.1:9003".into(), 3, BackendState::Starting)
+            ]
         );
         // Added then removed at runtime: no trace left.
         let mut s = again;
         let b = s.remove("p", "127.0.0.1:9003").unwrap();
         s.finish_removal(&b);
-        assert!(!Overlay::load(&file).unwrap().pools["p"].contains_key(&"127.0.0.1:9003".parse().unwrap()));
+        assert!(
+            !Overlay::load(&file).unwrap().pools["p"]
+                .contains_key(&"127.0.0.1:9003".parse().unwrap())
+        );
     }
 
     #[test]
     fn a_failed_persist_applies_nothing() {
         let mut s = State::new(config("state_file = \"/nonexistent-dir/state.json\""), 1).unwrap();
-        assert!(matches!(s.add("p", "127.0.0.1:9003", None), Err(Refusal::Internal(_))));
+        assert!(matches!(
+            s.add("p", "127.0.0.1:9003", None),
+            Err(Refusal::Internal(_))
+        ));
         assert_eq!(s.members["p"].len(), 2);
     }
 

@@ -80,9 +80,10 @@ pub fn start(cfg: &Config, shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>, S
             .name(format!("ringlb-w{id}"))
             .spawn(move || {
                 if let Some(cpu) = cpu
-                    && let Err(e) = ring::sys::pin_to_cpu(cpu) {
-                        tracing::warn!(worker = id, cpu, error = %e, "cannot pin worker");
-                    }
+                    && let Err(e) = ring::sys::pin_to_cpu(cpu)
+                {
+                    tracing::warn!(worker = id, cpu, error = %e, "cannot pin worker");
+                }
                 let worker = match worker::Worker::new(id, shared, socks, count, size) {
                     Ok(w) => w,
                     Err(e) => {

@@ -197,11 +197,13 @@ impl Worker {
     fn arm_accept(&mut self, i: usize) {
         let l = &mut self.listening[i];
         if let Some(s) = &l.socket
-            && l.state == AcceptState::Idle && !self.stopping {
-                self.ring
-                    .accept_multi(s.as_raw_fd(), conn::user_data(i as u32, 0, Op::Accept));
-                l.state = AcceptState::Armed;
-            }
+            && l.state == AcceptState::Idle
+            && !self.stopping
+        {
+            self.ring
+                .accept_multi(s.as_raw_fd(), conn::user_data(i as u32, 0, Op::Accept));
+            l.state = AcceptState::Armed;
+        }
     }
 
     fn cancel_accept(&mut self, i: usize) {
@@ -387,7 +389,9 @@ impl Worker {
         let backend = c.backend.clone().expect("connecting to a backend");
         if res == 0 {
             backend.stats.failures_in_row.store(0, Relaxed);
-            c.pool.connect_duration.record(c.connect_started.elapsed().as_secs_f64());
+            c.pool
+                .connect_duration
+                .record(c.connect_started.elapsed().as_secs_f64());
             c.last_active = now;
             let version = c.listener.proxy_protocol;
             if version != crate::config::ProxyProtocol::Off {
@@ -709,7 +713,9 @@ impl Worker {
             b.stats.active.fetch_sub(1, Relaxed);
         }
         c.listener.stats.active.fetch_sub(1, Relaxed);
-        c.listener.connection_duration.record(c.accepted_at.elapsed().as_secs_f64());
+        c.listener
+            .connection_duration
+            .record(c.accepted_at.elapsed().as_secs_f64());
         self.shared.worker_connections[self.id].fetch_sub(1, Relaxed);
         self.free.push(slot as u32);
         self.live -= 1;

@@ -240,3 +240,92 @@ pub fn fill(buf: &mut [u8], seed: &mut u64) {
         chunk.copy_from_slice(&b[..chunk.len()]);
     }
 }
+
+/// A minimal HTTP/1.1 request (Connection: close); returns status and body.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The state of one backend as GET /backends reports it.
+pub fn backend_state(admin: SocketAddr, backend: SocketAddr) -> Option<String> {
+    let (status, body) = http(admin, "GET", "/backends", None, None);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["backends"].as_array().unwrap().iter())
+        .find(|b| b["addr"] == backend.to_string())
+        .map(|b| b["state"].as_str().unwrap().to_string())
+}
+
+/// A backend speaking just enough HTTP: `/health` answers with the status in `health`,
+/// anything else with the backend's name; it greets nothing (plain HTTP).
+pub struct HttpBackend {
+    pub addr: SocketAddr,
+    pub health: Arc<std::sync::atomic::AtomicU16>,
+}
+
+impl HttpBackend {
+    pub fn start(name: &str) -> HttpBackend {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let health = Arc::new(std::sync::atomic::AtomicU16::new(200));
+        let (h, name) = (health.clone(), name.to_string());
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let (h, name) = (h.clone(), name.clone());
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(s.try_clone().unwrap());
+                    let mut line = String::new();
+                    if r.read_line(&mut line).is_err() {
+                        return;
+                    }
+                    loop {
+                        let mut hdr = String::new();
+                        if r.read_line(&mut hdr).unwrap_or(0) == 0 || hdr == "\r\n" {
+                            break;
+                        }
+                    }
+                    let (code, body) = if line.starts_with("GET /health ") {
+                        let c = h.load(Ordering::Relaxed);
+                        (c, "health\n".to_string())
+                    } else {
+                        (200, format!("{name}\n"))
+                    };
+                    let _ = (&s).write_all(format!("HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes());
+                });
+            }
+        });
+        HttpBackend { addr, health }
+    }
+}
