@@ -334,7 +334,7 @@ impl State {
     pub fn reload(
         &mut self,
         config: Config,
-    ) -> Result<(Vec<Arc<Backend>>, Vec<Arc<Backend>>), String> {
+    ) -> Result<Reloaded, String> {
         let same_listeners = config.listeners.len() == self.config.listeners.len()
             && config
                 .listeners
