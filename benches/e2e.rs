@@ -1,0 +1,509 @@
+//! End-to-end benchmark: direct vs ringlb vs HAProxy vs NGINX stream, in one run, interleaved.
+//!
+//!     cargo bench --bench e2e                 # 3 repetitions of 5 s per workload
+//!     cargo bench --bench e2e -- --reps 5 --secs 8 --out bench-results
+//!
+//! Layout on a 2-core machine: the proxy under test is pinned to CPU 0 with one worker; wrk,
+//! the nginx backend and iperf3 share CPU 1. The load side saturates first, so what compares
+//! proxies is their own CPU time (from /proc) per request, per connection and per GB, and
+//! their latency. Only loopback is used; every run is bounded in time.
+//! Needs: haproxy, nginx with libnginx-mod-stream, wrk, iperf3 (Debian packages).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PROXY_CPU: &str = "0";
+const LOAD_CPU: &str = "1";
+const BACKEND_HTTP: u16 = 18080;
+const BACKEND_IPERF: u16 = 18201;
+const IDLE_BACKEND: u16 = 18301;
+
+struct Opts {
+    reps: usize,
+    secs: u64,
+    idle: usize,
+    out: PathBuf,
+    only: Option<String>,
+}
+
+fn opts() -> Opts {
+    let mut o = Opts { reps: 3, secs: 5, idle: 9000, out: PathBuf::from("bench-results"), only: None };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let val = |i: usize| args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--reps" => o.reps = val(i).parse().expect("--reps N"),
+            "--secs" => o.secs = val(i).parse().expect("--secs N"),
+            "--idle" => o.idle = val(i).parse().expect("--idle N"),
+            "--out" => o.out = PathBuf::from(val(i)),
+            "--only" => o.only = Some(val(i)),
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    o
+}
+
+/// One proxy (or none) under test.
+struct Target {
+    name: &'static str,
+    http: u16,
+    iperf: u16,
+    idle: u16,
+    children: Vec<Child>,
+}
+
+impl Target {
+    /// Pids whose CPU counts as the proxy's: the processes we started and their children.
+    fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.children.iter().map(|c| c.id()).collect();
+        let mut i = 0;
+        while i < pids.len() {
+            if let Ok(kids) = std::fs::read_to_string(format!("/proc/{}/task/{}/children", pids[i], pids[i])) {
+                pids.extend(kids.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            }
+            i += 1;
+        }
+        pids
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn ticks_per_sec() -> f64 {
+    100.0 // USER_HZ on Linux
+}
+
+/// user+system CPU seconds of a process (all its threads).
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let after = &stat[stat.rfind(')').map(|i| i + 2).unwrap_or(0)..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    (f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0)) / ticks_per_sec()
+}
+
+/// Busy seconds of one CPU (everything but idle and iowait), from /proc/stat.
+fn cpu_busy(cpu: &str) -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = stat.lines().find(|l| l.starts_with(&format!("cpu{cpu} "))).unwrap_or("");
+    let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    if v.len() < 5 {
+        return 0.0;
+    }
+    (v.iter().sum::<f64>() - v[3] - v[4]) / ticks_per_sec()
+}
+
+fn rss_kb(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter_map(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+fn spawn(cpu: &str, cmd: &str, args: &[&str]) -> Child {
+    Command::new("taskset")
+        .args(["-c", cpu, cmd])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd}: {e}"))
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on {port}");
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+fn start_ringlb(dir: &Path) -> Target {
+    // RINGLB_BENCH_TOP: extra top-level settings to try (e.g. "buffer_size = 65536").
+    let top = std::env::var("RINGLB_BENCH_TOP").unwrap_or_default().replace(';', "\n");
+    let cfg = format!(
+        "workers = 1\nshutdown_timeout = \"1s\"\n{top}\n\
+         [[listeners]]\nname = \"http\"\nbind = \"127.0.0.1:18001\"\npool = \"http\"\n\
+         [[listeners]]\nname = \"iperf\"\nbind = \"127.0.0.1:18002\"\npool = \"iperf\"\n\
+         [[listeners]]\nname = \"idle\"\nbind = \"127.0.0.1:18003\"\npool = \"idle\"\nbacklog = 4096\n\
+         [pools.http]\nbackends = [{{ addr = \"127.0.0.1:{BACKEND_HTTP}\" }}]\n\
+         [pools.iperf]\nbackends = [{{ addr = \"127.0.0.1:{BACKEND_IPERF}\" }}]\n\
+         [pools.idle]\nbackends = [{{ addr = \"127.0.0.1:{IDLE_BACKEND}\" }}]\n"
+    );
+    let path = write(dir, "ringlb.toml", &cfg);
+    let c = Command::new("taskset")
+        .args(["-c", PROXY_CPU, env!("CARGO_BIN_EXE_ringlb"), "serve", "--config", &path])
+        .env("RINGLB_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(18001);
+    Target { name: "ringlb", http: 18001, iperf: 18002, idle: 18003, children: vec![c] }
+}
+
+fn start_haproxy(dir: &Path) -> Target {
+    let cfg = format!(
+        "global\n  nbthread 1\n  maxconn 9500\n\
+         defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 5m\n  timeout server 5m\n\
+         listen http\n  bind 127.0.0.1:18011\n  server s 127.0.0.1:{BACKEND_HTTP}\n\
+         listen iperf\n  bind 127.0.0.1:18012\n  server s 127.0.0.1:{BACKEND_IPERF}\n\
+         listen idle\n  bind 127.0.0.1:18013\n  server s 127.0.0.1:{IDLE_BACKEND}\n"
+    );
+    let path = write(dir, "haproxy.cfg", &cfg);
+    let c = spawn(PROXY_CPU, "haproxy", &["-f", &path, "-db"]);
+    wait_port(18011);
+    Target { name: "haproxy", http: 18011, iperf: 18012, idle: 18013, children: vec![c] }
+}
+
+fn start_nginx_stream(dir: &Path) -> Target {
+    let cfg = format!(
+        "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
+         worker_processes 1;\ndaemon off;\nmaster_process on;\npid {0}/nginx-stream.pid;\nerror_log {0}/nginx-stream.err warn;\n\
+         worker_rlimit_nofile 19500;\nevents {{ worker_connections 19000; }}\n\
+         stream {{\n  server {{ listen 127.0.0.1:18021; proxy_pass 127.0.0.1:{BACKEND_HTTP}; }}\n\
+         server {{ listen 127.0.0.1:18022; proxy_pass 127.0.0.1:{BACKEND_IPERF}; }}\n\
+         server {{ listen 127.0.0.1:18023; proxy_pass 127.0.0.1:{IDLE_BACKEND}; proxy_timeout 5m; }}\n}}\n",
+        dir.display()
+    );
+    let path = write(dir, "nginx-stream.conf", &cfg);
+    let c = spawn(PROXY_CPU, "nginx", &["-c", &path, "-p", &dir.display().to_string()]);
+    wait_port(18021);
+    Target { name: "nginx-stream", http: 18021, iperf: 18022, idle: 18023, children: vec![c] }
+}
+
+fn start_backends(dir: &Path) -> Vec<Child> {
+    let cfg = format!(
+        "worker_processes 1;\ndaemon off;\npid {0}/nginx-backend.pid;\nerror_log {0}/nginx-backend.err warn;\n\
+         worker_rlimit_nofile 8192;\nevents {{ worker_connections 8000; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 10000000;\n\
+         server {{ listen 127.0.0.1:{BACKEND_HTTP} backlog=4096; location / {{ return 200 \"hello from nginx\\n\"; }} }}\n}}\n",
+        dir.display()
+    );
+    let path = write(dir, "nginx-backend.conf", &cfg);
+    let nginx = spawn(LOAD_CPU, "nginx", &["-c", &path, "-p", &dir.display().to_string()]);
+    let iperf = spawn(LOAD_CPU, "iperf3", &["-s", "-B", "127.0.0.1", "-p", &BACKEND_IPERF.to_string()]);
+    wait_port(BACKEND_HTTP);
+    wait_port(BACKEND_IPERF);
+    vec![nginx, iperf]
+}
+
+/// One measurement.
+#[derive(Default, Clone)]
+struct Run {
+    /// Requests (or connections) per second, or Gbit/s for bulk.
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// Proxy CPU µs per request / connection, or CPU seconds per GB.
+    cpu: f64,
+    /// Share of CPU 0 used by something other than the proxy.
+    noise: f64,
+}
+
+fn parse_ms(s: &str) -> f64 {
+    if let Some(v) = s.strip_suffix("us") {
+        v.parse::<f64>().unwrap_or(0.0) / 1000.0
+    } else if let Some(v) = s.strip_suffix("ms") {
+        v.parse().unwrap_or(0.0)
+    } else if let Some(v) = s.strip_suffix('s') {
+        v.parse::<f64>().unwrap_or(0.0) * 1000.0
+    } else {
+        0.0
+    }
+}
+
+/// Runs `f` while measuring the proxy's CPU and CPU 0's other load.
+fn measured<T>(t: &Target, f: impl FnOnce() -> T) -> (T, f64, f64) {
+    let pids = t.pids();
+    let cpu0: f64 = pids.iter().map(|&p| cpu_secs(p)).sum();
+    let busy0 = cpu_busy(PROXY_CPU);
+    let start = Instant::now();
+    let out = f();
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = pids.iter().map(|&p| cpu_secs(p)).sum::<f64>() - cpu0;
+    let busy = cpu_busy(PROXY_CPU) - busy0;
+    let noise = ((busy - cpu) / wall).max(0.0);
+    (out, cpu, noise)
+}
+
+fn wrk(t: &Target, port: u16, secs: u64, close: bool) -> Run {
+    let url = format!("http://127.0.0.1:{port}/");
+    let d = format!("{secs}s");
+    let mut args = vec!["-c", LOAD_CPU, "wrk", "-t1", "-c64", "-d", &d, "--latency"];
+    if close {
+        args.extend(["-H", "Connection: close"]);
+    }
+    args.push(&url);
+    let (out, cpu, noise) = measured(t, || Command::new("taskset").args(&args).output().expect("wrk"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut r = Run { noise, ..Run::default() };
+    let mut total = 0.0;
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["50%", v] => r.p50_ms = parse_ms(v),
+            ["99%", v] => r.p99_ms = parse_ms(v),
+            ["Requests/sec:", v] => r.rate = v.parse().unwrap_or(0.0),
+            [n, "requests", "in", ..] => total = n.parse().unwrap_or(0.0),
+            _ => {}
+        }
+    }
+    if total > 0.0 {
+        r.cpu = cpu * 1e6 / total;
+    }
+    r
+}
+
+fn iperf(t: &Target, port: u16, secs: u64, streams: u32) -> Run {
+    let (out, cpu, noise) = measured(t, || {
+        Command::new("taskset")
+            .args(["-c", LOAD_CPU, "iperf3", "-c", "127.0.0.1", "-p", &port.to_string(), "-t", &secs.to_string(), "-P", &streams.to_string(), "-J"])
+            .output()
+            .expect("iperf3")
+    });
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let bytes = v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
+    Run { rate: bps / 1e9, cpu: if bytes > 0.0 { cpu / (bytes / 1e9) } else { 0.0 }, noise, ..Run::default() }
+}
+
+/// RSS growth of the proxy per idle proxied connection, in bytes.
+fn idle_memory(t: &Target, n: usize) -> f64 {
+    let pids = t.pids();
+    // Let the proxy settle, then open `n` connections that each exchange one byte, and hold.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss_kb(&pids);
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        match TcpStream::connect(("127.0.0.1", t.idle)) {
+            Ok(mut s) => {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                if s.write_all(b"x").is_err() || s.read_exact(&mut [0u8; 1]).is_err() {
+                    eprintln!("  {}: connection {i} did not echo", t.name);
+                    break;
+                }
+                conns.push(s);
+            }
+            Err(e) => {
+                eprintln!("  {}: connection {i}: {e}", t.name);
+                break;
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kb(&pids);
+    let opened = conns.len().max(1);
+    drop(conns);
+    std::thread::sleep(Duration::from_millis(500));
+    (after - before) * 1024.0 / opened as f64
+}
+
+/// An echo-once backend for the idle-connection run: echoes, then holds.
+fn idle_backend() {
+    let l = TcpListener::bind(("127.0.0.1", IDLE_BACKEND)).expect("idle backend port");
+    std::thread::spawn(move || {
+        // Held for the whole run: the bench ends the process.
+        let mut held = Vec::new();
+        for s in l.incoming().flatten() {
+            let mut s = s;
+            let mut b = [0u8; 1];
+            if s.read_exact(&mut b).is_ok() && s.write_all(&b).is_ok() {
+                held.push(s);
+            }
+        }
+    });
+}
+
+fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+fn main() {
+    // Refuse to run as part of `cargo test --benches` smoke runs.
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return;
+    }
+    let o = opts();
+    for tool in ["haproxy", "nginx", "wrk", "iperf3", "taskset"] {
+        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map(|o| !o.status.success()).unwrap_or(true) {
+            eprintln!("e2e bench needs {tool}: apt-get install haproxy nginx libnginx-mod-stream wrk iperf3");
+            std::process::exit(2);
+        }
+    }
+    raise_nofile();
+    let dir = tempfile::tempdir().unwrap();
+    let _backends = start_backends(dir.path());
+    idle_backend();
+    let mut targets = vec![
+        Target { name: "direct", http: BACKEND_HTTP, iperf: BACKEND_IPERF, idle: 0, children: vec![] },
+        start_ringlb(dir.path()),
+        start_haproxy(dir.path()),
+        start_nginx_stream(dir.path()),
+    ];
+    if let Some(only) = &o.only {
+        targets.retain(|t| t.name == "direct" || only.split(',').any(|x| x == t.name));
+    }
+    let workloads = ["rr", "conn", "bulk1", "bulk4"];
+    let mut results: BTreeMap<(&str, &str), Vec<Run>> = BTreeMap::new();
+    for rep in 0..o.reps {
+        for w in workloads {
+            for t in &targets {
+                let r = match w {
+                    "rr" => wrk(t, t.http, o.secs, false),
+                    "conn" => wrk(t, t.http, o.secs, true),
+                    "bulk1" => iperf(t, t.iperf, o.secs, 1),
+                    _ => iperf(t, t.iperf, o.secs, 4),
+                };
+                eprintln!(
+                    "rep {rep} {w:5} {:13} rate {:10.1} p50 {:6.3} ms p99 {:6.3} ms cpu {:7.2}{}",
+                    t.name,
+                    r.rate,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.cpu,
+                    if r.noise > 0.05 { format!("  (other load on CPU {PROXY_CPU}: {:.0}%)", r.noise * 100.0) } else { String::new() }
+                );
+                results.entry((w, t.name)).or_default().push(r);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    }
+    let mut idle = BTreeMap::new();
+    if o.idle > 0 {
+        for t in targets.iter().filter(|t| t.idle != 0) {
+            let per = idle_memory(t, o.idle);
+            eprintln!("idle {:13} {per:8.0} B of RSS per idle proxied connection ({} connections)", t.name, o.idle);
+            idle.insert(t.name, per);
+        }
+    }
+    let report = report(&o, &targets, &results, &idle);
+    print!("{report}");
+    std::fs::create_dir_all(&o.out).unwrap();
+    std::fs::write(o.out.join("e2e.md"), &report).unwrap();
+    std::fs::write(o.out.join("e2e.svg"), chart(&targets, &results)).unwrap();
+    eprintln!("wrote {}/e2e.md and {}/e2e.svg", o.out.display(), o.out.display());
+}
+
+fn raise_nofile() {
+    // The idle run holds 2 × N descriptors in this process.
+    ringlb::proxy::ring::sys::raise_nofile_limit();
+}
+
+fn report(o: &Opts, targets: &[Target], results: &BTreeMap<(&str, &str), Vec<Run>>, idle: &BTreeMap<&str, f64>) -> String {
+    let mut s = String::new();
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let _ = writeln!(s, "Machine: {} CPUs ({cpu_model}), Linux {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), kernel.trim());
+    let _ = writeln!(s, "Run: `cargo bench --bench e2e -- --reps {} --secs {}`; medians of {} interleaved runs, [min-max].", o.reps, o.secs, o.reps);
+    let _ = writeln!(s, "Proxy pinned to CPU {PROXY_CPU} with one worker/thread; wrk, nginx backend and iperf3 on CPU {LOAD_CPU}.\n");
+    let haproxy = |w: &str, f: &dyn Fn(&Run) -> f64| results.get(&(w, "haproxy")).map(|v| median(v.iter().map(f).collect()).0);
+    let cell = |w: &str, t: &str, f: &dyn Fn(&Run) -> f64, prec: usize, vs: bool| -> String {
+        let Some(v) = results.get(&(w, t)) else { return "–".into() };
+        let (m, lo, hi) = median(v.iter().map(f).collect());
+        let rel = match (vs, haproxy(w, f)) {
+            (true, Some(h)) if h > 0.0 && t != "direct" => format!(" ({:.2}x)", m / h),
+            _ => String::new(),
+        };
+        format!("{m:.prec$} [{lo:.prec$}-{hi:.prec$}]{rel}")
+    };
+    let _ = writeln!(s, "| workload | target | throughput | p50 ms | p99 ms | proxy CPU (vs HAProxy) |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    for (w, unit, cpu_unit) in [("rr", "req/s", "µs/req"), ("conn", "conn/s", "µs/conn"), ("bulk1", "Gbit/s", "CPU-s/GB"), ("bulk4", "Gbit/s", "CPU-s/GB")] {
+        for t in targets {
+            let lat = w == "rr" || w == "conn";
+            let _ = writeln!(
+                s,
+                "| {w} | {} | {} {unit} | {} | {} | {} |",
+                t.name,
+                cell(w, t.name, &|r| r.rate, 1, false),
+                if lat { cell(w, t.name, &|r| r.p50_ms, 3, false) } else { "–".into() },
+                if lat { cell(w, t.name, &|r| r.p99_ms, 3, true) } else { "–".into() },
+                if t.name == "direct" { "–".into() } else { format!("{} {cpu_unit}", cell(w, t.name, &|r| r.cpu, 2, true)) },
+            );
+        }
+    }
+    let noisy: Vec<String> = results
+        .iter()
+        .flat_map(|((w, t), v)| v.iter().filter(|r| r.noise > 0.05).map(move |r| format!("{w}/{t} ({:.0}%)", r.noise * 100.0)))
+        .collect();
+    if !noisy.is_empty() {
+        let _ = writeln!(s, "\nRuns where something else used CPU {PROXY_CPU} over 5% of the time: {}", noisy.join(", "));
+    }
+    if !idle.is_empty() {
+        let _ = writeln!(s, "\n| idle proxied connections ({}) | RSS growth per connection |\n|---|---|", o.idle);
+        for (t, b) in idle {
+            let _ = writeln!(s, "| {t} | {b:.0} B |");
+        }
+    }
+    s
+}
+
+/// A bar chart (SVG) of proxy CPU per unit relative to HAProxy, per workload.
+fn chart(targets: &[Target], results: &BTreeMap<(&str, &str), Vec<Run>>) -> String {
+    let workloads = [("rr", "CPU/request"), ("conn", "CPU/connection"), ("bulk1", "CPU/GB (1 stream)"), ("bulk4", "CPU/GB (4 streams)")];
+    let proxies: Vec<&str> = targets.iter().map(|t| t.name).filter(|n| *n != "direct").collect();
+    let colors = ["#d9480f", "#1971c2", "#2f9e44", "#862e9c"];
+    let (w, h, left, top, bar) = (760.0, 360.0, 60.0, 40.0, 34.0);
+    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n");
+    let _ = writeln!(s, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
+    let _ = writeln!(s, "<text x=\"{left}\" y=\"22\" font-size=\"15\">Proxy CPU relative to HAProxy (lower is better), medians</text>");
+    let plot_h = h - top - 70.0;
+    let scale = |v: f64| plot_h * (v / 2.0).min(1.0);
+    for g in [0.5, 1.0, 1.5, 2.0] {
+        let y = top + plot_h - scale(g);
+        let _ = writeln!(s, "<line x1=\"{left}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\" stroke=\"#ccc\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{g:.1}x</text>", w - 20.0, left - 6.0, y + 4.0);
+    }
+    let group = (w - left - 40.0) / workloads.len() as f64;
+    for (gi, (wl, label)) in workloads.iter().enumerate() {
+        let base = results.get(&(*wl, "haproxy")).map(|v| median(v.iter().map(|r| r.cpu).collect()).0).unwrap_or(0.0);
+        let x0 = left + 20.0 + gi as f64 * group;
+        for (pi, p) in proxies.iter().enumerate() {
+            let Some(v) = results.get(&(*wl, *p)) else { continue };
+            let m = median(v.iter().map(|r| r.cpu).collect()).0;
+            let rel = if base > 0.0 { m / base } else { 0.0 };
+            let (x, bh) = (x0 + pi as f64 * (bar + 4.0), scale(rel));
+            let _ = writeln!(s, "<rect x=\"{x}\" y=\"{}\" width=\"{bar}\" height=\"{bh}\" fill=\"{}\"/>", top + plot_h - bh, colors[pi % colors.len()]);
+            let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"10\">{rel:.2}</text>", x + bar / 2.0, top + plot_h - bh - 4.0);
+        }
+        let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{label}</text>", x0 + (proxies.len() as f64 * (bar + 4.0)) / 2.0, top + plot_h + 18.0);
+    }
+    for (pi, p) in proxies.iter().enumerate() {
+        let x = left + pi as f64 * 150.0;
+        let _ = writeln!(s, "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{p}</text>", h - 30.0, colors[pi % colors.len()], x + 18.0, h - 20.0);
+    }
+    s.push_str("</svg>\n");
+    s
+}
