@@ -32,7 +32,13 @@ struct Opts {
 }
 
 fn opts() -> Opts {
-    let mut o = Opts { reps: 3, secs: 5, idle: 9000, out: PathBuf::from("bench-results"), only: None };
+    let mut o = Opts {
+        reps: 3,
+        secs: 5,
+        idle: 9000,
+        out: PathBuf::from("bench-results"),
+        only: None,
+    };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -68,8 +74,13 @@ impl Target {
         let mut pids: Vec<u32> = self.children.iter().map(|c| c.id()).collect();
         let mut i = 0;
         while i < pids.len() {
-            if let Ok(kids) = std::fs::read_to_string(format!("/proc/{}/task/{}/children", pids[i], pids[i])) {
-                pids.extend(kids.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            if let Ok(kids) =
+                std::fs::read_to_string(format!("/proc/{}/task/{}/children", pids[i], pids[i]))
+            {
+                pids.extend(
+                    kids.split_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                );
             }
             i += 1;
         }
@@ -92,7 +103,9 @@ fn ticks_per_sec() -> f64 {
 
 /// user+system CPU seconds of a process (all its threads).
 fn cpu_secs(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
     let after = &stat[stat.rfind(')').map(|i| i + 2).unwrap_or(0)..];
     let f: Vec<&str> = after.split_whitespace().collect();
     (f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0)) / ticks_per_sec()
@@ -101,8 +114,15 @@ fn cpu_secs(pid: u32) -> f64 {
 /// Busy seconds of one CPU (everything but idle and iowait), from /proc/stat.
 fn cpu_busy(cpu: &str) -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let line = stat.lines().find(|l| l.starts_with(&format!("cpu{cpu} "))).unwrap_or("");
-    let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with(&format!("cpu{cpu} ")))
+        .unwrap_or("");
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     if v.len() < 5 {
         return 0.0;
     }
@@ -112,7 +132,12 @@ fn cpu_busy(cpu: &str) -> f64 {
 fn rss_kb(pids: &[u32]) -> f64 {
     pids.iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
-        .filter_map(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()))
+        .filter_map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
         .sum()
 }
 
@@ -145,7 +170,9 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 
 fn start_ringlb(dir: &Path) -> Target {
     // RINGLB_BENCH_TOP: extra top-level settings to try (e.g. "buffer_size = 65536").
-    let top = std::env::var("RINGLB_BENCH_TOP").unwrap_or_default().replace(';', "\n");
+    let top = std::env::var("RINGLB_BENCH_TOP")
+        .unwrap_or_default()
+        .replace(';', "\n");
     let cfg = format!(
         "workers = 1\nshutdown_timeout = \"1s\"\n{top}\n\
          [[listeners]]\nname = \"http\"\nbind = \"127.0.0.1:18001\"\npool = \"http\"\n\
@@ -157,13 +184,26 @@ fn start_ringlb(dir: &Path) -> Target {
     );
     let path = write(dir, "ringlb.toml", &cfg);
     let c = Command::new("taskset")
-        .args(["-c", PROXY_CPU, env!("CARGO_BIN_EXE_ringlb"), "serve", "--config", &path])
+        .args([
+            "-c",
+            PROXY_CPU,
+            env!("CARGO_BIN_EXE_ringlb"),
+            "serve",
+            "--config",
+            &path,
+        ])
         .env("RINGLB_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
     wait_port(18001);
-    Target { name: "ringlb", http: 18001, iperf: 18002, idle: 18003, children: vec![c] }
+    Target {
+        name: "ringlb",
+        http: 18001,
+        iperf: 18002,
+        idle: 18003,
+        children: vec![c],
+    }
 }
 
 fn start_haproxy(dir: &Path) -> Target {
@@ -177,7 +217,13 @@ fn start_haproxy(dir: &Path) -> Target {
     let path = write(dir, "haproxy.cfg", &cfg);
     let c = spawn(PROXY_CPU, "haproxy", &["-f", &path, "-db"]);
     wait_port(18011);
-    Target { name: "haproxy", http: 18011, iperf: 18012, idle: 18013, children: vec![c] }
+    Target {
+        name: "haproxy",
+        http: 18011,
+        iperf: 18012,
+        idle: 18013,
+        children: vec![c],
+    }
 }
 
 fn start_nginx_stream(dir: &Path) -> Target {
@@ -191,9 +237,19 @@ fn start_nginx_stream(dir: &Path) -> Target {
         dir.display()
     );
     let path = write(dir, "nginx-stream.conf", &cfg);
-    let c = spawn(PROXY_CPU, "nginx", &["-c", &path, "-p", &dir.display().to_string()]);
+    let c = spawn(
+        PROXY_CPU,
+        "nginx",
+        &["-c", &path, "-p", &dir.display().to_string()],
+    );
     wait_port(18021);
-    Target { name: "nginx-stream", http: 18021, iperf: 18022, idle: 18023, children: vec![c] }
+    Target {
+        name: "nginx-stream",
+        http: 18021,
+        iperf: 18022,
+        idle: 18023,
+        children: vec![c],
+    }
 }
 
 fn start_backends(dir: &Path) -> Vec<Child> {
@@ -205,8 +261,16 @@ fn start_backends(dir: &Path) -> Vec<Child> {
         dir.display()
     );
     let path = write(dir, "nginx-backend.conf", &cfg);
-    let nginx = spawn(LOAD_CPU, "nginx", &["-c", &path, "-p", &dir.display().to_string()]);
-    let iperf = spawn(LOAD_CPU, "iperf3", &["-s", "-B", "127.0.0.1", "-p", &BACKEND_IPERF.to_string()]);
+    let nginx = spawn(
+        LOAD_CPU,
+        "nginx",
+        &["-c", &path, "-p", &dir.display().to_string()],
+    );
+    let iperf = spawn(
+        LOAD_CPU,
+        "iperf3",
+        &["-s", "-B", "127.0.0.1", "-p", &BACKEND_IPERF.to_string()],
+    );
     wait_port(BACKEND_HTTP);
     wait_port(BACKEND_IPERF);
     vec![nginx, iperf]
@@ -259,9 +323,14 @@ fn wrk(t: &Target, port: u16, secs: u64, close: bool) -> Run {
         args.extend(["-H", "Connection: close"]);
     }
     args.push(&url);
-    let (out, cpu, noise) = measured(t, || Command::new("taskset").args(&args).output().expect("wrk"));
+    let (out, cpu, noise) = measured(t, || {
+        Command::new("taskset").args(&args).output().expect("wrk")
+    });
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut r = Run { noise, ..Run::default() };
+    let mut r = Run {
+        noise,
+        ..Run::default()
+    };
     let mut total = 0.0;
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -282,14 +351,38 @@ fn wrk(t: &Target, port: u16, secs: u64, close: bool) -> Run {
 fn iperf(t: &Target, port: u16, secs: u64, streams: u32) -> Run {
     let (out, cpu, noise) = measured(t, || {
         Command::new("taskset")
-            .args(["-c", LOAD_CPU, "iperf3", "-c", "127.0.0.1", "-p", &port.to_string(), "-t", &secs.to_string(), "-P", &streams.to_string(), "-J"])
+            .args([
+                "-c",
+                LOAD_CPU,
+                "iperf3",
+                "-c",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-t",
+                &secs.to_string(),
+                "-P",
+                &streams.to_string(),
+                "-J",
+            ])
             .output()
             .expect("iperf3")
     });
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let bytes = v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
-    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
-    Run { rate: bps / 1e9, cpu: if bytes > 0.0 { cpu / (bytes / 1e9) } else { 0.0 }, noise, ..Run::default() }
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0);
+    Run {
+        rate: bps / 1e9,
+        cpu: if bytes > 0.0 {
+            cpu / (bytes / 1e9)
+        } else {
+            0.0
+        },
+        noise,
+        ..Run::default()
+    }
 }
 
 /// RSS growth of the proxy per idle proxied connection, in bytes.
@@ -355,8 +448,15 @@ fn main() {
     }
     let o = opts();
     for tool in ["haproxy", "nginx", "wrk", "iperf3", "taskset"] {
-        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map(|o| !o.status.success()).unwrap_or(true) {
-            eprintln!("e2e bench needs {tool}: apt-get install haproxy nginx libnginx-mod-stream wrk iperf3");
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            eprintln!(
+                "e2e bench needs {tool}: apt-get install haproxy nginx libnginx-mod-stream wrk iperf3"
+            );
             std::process::exit(2);
         }
     }
@@ -365,7 +465,13 @@ fn main() {
     let _backends = start_backends(dir.path());
     idle_backend();
     let mut targets = vec![
-        Target { name: "direct", http: BACKEND_HTTP, iperf: BACKEND_IPERF, idle: 0, children: vec![] },
+        Target {
+            name: "direct",
+            http: BACKEND_HTTP,
+            iperf: BACKEND_IPERF,
+            idle: 0,
+            children: vec![],
+        },
         start_ringlb(dir.path()),
         start_haproxy(dir.path()),
         start_nginx_stream(dir.path()),
@@ -391,7 +497,11 @@ fn main() {
                     r.p50_ms,
                     r.p99_ms,
                     r.cpu,
-                    if r.noise > 0.05 { format!("  (other load on CPU {PROXY_CPU}: {:.0}%)", r.noise * 100.0) } else { String::new() }
+                    if r.noise > 0.05 {
+                        format!("  (other load on CPU {PROXY_CPU}: {:.0}%)", r.noise * 100.0)
+                    } else {
+                        String::new()
+                    }
                 );
                 results.entry((w, t.name)).or_default().push(r);
                 std::thread::sleep(Duration::from_millis(300));
@@ -402,7 +512,10 @@ fn main() {
     if o.idle > 0 {
         for t in targets.iter().filter(|t| t.idle != 0) {
             let per = idle_memory(t, o.idle);
-            eprintln!("idle {:13} {per:8.0} B of RSS per idle proxied connection ({} connections)", t.name, o.idle);
+            eprintln!(
+                "idle {:13} {per:8.0} B of RSS per idle proxied connection ({} connections)",
+                t.name, o.idle
+            );
             idle.insert(t.name, per);
         }
     }
@@ -411,7 +524,11 @@ fn main() {
     std::fs::create_dir_all(&o.out).unwrap();
     std::fs::write(o.out.join("e2e.md"), &report).unwrap();
     std::fs::write(o.out.join("e2e.svg"), chart(&targets, &results)).unwrap();
-    eprintln!("wrote {}/e2e.md and {}/e2e.svg", o.out.display(), o.out.display());
+    eprintln!(
+        "wrote {}/e2e.md and {}/e2e.svg",
+        o.out.display(),
+        o.out.display()
+    );
 }
 
 fn raise_nofile() {
@@ -419,19 +536,48 @@ fn raise_nofile() {
     ringlb::proxy::ring::sys::raise_nofile_limit();
 }
 
-fn report(o: &Opts, targets: &[Target], results: &BTreeMap<(&str, &str), Vec<Run>>, idle: &BTreeMap<&str, f64>) -> String {
+fn report(
+    o: &Opts,
+    targets: &[Target],
+    results: &BTreeMap<(&str, &str), Vec<Run>>,
+    idle: &BTreeMap<&str, f64>,
+) -> String {
     let mut s = String::new();
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let _ = writeln!(s, "Machine: {} CPUs ({cpu_model}), Linux {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), kernel.trim());
-    let _ = writeln!(s, "Run: `cargo bench --bench e2e -- --reps {} --secs {}`; medians of {} interleaved runs, [min-max].", o.reps, o.secs, o.reps);
-    let _ = writeln!(s, "Proxy pinned to CPU {PROXY_CPU} with one worker/thread; wrk, nginx backend and iperf3 on CPU {LOAD_CPU}.\n");
-    let haproxy = |w: &str, f: &dyn Fn(&Run) -> f64| results.get(&(w, "haproxy")).map(|v| median(v.iter().map(f).collect()).0);
+    let _ = writeln!(
+        s,
+        "Machine: {} CPUs ({cpu_model}), Linux {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        kernel.trim()
+    );
+    let _ = writeln!(
+        s,
+        "Run: `cargo bench --bench e2e -- --reps {} --secs {}`; medians of {} interleaved runs, [min-max].",
+        o.reps, o.secs, o.reps
+    );
+    let _ = writeln!(
+        s,
+        "Proxy pinned to CPU {PROXY_CPU} with one worker/thread; wrk, nginx backend and iperf3 on CPU {LOAD_CPU}.\n"
+    );
+    let haproxy = |w: &str, f: &dyn Fn(&Run) -> f64| {
+        results
+            .get(&(w, "haproxy"))
+            .map(|v| median(v.iter().map(f).collect()).0)
+    };
     let cell = |w: &str, t: &str, f: &dyn Fn(&Run) -> f64, prec: usize, vs: bool| -> String {
-        let Some(v) = results.get(&(w, t)) else { return "–".into() };
+        let Some(v) = results.get(&(w, t)) else {
+            return "–".into();
+        };
         let (m, lo, hi) = median(v.iter().map(f).collect());
         let rel = match (vs, haproxy(w, f)) {
             (true, Some(h)) if h > 0.0 && t != "direct" => format!(" ({:.2}x)", m / h),
@@ -439,9 +585,17 @@ fn report(o: &Opts, targets: &[Target], results: &BTreeMap<(&str, &str), Vec<Run
         };
         format!("{m:.prec$} [{lo:.prec$}-{hi:.prec$}]{rel}")
     };
-    let _ = writeln!(s, "| workload | target | throughput | p50 ms | p99 ms | proxy CPU (vs HAProxy) |");
+    let _ = writeln!(
+        s,
+        "| workload | target | throughput | p50 ms | p99 ms | proxy CPU (vs HAProxy) |"
+    );
     let _ = writeln!(s, "|---|---|---|---|---|---|");
-    for (w, unit, cpu_unit) in [("rr", "req/s", "µs/req"), ("conn", "conn/s", "µs/conn"), ("bulk1", "Gbit/s", "CPU-s/GB"), ("bulk4", "Gbit/s", "CPU-s/GB")] {
+    for (w, unit, cpu_unit) in [
+        ("rr", "req/s", "µs/req"),
+        ("conn", "conn/s", "µs/conn"),
+        ("bulk1", "Gbit/s", "CPU-s/GB"),
+        ("bulk4", "Gbit/s", "CPU-s/GB"),
+    ] {
         for t in targets {
             let lat = w == "rr" || w == "conn";
             let _ = writeln!(
@@ -449,21 +603,45 @@ fn report(o: &Opts, targets: &[Target], results: &BTreeMap<(&str, &str), Vec<Run
                 "| {w} | {} | {} {unit} | {} | {} | {} |",
                 t.name,
                 cell(w, t.name, &|r| r.rate, 1, false),
-                if lat { cell(w, t.name, &|r| r.p50_ms, 3, false) } else { "–".into() },
-                if lat { cell(w, t.name, &|r| r.p99_ms, 3, true) } else { "–".into() },
-                if t.name == "direct" { "–".into() } else { format!("{} {cpu_unit}", cell(w, t.name, &|r| r.cpu, 2, true)) },
+                if lat {
+                    cell(w, t.name, &|r| r.p50_ms, 3, false)
+                } else {
+                    "–".into()
+                },
+                if lat {
+                    cell(w, t.name, &|r| r.p99_ms, 3, true)
+                } else {
+                    "–".into()
+                },
+                if t.name == "direct" {
+                    "–".into()
+                } else {
+                    format!("{} {cpu_unit}", cell(w, t.name, &|r| r.cpu, 2, true))
+                },
             );
         }
     }
     let noisy: Vec<String> = results
         .iter()
-        .flat_map(|((w, t), v)| v.iter().filter(|r| r.noise > 0.05).map(move |r| format!("{w}/{t} ({:.0}%)", r.noise * 100.0)))
+        .flat_map(|((w, t), v)| {
+            v.iter()
+                .filter(|r| r.noise > 0.05)
+                .map(move |r| format!("{w}/{t} ({:.0}%)", r.noise * 100.0))
+        })
         .collect();
     if !noisy.is_empty() {
-        let _ = writeln!(s, "\nRuns where something else used CPU {PROXY_CPU} over 5% of the time: {}", noisy.join(", "));
+        let _ = writeln!(
+            s,
+            "\nRuns where something else used CPU {PROXY_CPU} over 5% of the time: {}",
+            noisy.join(", ")
+        );
     }
     if !idle.is_empty() {
-        let _ = writeln!(s, "\n| idle proxied connections ({}) | RSS growth per connection |\n|---|---|", o.idle);
+        let _ = writeln!(
+            s,
+            "\n| idle proxied connections ({}) | RSS growth per connection |\n|---|---|",
+            o.idle
+        );
         for (t, b) in idle {
             let _ = writeln!(s, "| {t} | {b:.0} B |");
         }
@@ -473,36 +651,83 @@ fn report(o: &Opts, targets: &[Target], results: &BTreeMap<(&str, &str), Vec<Run
 
 /// A bar chart (SVG) of proxy CPU per unit relative to HAProxy, per workload.
 fn chart(targets: &[Target], results: &BTreeMap<(&str, &str), Vec<Run>>) -> String {
-    let workloads = [("rr", "CPU/request"), ("conn", "CPU/connection"), ("bulk1", "CPU/GB (1 stream)"), ("bulk4", "CPU/GB (4 streams)")];
-    let proxies: Vec<&str> = targets.iter().map(|t| t.name).filter(|n| *n != "direct").collect();
+    let workloads = [
+        ("rr", "CPU/request"),
+        ("conn", "CPU/connection"),
+        ("bulk1", "CPU/GB (1 stream)"),
+        ("bulk4", "CPU/GB (4 streams)"),
+    ];
+    let proxies: Vec<&str> = targets
+        .iter()
+        .map(|t| t.name)
+        .filter(|n| *n != "direct")
+        .collect();
     let colors = ["#d9480f", "#1971c2", "#2f9e44", "#862e9c"];
     let (w, h, left, top, bar) = (760.0, 360.0, 60.0, 40.0, 34.0);
-    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n");
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n"
+    );
     let _ = writeln!(s, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
-    let _ = writeln!(s, "<text x=\"{left}\" y=\"22\" font-size=\"15\">Proxy CPU relative to HAProxy (lower is better), medians</text>");
+    let _ = writeln!(
+        s,
+        "<text x=\"{left}\" y=\"22\" font-size=\"15\">Proxy CPU relative to HAProxy (lower is better), medians</text>"
+    );
     let plot_h = h - top - 70.0;
     let scale = |v: f64| plot_h * (v / 2.0).min(1.0);
     for g in [0.5, 1.0, 1.5, 2.0] {
         let y = top + plot_h - scale(g);
-        let _ = writeln!(s, "<line x1=\"{left}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\" stroke=\"#ccc\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{g:.1}x</text>", w - 20.0, left - 6.0, y + 4.0);
+        let _ = writeln!(
+            s,
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\" stroke=\"#ccc\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{g:.1}x</text>",
+            w - 20.0,
+            left - 6.0,
+            y + 4.0
+        );
     }
     let group = (w - left - 40.0) / workloads.len() as f64;
     for (gi, (wl, label)) in workloads.iter().enumerate() {
-        let base = results.get(&(*wl, "haproxy")).map(|v| median(v.iter().map(|r| r.cpu).collect()).0).unwrap_or(0.0);
+        let base = results
+            .get(&(*wl, "haproxy"))
+            .map(|v| median(v.iter().map(|r| r.cpu).collect()).0)
+            .unwrap_or(0.0);
         let x0 = left + 20.0 + gi as f64 * group;
         for (pi, p) in proxies.iter().enumerate() {
-            let Some(v) = results.get(&(*wl, *p)) else { continue };
+            let Some(v) = results.get(&(*wl, *p)) else {
+                continue;
+            };
             let m = median(v.iter().map(|r| r.cpu).collect()).0;
             let rel = if base > 0.0 { m / base } else { 0.0 };
             let (x, bh) = (x0 + pi as f64 * (bar + 4.0), scale(rel));
-            let _ = writeln!(s, "<rect x=\"{x}\" y=\"{}\" width=\"{bar}\" height=\"{bh}\" fill=\"{}\"/>", top + plot_h - bh, colors[pi % colors.len()]);
-            let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"10\">{rel:.2}</text>", x + bar / 2.0, top + plot_h - bh - 4.0);
+            let _ = writeln!(
+                s,
+                "<rect x=\"{x}\" y=\"{}\" width=\"{bar}\" height=\"{bh}\" fill=\"{}\"/>",
+                top + plot_h - bh,
+                colors[pi % colors.len()]
+            );
+            let _ = writeln!(
+                s,
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"10\">{rel:.2}</text>",
+                x + bar / 2.0,
+                top + plot_h - bh - 4.0
+            );
         }
-        let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{label}</text>", x0 + (proxies.len() as f64 * (bar + 4.0)) / 2.0, top + plot_h + 18.0);
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{label}</text>",
+            x0 + (proxies.len() as f64 * (bar + 4.0)) / 2.0,
+            top + plot_h + 18.0
+        );
     }
     for (pi, p) in proxies.iter().enumerate() {
         let x = left + pi as f64 * 150.0;
-        let _ = writeln!(s, "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{p}</text>", h - 30.0, colors[pi % colors.len()], x + 18.0, h - 20.0);
+        let _ = writeln!(
+            s,
+            "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{p}</text>",
+            h - 30.0,
+            colors[pi % colors.len()],
+            x + 18.0,
+            h - 20.0
+        );
     }
     s.push_str("</svg>\n");
     s

@@ -372,3 +372,61 @@ fn out_of_descriptors_pauses_accepting_without_spinning_then_recovers() {
         "the proxy died"
     );
 }
+
+#[test]
+fn a_tiny_buffer_pool_parks_and_resumes_without_losing_bytes() {
+    // 4 buffers of 4 KiB for 32 busy connections: recvs end with ENOBUFS all the time and
+    // must park, resume, and keep every byte in order.
+    let echo = TestBackend::echo();
+    let (_p, lb) = single_pool(
+        &[echo.addr],
+        "",
+        "workers = 1\nbuffer_size = 4096\nbuffer_count = 4",
+    );
+    let handles: Vec<_> = (0..32u64)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let s = TcpStream::connect(lb).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                let mut w = s.try_clone().unwrap();
+                let total = 1 << 20;
+                let writer = std::thread::spawn(move || {
+                    let mut seed = i + 1;
+                    let mut h = Xxh3::new();
+                    let mut buf = vec![0u8; 7919];
+                    let mut sent = 0;
+                    while sent < total {
+                        let n = buf.len().min(total - sent);
+                        fill(&mut buf[..n], &mut seed);
+                        w.write_all(&buf[..n]).unwrap();
+                        h.update(&buf[..n]);
+                        sent += n;
+                    }
+                    w.shutdown(Shutdown::Write).unwrap();
+                    h.digest()
+                });
+                let mut r = s;
+                let mut h = Xxh3::new();
+                let mut got = 0;
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let n = r.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                    got += n;
+                }
+                assert_eq!(got, total, "connection {i}: bytes back");
+                assert_eq!(
+                    h.digest(),
+                    writer.join().unwrap(),
+                    "connection {i}: checksum"
+                );
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}

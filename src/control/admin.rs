@@ -132,8 +132,12 @@ struct WeightBody {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Box<Response>> {
-    serde_json::from_slice(body)
-        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}"))))
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("bad JSON body: {e}"),
+        ))
+    })
 }
 
 async fn add(State(app): State<App>, Path(pool): Path<String>, body: Bytes) -> Response {

@@ -331,10 +331,7 @@ impl State {
 
     /// Applies a new config. Listeners cannot change without a restart. Returns the backends
     /// that joined (to check) and those that left (to drain, then remove).
-    pub fn reload(
-        &mut self,
-        config: Config,
-    ) -> Result<Reloaded, String> {
+    pub fn reload(&mut self, config: Config) -> Result<Reloaded, String> {
         let same_listeners = config.listeners.len() == self.config.listeners.len()
             && config
                 .listeners
