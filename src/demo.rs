@@ -128,3 +128,150 @@ pub fn run(listen: SocketAddr, metrics: SocketAddr, admin: SocketAddr) -> Result
     println!("Ctrl-C stops it.");
     server.run_until_stopped()
 }
+
+/// `ringlb backend`: one built-in HTTP backend on `addr`, until killed.
+pub fn run_backend(addr: SocketAddr, name: &str) -> Result<(), String> {
+    let listener = TcpListener::bind(addr).map_err(|e| format!("cannot bind {addr}: {e}"))?;
+    for stream in listener.incoming().flatten() {
+        let name = name.to_string();
+        std::thread::spawn(move || serve_http(stream, &name));
+    }
+    Ok(())
+}
+
+/// The staged load of `demo --autoscale`: (seconds, connections at the end of the stage),
+/// ramping linearly within each stage, like a k6 `stages` script.
+pub const STAGES: &[(u64, usize)] = &[(15, 45), (25, 45), (10, 0), (40, 0)];
+
+/// Connections the staged load holds `t` seconds in.
+pub fn load_at(t: f64) -> usize {
+    let mut start = 0.0;
+    let mut from = 0usize;
+    for &(secs, to) in STAGES {
+        let end = start + secs as f64;
+        if t < end {
+            let f = (t - start) / secs as f64;
+            return (from as f64 + (to as f64 - from as f64) * f).round() as usize;
+        }
+        start = end;
+        from = to;
+    }
+    from
+}
+
+/// `ringlb demo --autoscale`: a balancer with one backend, the scaler with the process
+/// actuator (launching `ringlb backend`), and a staged load, with a progress line.
+pub fn run_autoscale(listen: SocketAddr, metrics: SocketAddr, admin: SocketAddr) -> Result<(), String> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let first = start_backend("backend-1").map_err(|e| format!("cannot start a demo backend: {e}"))?;
+    let text = config_text(listen, metrics, admin, &[first]).replace("round_robin", "least_conn").replace("interval = \"1s\"", "interval = \"500ms\"");
+    let config = Config::parse("demo.toml", &text).map_err(|e| e.to_string())?;
+    let server = Server::start(config, None)?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let scaler_text = format!(
+        r#"pool = "demo"
+admin_url = "http://{admin}"
+interval = "1s"
+min = 1
+max = 6
+drain_timeout = "30s"
+stop_backends_on_exit = true
+
+[source]
+kind = "lb"
+metrics_url = "http://{metrics}/metrics"
+metric = "active_connections"
+
+[policy]
+kind = "target_tracking"
+target = 10
+scale_in_stabilization = "10s"
+
+[actuator]
+kind = "process"
+command = "{} backend --port {{port}}"
+ports = "28400-28499"
+stop_grace = "2s"
+"#,
+        exe.display()
+    );
+    let scaler_cfg = crate::scaler::ScalerConfig::parse("scaler.toml", &scaler_text)?;
+    let scaler = crate::scaler::Scaler::new(scaler_cfg)?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let scaler_thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(scaler.run(async {
+            let _ = stop_rx.await;
+        }));
+    });
+    println!("ringlb demo --autoscale: balancer on {listen}, metrics on http://{metrics}/metrics, admin on http://{admin}/backends");
+    println!("Target tracking: 10 active connections per backend, 1 to 6 backends, scale-in after a 10 s window.");
+    println!("Staged load: ramp to 45 connections over 15 s, hold 25 s, ramp down over 10 s, idle.");
+    println!("Watch backends being added, then drained (never cut) and stopped. Ctrl-C stops everything.\n");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let open = Arc::new(AtomicUsize::new(0));
+    let (s2, o2) = (stop.clone(), open.clone());
+    std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        let mut conns: Vec<TcpStream> = Vec::new();
+        let mut turn = 0u64;
+        while !s2.load(Ordering::Relaxed) {
+            let want = load_at(start.elapsed().as_secs_f64());
+            while conns.len() < want {
+                match TcpStream::connect(listen) {
+                    Ok(c) => {
+                        let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+                        conns.push(c);
+                    }
+                    Err(_) => break,
+                }
+            }
+            conns.truncate(want);
+            // Every connection makes a request now and then: live, not just open.
+            turn += 1;
+            let mut buf = [0u8; 512];
+            conns.retain_mut(|c| {
+                if turn % 4 != 0 {
+                    return true;
+                }
+                c.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\n\r\n").is_ok() && c.read(&mut buf).map(|n| n > 0).unwrap_or(false)
+            });
+            o2.store(conns.len(), Ordering::Relaxed);
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    });
+    let shared = server.shared.clone();
+    let s3 = stop.clone();
+    std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        while !s3.load(Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            let snap = shared.snapshot.load();
+            let Some(p) = snap.pool("demo") else { continue };
+            let mut parts = Vec::new();
+            let (mut up, mut starting, mut draining) = (0, 0, 0);
+            for b in &p.backends {
+                match b.state() {
+                    crate::backend::BackendState::Up => up += 1,
+                    crate::backend::BackendState::Starting => starting += 1,
+                    crate::backend::BackendState::Draining => draining += 1,
+                    _ => {}
+                }
+                parts.push(format!("{}:{}={}", b.addr.port(), &b.state().as_str()[..1], b.active()));
+            }
+            println!(
+                "[{:>3}s] load {:>2} conns | backends {up} up, {starting} starting, {draining} draining | {}",
+                start.elapsed().as_secs(),
+                open.load(Ordering::Relaxed),
+                parts.join(" ")
+            );
+        }
+    });
+    let result = server.run_until_stopped();
+    stop.store(true, Ordering::Relaxed);
+    let _ = stop_tx.send(());
+    let _ = scaler_thread.join();
+    result
+}

@@ -13,6 +13,8 @@
 //!   changes, persistence), `admin` (HTTP API and /metrics), health-check and drain tasks.
 //! - [`server`]: `ringlb serve`: starts the workers, handles signals (SIGTERM drains,
 //!   SIGHUP reloads) and shuts down.
+//! - [`scaler`]: `ringlb scale`, the companion autoscaler: `source` (readings), `policy`
+//!   (target tracking, step, simple), `actuator` (process, exec); talks HTTP only.
 //! - [`demo`]: `ringlb demo`: built-in backends plus a balancer on loopback.
 //!
 //! Threads: one worker per core, each with its own ring and SO_REUSEPORT listeners; one
@@ -27,4 +29,5 @@ pub mod demo;
 pub mod health;
 pub mod metrics;
 pub mod proxy;
+pub mod scaler;
 pub mod server;

@@ -21,8 +21,25 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Run the companion autoscaler.
+    Scale {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// A tiny HTTP backend that answers with its name (for demos, tests and the process actuator).
+    Backend {
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Start three built-in backends and a balancer on loopback, to try ringlb out.
     Demo {
+        /// Also run the autoscaler against a built-in staged load, with a live progress line.
+        #[arg(long)]
+        autoscale: bool,
         /// Where the balancer listens.
         #[arg(long, default_value = "127.0.0.1:8000")]
         listen: std::net::SocketAddr,
@@ -57,17 +74,26 @@ fn main() {
                 1
             }
         },
-        Command::Demo {
-            listen,
-            metrics,
-            admin,
-        } => match ringlb::demo::run(listen, metrics, admin) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("ringlb demo: {e}");
-                1
-            }
-        },
+        Command::Scale { config } => ringlb::scaler::main(&config),
+        Command::Backend { port, host, name } => {
+            let name = name.unwrap_or_else(|| format!("backend-{port}"));
+            report("backend", ringlb::demo::run_backend(std::net::SocketAddr::new(host, port), &name))
+        }
+        Command::Demo { autoscale, listen, metrics, admin } => {
+            let run = if autoscale { ringlb::demo::run_autoscale } else { ringlb::demo::run };
+            report("demo", run(listen, metrics, admin))
+        }
     };
     std::process::exit(code);
+}
+
+/// Exit code 0, or 1 with the error on stderr.
+fn report(what: &str, r: Result<(), String>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("ringlb {what}: {e}");
+            1
+        }
+    }
 }

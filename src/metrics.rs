@@ -171,3 +171,8 @@ pub fn render(shared: &Shared) -> String {
 pub fn upkeep() -> Option<()> {
     HANDLE.get().map(|h| h.run_upkeep())
 }
+
+/// Renders whatever the recorder holds (the scaler's own metrics).
+pub fn render_registry() -> String {
+    HANDLE.get().map(|h| h.render()).unwrap_or_default()
+}

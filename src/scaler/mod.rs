@@ -1,0 +1,363 @@
+//! `ringlb scale`: the companion autoscaler.
+//!
+//! Every `interval`: reap backend processes that died (deregister them), read the pool from
+//! the admin API, take one reading from the source, let the policy decide the desired count,
+//! then reconcile: launch and register backends to grow; to shrink, pick our backends with
+//! the fewest active connections, DELETE them with `drain_timeout` (the balancer removes each
+//! once its last connection ends, or at the timeout) and stop the process only after the
+//! balancer has let it go. A failed or missing reading is never read as zero: the scaler
+//! holds, says why, and never scales in on it.
+//!
+//! Owns: the loop and the reconciliation. Talks to the balancer only over HTTP (admin API and
+//! /metrics), so it can run on another host. Must not touch: the balancer's internals.
+
+pub mod actuator;
+pub mod policy;
+pub mod source;
+
+use actuator::{Actuator, ActuatorConfig};
+use policy::{Capacity, Limits, Policy, PolicyConfig};
+use serde::{Deserialize, Serialize};
+use source::{BackendView, Source, SourceConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScalerConfig {
+    /// The balancer pool to scale.
+    pub pool: String,
+    /// The balancer's admin API, e.g. "http://127.0.0.1:9101".
+    pub admin_url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
+    #[serde(default = "default_interval", with = "dur")]
+    pub interval: Duration,
+    /// Where the scaler serves its own /metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    pub min: u32,
+    pub max: u32,
+    #[serde(default, with = "dur")]
+    pub scale_out_cooldown: Duration,
+    #[serde(default, with = "dur")]
+    pub scale_in_cooldown: Duration,
+    /// How long a backend being scaled in may keep its connections.
+    #[serde(default = "default_drain", with = "dur")]
+    pub drain_timeout: Duration,
+    /// Stop the backends this scaler launched when it exits (the demo does; by default they
+    /// keep serving, so a scaler restart never cuts a connection).
+    #[serde(default)]
+    pub stop_backends_on_exit: bool,
+    pub source: SourceConfig,
+    pub policy: PolicyConfig,
+    pub actuator: ActuatorConfig,
+}
+
+mod dur {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::config::format_duration(*d))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        crate::config::parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl ScalerConfig {
+    pub fn load(path: &std::path::Path) -> Result<ScalerConfig, String> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{file}: {e}"))?;
+        ScalerConfig::parse(&file, &text)
+    }
+
+    pub fn parse(file: &str, text: &str) -> Result<ScalerConfig, String> {
+        let cfg: ScalerConfig = crate::config::parse_toml(file, text).map_err(|e| e.to_string())?;
+        let err = |m: String| format!("{file}: {m}");
+        if cfg.min > cfg.max {
+            return Err(err(format!("min ({}) is above max ({})", cfg.min, cfg.max)));
+        }
+        if cfg.max == 0 {
+            return Err(err("max must be at least 1".into()));
+        }
+        if cfg.interval < Duration::from_millis(50) {
+            return Err(err("interval must be at least 50ms".into()));
+        }
+        if !cfg.admin_url.starts_with("http://") {
+            return Err(err(format!("admin_url {:?} must start with http://", cfg.admin_url)));
+        }
+        cfg.policy.validate().map_err(err)?;
+        Actuator::new(cfg.actuator.clone()).map_err(err)?;
+        Ok(cfg)
+    }
+}
+
+/// The running scaler.
+pub struct Scaler {
+    cfg: ScalerConfig,
+    token: Option<String>,
+    policy: Policy,
+    source: Source,
+    actuator: Actuator,
+    /// What the scaler is steering to; `None` until the first look at the pool.
+    desired: Option<u32>,
+    /// Backends deleted with a drain: stopped once the balancer no longer lists them.
+    draining: Vec<SocketAddr>,
+}
+
+impl Scaler {
+    pub fn new(cfg: ScalerConfig) -> Result<Scaler, String> {
+        let token = match &cfg.admin_token_file {
+            Some(f) => Some(std::fs::read_to_string(f).map_err(|e| format!("admin_token_file {}: {e}", f.display()))?.trim().to_string()),
+            None => None,
+        };
+        let limits = Limits { min: cfg.min, max: cfg.max, scale_out_cooldown: cfg.scale_out_cooldown, scale_in_cooldown: cfg.scale_in_cooldown };
+        Ok(Scaler {
+            policy: Policy::new(cfg.policy.clone(), limits),
+            source: Source::new(cfg.source.clone()),
+            actuator: Actuator::new(cfg.actuator.clone())?,
+            token,
+            desired: None,
+            draining: Vec::new(),
+            cfg,
+        })
+    }
+
+    fn admin(&self, path: &str) -> String {
+        format!("{}{path}", self.cfg.admin_url.trim_end_matches('/'))
+    }
+
+    fn export(&self, current: u32, desired: u32) {
+        let pool = self.cfg.pool.clone();
+        metrics::gauge!("ringlb_scaler_backends", "pool" => pool.clone()).set(current as f64);
+        metrics::gauge!("ringlb_scaler_desired_backends", "pool" => pool).set(desired as f64);
+    }
+
+    fn count_decision(&self, direction: &'static str) {
+        metrics::counter!("ringlb_scaler_decisions_total", "pool" => self.cfg.pool.clone(), "direction" => direction).increment(1);
+    }
+
+    /// One evaluation.
+    pub async fn step(&mut self) {
+        let pool = self.cfg.pool.clone();
+        let token = self.token.clone();
+        // Backends whose process died: out of the pool at once, replaced below.
+        for dead in self.actuator.tick() {
+            let url = self.admin(&format!("/pools/{pool}/backends/{dead}?drain_timeout=0s"));
+            let _ = source::http(&url, "DELETE", None, token.as_deref(), Duration::from_secs(5)).await;
+            tracing::warn!(pool = %pool, backend = %dead, "backend process died: deregistered; it will be replaced");
+        }
+        let backends = match source::pool_backends(&self.cfg.admin_url, token.as_deref(), &pool).await {
+            Ok(b) => b,
+            Err(e) => {
+                self.count_decision("hold");
+                tracing::warn!(pool = %pool, reason = %e, "holding: cannot read the pool from the admin API");
+                return;
+            }
+        };
+        // Drained backends the balancer has let go of can be stopped now.
+        let listed = |a: &SocketAddr| backends.iter().any(|b| b.addr == a.to_string());
+        let gone: Vec<SocketAddr> = self.draining.iter().copied().filter(|a| !listed(a)).collect();
+        for a in gone {
+            self.draining.retain(|x| *x != a);
+            let count = self.desired.unwrap_or(0);
+            self.actuator.stop(a, count);
+        }
+        let in_service = backends.iter().filter(|b| b.state == "up").count() as u32;
+        let pending = backends.iter().filter(|b| b.state == "starting").count() as u32;
+        let observed = in_service + pending;
+        let mut desired = self.desired.unwrap_or(observed.clamp(self.cfg.min, self.cfg.max));
+        let pids = self.actuator.pids();
+        match self.source.read(&pool, in_service, &pids).await {
+            Ok(value) => {
+                // Backends on their way (starting, or a replacement still to launch) count
+                // as capacity: one breach, one action.
+                let cap = Capacity { in_service, pending: desired.max(observed) - in_service };
+                let d = self.policy.decide(Instant::now(), value, cap);
+                let direction = match d.desired.cmp(&cap.total()) {
+                    std::cmp::Ordering::Greater => "out",
+                    std::cmp::Ordering::Less => "in",
+                    std::cmp::Ordering::Equal => "none",
+                };
+                self.count_decision(direction);
+                tracing::info!(
+                    pool = %pool, source = %self.source.describe(), value, in_service, pending, current = cap.total(), desired = d.desired,
+                    policy = policy_name(&self.cfg.policy), reason = %d.reason, "decision: {direction}"
+                );
+                desired = d.desired;
+            }
+            Err(e) => {
+                self.count_decision("hold");
+                desired = desired.max(observed).max(self.cfg.min);
+                tracing::warn!(pool = %pool, in_service, pending, desired, reason = %e, "holding: no reading, so no scale-in");
+            }
+        }
+        self.desired = Some(desired);
+        self.reconcile(&backends, observed, desired).await;
+        self.export(observed, desired);
+    }
+
+    async fn reconcile(&mut self, backends: &[BackendView], observed: u32, desired: u32) {
+        let pool = self.cfg.pool.clone();
+        let token = self.token.clone();
+        if observed < desired {
+            let present: Vec<SocketAddr> = backends.iter().filter_map(|b| b.addr.parse().ok()).collect();
+            for _ in observed..desired {
+                let addr = match self.actuator.launch(desired, &present) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::error!(pool = %pool, error = %e, "cannot launch a backend");
+                        return;
+                    }
+                };
+                let body = format!("{{\"addr\": \"{addr}\", \"weight\": 1}}");
+                let url = self.admin(&format!("/pools/{pool}/backends"));
+                match source::http(&url, "POST", Some(&body), token.as_deref(), Duration::from_secs(5)).await {
+                    Ok((201, _)) => tracing::info!(pool = %pool, backend = %addr, "registered (starting until its checks pass)"),
+                    Ok((status, body)) => {
+                        tracing::error!(pool = %pool, backend = %addr, status, body = %body.trim(), "the balancer refused the new backend; stopping it");
+                        self.actuator.stop(addr, desired);
+                    }
+                    Err(e) => {
+                        tracing::error!(pool = %pool, backend = %addr, error = %e, "cannot register the new backend; stopping it");
+                        self.actuator.stop(addr, desired);
+                    }
+                }
+            }
+        } else if observed > desired {
+            // Scale-in protection: only our own backends, fewest active connections first;
+            // drained, not cut.
+            let owned = self.actuator.owned();
+            let mut candidates: Vec<&BackendView> = backends
+                .iter()
+                .filter(|b| (b.state == "up" || b.state == "starting") && b.addr.parse().map(|a| owned.contains(&a)).unwrap_or(false))
+                .collect();
+            candidates.sort_by_key(|b| (b.state == "up", b.active_connections));
+            let n = (observed - desired) as usize;
+            if candidates.len() < n {
+                tracing::warn!(pool = %pool, want = n, ours = candidates.len(), "cannot scale in that far: the other backends were not launched by this scaler");
+            }
+            let timeout = crate::config::format_duration(self.cfg.drain_timeout);
+            for b in candidates.into_iter().take(n) {
+                let url = self.admin(&format!("/pools/{pool}/backends/{}?drain_timeout={timeout}", b.addr));
+                match source::http(&url, "DELETE", None, token.as_deref(), Duration::from_secs(5)).await {
+                    Ok((202, _)) => {
+                        tracing::info!(pool = %pool, backend = %b.addr, active_connections = b.active_connections, drain_timeout = %timeout, "scaling in: draining, stopped once its connections end");
+                        if let Ok(a) = b.addr.parse() {
+                            self.draining.push(a);
+                        }
+                    }
+                    Ok((status, body)) => tracing::error!(pool = %pool, backend = %b.addr, status, body = %body.trim(), "the balancer refused the removal"),
+                    Err(e) => tracing::error!(pool = %pool, backend = %b.addr, error = %e, "cannot remove the backend"),
+                }
+            }
+        }
+    }
+
+    /// Runs until SIGTERM/SIGINT (or `stop` resolves).
+    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
+        let mut tick = tokio::time::interval(self.cfg.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.step().await,
+                _ = &mut stop => break,
+            }
+        }
+        if self.cfg.stop_backends_on_exit {
+            tracing::info!("stopping the backends this scaler launched");
+            self.actuator.shutdown();
+        } else if !self.actuator.owned().is_empty() {
+            tracing::info!(backends = ?self.actuator.owned(), "leaving launched backends running");
+        }
+    }
+}
+
+fn policy_name(p: &PolicyConfig) -> &'static str {
+    match p {
+        PolicyConfig::TargetTracking { .. } => "target_tracking",
+        PolicyConfig::Step { .. } => "step",
+        PolicyConfig::Simple { .. } => "simple",
+    }
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// `ringlb scale --config FILE`: returns the exit code.
+pub fn main(path: &std::path::Path) -> i32 {
+    let cfg = match ScalerConfig::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringlb scale: config error: {e}");
+            return 1;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ringlb scale: {e}");
+            return 1;
+        }
+    };
+    let listener = match cfg.listen.map(std::net::TcpListener::bind).transpose() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ringlb scale: cannot bind the metrics endpoint: {e}");
+            return 1;
+        }
+    };
+    let scaler = match Scaler::new(cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringlb scale: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(async move {
+        if let Some(l) = listener {
+            if let Err(e) = crate::metrics::install().and_then(|_| serve_metrics(l)) {
+                eprintln!("ringlb scale: {e}");
+                return 1;
+            }
+        }
+        scaler.run(terminated()).await;
+        0
+    })
+}
+
+/// Serves the scaler's own /metrics.
+pub fn serve_metrics(l: std::net::TcpListener) -> Result<(), String> {
+    metrics::describe_gauge!("ringlb_scaler_backends", "Backends in the pool (up or starting), as the scaler sees them.");
+    metrics::describe_gauge!("ringlb_scaler_desired_backends", "Backends the scaler is steering to.");
+    metrics::describe_counter!("ringlb_scaler_decisions_total", "Evaluations, by direction (out, in, none, hold).");
+    l.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render_registry()) }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(l, router).await;
+    });
+    Ok(())
+}

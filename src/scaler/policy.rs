@@ -1,0 +1,438 @@
+//! Scaling decisions: target tracking, step and simple policies, as pure functions of time,
+//! a reading and the pool's size.
+//!
+//! Owns: the arithmetic (HPA's tolerance and scale-in stabilization, AWS step bounds and
+//! adjustment types, simple thresholds with consecutive periods), cooldowns, min/max, and
+//! pending capacity (backends still starting count as capacity, so one breach gives one action).
+//! Must not touch: HTTP, processes or clocks: `now` is passed in, which is what makes every
+//! rule testable on its own.
+
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// The policy section of the scaler's config.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PolicyConfig {
+    /// desired = ceil(in_service × value / target), like Kubernetes' HPA.
+    TargetTracking {
+        target: f64,
+        #[serde(default = "default_tolerance")]
+        tolerance: f64,
+        /// Scale in only to the highest recommendation of this window.
+        #[serde(default = "default_stabilization", with = "dur")]
+        scale_in_stabilization: Duration,
+    },
+    /// Bands of the metric (relative to `threshold`) with adjustments, like AWS step scaling.
+    Step {
+        #[serde(default)]
+        threshold: f64,
+        #[serde(default)]
+        adjustment_type: AdjustmentType,
+        /// PercentChangeInCapacity: move by at least this many backends.
+        #[serde(default)]
+        min_adjustment_magnitude: u32,
+        steps: Vec<StepConfig>,
+    },
+    /// One threshold each way, held for `periods` evaluations, then a fixed adjustment.
+    Simple {
+        scale_out: Option<SimpleRule>,
+        scale_in: Option<SimpleRule>,
+    },
+}
+
+mod dur {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::config::format_duration(*d))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        crate::config::parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+fn default_tolerance() -> f64 {
+    0.1
+}
+fn default_stabilization() -> Duration {
+    Duration::from_secs(300)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdjustmentType {
+    #[default]
+    ChangeInCapacity,
+    ExactCapacity,
+    PercentChangeInCapacity,
+}
+
+/// One band: applies when `lower <= value - threshold < upper` above the threshold, or
+/// `lower < value - threshold <= upper` below it (AWS's rule); a missing bound is infinite.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepConfig {
+    pub lower: Option<f64>,
+    pub upper: Option<f64>,
+    pub adjustment: i64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimpleRule {
+    pub threshold: f64,
+    /// Consecutive evaluations beyond the threshold before acting.
+    #[serde(default = "one")]
+    pub periods: u32,
+    /// Backends to add (scale_out) or remove (scale_in): a positive number.
+    #[serde(default = "one_i64")]
+    pub adjustment: i64,
+}
+
+fn one() -> u32 {
+    1
+}
+fn one_i64() -> i64 {
+    1
+}
+
+impl PolicyConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            PolicyConfig::TargetTracking { target, tolerance, .. } => {
+                if !(*target > 0.0) {
+                    return Err("policy.target must be above 0".into());
+                }
+                if !(0.0..1.0).contains(tolerance) {
+                    return Err("policy.tolerance must be in [0, 1)".into());
+                }
+            }
+            PolicyConfig::Step { steps, .. } => {
+                if steps.is_empty() {
+                    return Err("policy.steps: at least one step is needed".into());
+                }
+                for s in steps {
+                    let (lo, hi) = (s.lower.unwrap_or(f64::NEG_INFINITY), s.upper.unwrap_or(f64::INFINITY));
+                    if lo >= hi {
+                        return Err(format!("policy.steps: lower {lo} must be below upper {hi}"));
+                    }
+                    if lo < 0.0 && hi > 0.0 {
+                        return Err("policy.steps: a step may not span the threshold (split it at 0)".into());
+                    }
+                }
+            }
+            PolicyConfig::Simple { scale_out, scale_in } => {
+                if scale_out.is_none() && scale_in.is_none() {
+                    return Err("policy: a simple policy needs scale_out, scale_in or both".into());
+                }
+                for r in scale_out.iter().chain(scale_in.iter()) {
+                    if r.periods == 0 || r.adjustment <= 0 {
+                        return Err("policy: periods and adjustment must be at least 1".into());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The pool as the scaler sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Backends up and taking traffic.
+    pub in_service: u32,
+    /// Backends added but not yet up: counted as capacity already on its way.
+    pub pending: u32,
+}
+
+impl Capacity {
+    pub fn total(&self) -> u32 {
+        self.in_service + self.pending
+    }
+}
+
+/// What a policy decided, with the numbers behind it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub desired: u32,
+    pub reason: String,
+}
+
+/// Limits and cooldowns common to every policy.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub min: u32,
+    pub max: u32,
+    pub scale_out_cooldown: Duration,
+    pub scale_in_cooldown: Duration,
+}
+
+/// A policy with the memory it needs (recommendation history, consecutive breaches, last
+/// action).
+pub struct Policy {
+    cfg: PolicyConfig,
+    limits: Limits,
+    history: VecDeque<(Instant, u32)>,
+    out_streak: u32,
+    in_streak: u32,
+    last_out: Option<Instant>,
+    last_in: Option<Instant>,
+}
+
+impl Policy {
+    pub fn new(cfg: PolicyConfig, limits: Limits) -> Policy {
+        Policy { cfg, limits, history: VecDeque::new(), out_streak: 0, in_streak: 0, last_out: None, last_in: None }
+    }
+
+    /// Decides the desired count for one evaluation. `value` is the metric (e.g. active
+    /// connections per in-service backend).
+    pub fn decide(&mut self, now: Instant, value: f64, cap: Capacity) -> Decision {
+        let current = cap.total();
+        let (raw, mut reason) = match &self.cfg {
+            PolicyConfig::TargetTracking { target, tolerance, scale_in_stabilization } => {
+                let ratio = value / target;
+                // Load is carried by the backends in service; pending ones are on their way.
+                let recommended = if (ratio - 1.0).abs() <= *tolerance {
+                    current
+                } else {
+                    (cap.in_service.max(1) as f64 * ratio).ceil().max(0.0) as u32
+                };
+                let unclamped = recommended;
+                let recommended = recommended.clamp(self.limits.min, self.limits.max);
+                self.history.push_back((now, recommended));
+                while let Some(&(t, _)) = self.history.front() {
+                    if now.duration_since(t) > *scale_in_stabilization {
+                        self.history.pop_front();
+                    } else {
+                        break;
+                    }
+                }
+                let stabilized = self.history.iter().map(|&(_, r)| r).max().unwrap_or(recommended);
+                // Out at once; in only as far as the window's highest recommendation allows.
+                let desired = if recommended >= current { recommended } else { stabilized.min(current) };
+                let why = if (ratio - 1.0).abs() <= *tolerance {
+                    format!("value {value:.2} within {:.0}% of target {target}", tolerance * 100.0)
+                } else if desired > recommended {
+                    format!("value {value:.2}, target {target}: {recommended} recommended, held at {desired} by the scale-in window")
+                } else {
+                    format!("value {value:.2}, target {target}: ceil({} x {ratio:.3}) = {unclamped}", cap.in_service.max(1))
+                };
+                let why = if unclamped != recommended { format!("{why}; clamped to [{}, {}]", self.limits.min, self.limits.max) } else { why };
+                (desired as i64, why)
+            }
+            PolicyConfig::Step { threshold, adjustment_type, min_adjustment_magnitude, steps } => {
+                let breach = value - threshold;
+                let step = steps.iter().find(|s| {
+                    let (lo, hi) = (s.lower.unwrap_or(f64::NEG_INFINITY), s.upper.unwrap_or(f64::INFINITY));
+                    if lo >= 0.0 { lo <= breach && breach < hi } else { lo < breach && breach <= hi }
+                });
+                match step {
+                    None => (current as i64, format!("value {value:.2}: no step matches (threshold {threshold})")),
+                    Some(s) => {
+                        let target = apply_adjustment(*adjustment_type, s.adjustment, current, *min_adjustment_magnitude);
+                        (target, format!("value {value:.2}: step [{:?}, {:?}) of threshold {threshold}, {:?} {}", s.lower, s.upper, adjustment_type, s.adjustment))
+                    }
+                }
+            }
+            PolicyConfig::Simple { scale_out, scale_in } => {
+                let out = scale_out.as_ref().filter(|r| value > r.threshold);
+                let inn = scale_in.as_ref().filter(|r| value < r.threshold);
+                self.out_streak = if out.is_some() { self.out_streak + 1 } else { 0 };
+                self.in_streak = if inn.is_some() { self.in_streak + 1 } else { 0 };
+                match (out, inn) {
+                    (Some(r), _) if self.out_streak >= r.periods => {
+                        (current as i64 + r.adjustment, format!("value {value:.2} > {} for {} periods", r.threshold, self.out_streak))
+                    }
+                    (_, Some(r)) if self.in_streak >= r.periods => {
+                        (current as i64 - r.adjustment, format!("value {value:.2} < {} for {} periods", r.threshold, self.in_streak))
+                    }
+                    (Some(r), _) => (current as i64, format!("value {value:.2} > {}: period {} of {}", r.threshold, self.out_streak, r.periods)),
+                    (_, Some(r)) => (current as i64, format!("value {value:.2} < {}: period {} of {}", r.threshold, self.in_streak, r.periods)),
+                    _ => (current as i64, format!("value {value:.2} within thresholds")),
+                }
+            }
+        };
+        let mut desired = raw.clamp(self.limits.min as i64, self.limits.max as i64) as u32;
+        if desired as i64 != raw {
+            reason.push_str(&format!("; clamped to [{}, {}]", self.limits.min, self.limits.max));
+        }
+        // Cooldowns: after an action, the same direction waits.
+        if desired > current {
+            if let Some(t) = self.last_out {
+                if now.duration_since(t) < self.limits.scale_out_cooldown {
+                    reason.push_str("; in scale-out cooldown");
+                    desired = current.max(self.limits.min);
+                }
+            }
+        } else if desired < current {
+            let blocked = [self.last_in, self.last_out].into_iter().flatten().any(|t| now.duration_since(t) < self.limits.scale_in_cooldown);
+            if blocked {
+                reason.push_str("; in scale-in cooldown");
+                desired = current.min(self.limits.max);
+            }
+        }
+        if desired > current {
+            self.last_out = Some(now);
+            self.out_streak = 0;
+        } else if desired < current {
+            self.last_in = Some(now);
+            self.in_streak = 0;
+        }
+        Decision { desired, reason }
+    }
+
+    /// The bounds alone (used when no reading can be had: never scale in, but keep `min`).
+    pub fn floor_only(&self, cap: Capacity) -> u32 {
+        cap.total().max(self.limits.min)
+    }
+}
+
+/// AWS's adjustment types. Percent changes round toward zero, with at least
+/// `min_magnitude` backends (and at least 1) when the percentage is non-zero.
+pub fn apply_adjustment(kind: AdjustmentType, adjustment: i64, current: u32, min_magnitude: u32) -> i64 {
+    match kind {
+        AdjustmentType::ChangeInCapacity => current as i64 + adjustment,
+        AdjustmentType::ExactCapacity => adjustment,
+        AdjustmentType::PercentChangeInCapacity => {
+            let exact = current as f64 * adjustment as f64 / 100.0;
+            let mut delta = exact.trunc() as i64;
+            if adjustment != 0 {
+                let floor = (min_magnitude.max(1)) as i64;
+                if delta.abs() < floor {
+                    delta = floor * adjustment.signum();
+                }
+            }
+            current as i64 + delta
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(min: u32, max: u32) -> Limits {
+        Limits { min, max, scale_out_cooldown: Duration::ZERO, scale_in_cooldown: Duration::ZERO }
+    }
+    fn tt(target: f64, window: u64) -> PolicyConfig {
+        PolicyConfig::TargetTracking { target, tolerance: 0.1, scale_in_stabilization: Duration::from_secs(window) }
+    }
+    fn cap(in_service: u32, pending: u32) -> Capacity {
+        Capacity { in_service, pending }
+    }
+
+    #[test]
+    fn target_tracking_is_hpa() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut p = Policy::new(tt(10.0, 0), limits(1, 20));
+        // 2 backends at 25 per backend: ceil(2 × 2.5) = 5.
+        assert_eq!(p.decide(at(1), 25.0, cap(2, 0)).desired, 5);
+        // Within tolerance: 10.9 / 10 = 1.09 → no change; 11.1 → change.
+        assert_eq!(p.decide(at(2), 10.9, cap(4, 0)).desired, 4);
+        assert_eq!(p.decide(at(3), 11.1, cap(4, 0)).desired, 5);
+        assert_eq!(p.decide(at(4), 9.1, cap(4, 0)).desired, 4);
+        assert_eq!(p.decide(at(5), 2.0, cap(4, 0)).desired, 1);
+    }
+
+    #[test]
+    fn pending_capacity_makes_one_breach_one_action() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(tt(10.0, 300), limits(1, 20));
+        assert_eq!(p.decide(t0, 30.0, cap(1, 0)).desired, 3);
+        // Next evaluation: two are still starting; the same load gives the same desired
+        // count, so nothing more is launched.
+        assert_eq!(p.decide(t0 + Duration::from_secs(5), 30.0, cap(1, 2)).desired, 3);
+    }
+
+    #[test]
+    fn scale_in_waits_for_the_stabilization_window() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(tt(10.0, 60), limits(1, 20));
+        assert_eq!(p.decide(t0, 40.0, cap(1, 0)).desired, 4);
+        // Load drops: the recommendation is 1, but 4 was recommended within the window.
+        assert_eq!(p.decide(t0 + Duration::from_secs(30), 2.5, cap(4, 0)).desired, 4);
+        assert_eq!(p.decide(t0 + Duration::from_secs(59), 2.5, cap(4, 0)).desired, 4);
+        // The high recommendation has left the window.
+        assert_eq!(p.decide(t0 + Duration::from_secs(61), 2.5, cap(4, 0)).desired, 1);
+    }
+
+    #[test]
+    fn min_and_max_clamp() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(tt(10.0, 0), limits(2, 5));
+        let d = p.decide(t0, 100.0, cap(2, 0));
+        assert_eq!(d.desired, 5);
+        assert!(d.reason.contains("clamped"), "{}", d.reason);
+        assert_eq!(p.decide(t0 + Duration::from_secs(1), 0.0, cap(5, 0)).desired, 2);
+        assert_eq!(p.floor_only(cap(0, 0)), 2);
+    }
+
+    fn aws_steps() -> PolicyConfig {
+        // "> 600 new connections/min per backend: add 1; > 700: add 3"; below 300: remove 1.
+        PolicyConfig::Step {
+            threshold: 600.0,
+            adjustment_type: AdjustmentType::ChangeInCapacity,
+            min_adjustment_magnitude: 0,
+            steps: vec![
+                StepConfig { lower: Some(0.0), upper: Some(100.0), adjustment: 1 },
+                StepConfig { lower: Some(100.0), upper: None, adjustment: 3 },
+                StepConfig { lower: None, upper: Some(-300.0), adjustment: -1 },
+            ],
+        }
+    }
+
+    #[test]
+    fn step_bounds_at_their_edges() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(aws_steps(), limits(1, 50));
+        assert_eq!(p.decide(t0, 600.0, cap(4, 0)).desired, 5, "lower bound inclusive above the threshold");
+        assert_eq!(p.decide(t0, 699.9, cap(4, 0)).desired, 5);
+        assert_eq!(p.decide(t0, 700.0, cap(4, 0)).desired, 7, "upper bound exclusive: 700 is the next step");
+        assert_eq!(p.decide(t0, 300.0, cap(4, 0)).desired, 3, "upper bound inclusive below the threshold");
+        assert_eq!(p.decide(t0, 300.1, cap(4, 0)).desired, 4, "between the bands: no step");
+        assert_eq!(p.decide(t0, 599.0, cap(4, 0)).desired, 4);
+        assert!(aws_steps().validate().is_ok());
+    }
+
+    #[test]
+    fn percent_rounding_and_exact_capacity() {
+        use AdjustmentType::*;
+        assert_eq!(apply_adjustment(PercentChangeInCapacity, 50, 5, 0), 7, "2.5 rounds toward zero to 2");
+        assert_eq!(apply_adjustment(PercentChangeInCapacity, -50, 5, 0), 3);
+        assert_eq!(apply_adjustment(PercentChangeInCapacity, 10, 4, 0), 5, "0.4 becomes at least 1");
+        assert_eq!(apply_adjustment(PercentChangeInCapacity, 10, 4, 2), 6, "min_adjustment_magnitude");
+        assert_eq!(apply_adjustment(PercentChangeInCapacity, -10, 4, 2), 2);
+        assert_eq!(apply_adjustment(ExactCapacity, 6, 2, 0), 6);
+        assert_eq!(apply_adjustment(ChangeInCapacity, -2, 3, 0), 1);
+    }
+
+    #[test]
+    fn simple_policy_like_the_ec2_lab() {
+        // +1 when CPU > 20% for 2 periods, -1 when < 10% for 2 periods, cooldown 120 s.
+        let cfg = PolicyConfig::Simple {
+            scale_out: Some(SimpleRule { threshold: 20.0, periods: 2, adjustment: 1 }),
+            scale_in: Some(SimpleRule { threshold: 10.0, periods: 2, adjustment: 1 }),
+        };
+        assert!(cfg.validate().is_ok());
+        let lim = Limits { min: 1, max: 4, scale_out_cooldown: Duration::from_secs(120), scale_in_cooldown: Duration::from_secs(120) };
+        let mut p = Policy::new(cfg, lim);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(p.decide(at(0), 50.0, cap(1, 0)).desired, 1, "one period is not enough");
+        assert_eq!(p.decide(at(60), 50.0, cap(1, 0)).desired, 2);
+        assert_eq!(p.decide(at(120), 50.0, cap(2, 0)).desired, 2, "streak restarted after acting");
+        let d = p.decide(at(170), 50.0, cap(2, 0));
+        assert_eq!(d.desired, 2, "cooldown: {}", d.reason);
+        assert!(d.reason.contains("cooldown"));
+        assert_eq!(p.decide(at(200), 50.0, cap(2, 0)).desired, 3, "cooldown over");
+        assert_eq!(p.decide(at(400), 5.0, cap(3, 0)).desired, 3);
+        assert_eq!(p.decide(at(460), 5.0, cap(3, 0)).desired, 2);
+        assert_eq!(p.decide(at(470), 5.0, cap(2, 0)).desired, 2);
+        let d = p.decide(at(480), 5.0, cap(2, 0));
+        assert_eq!(d.desired, 2, "scale-in cooldown: {}", d.reason);
+        assert_eq!(p.decide(at(600), 5.0, cap(2, 0)).desired, 1);
+    }
+}
