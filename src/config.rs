@@ -369,7 +369,10 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Parses any TOML document into `T`, with errors that give the line and the key.
-pub fn parse_toml<T: serde::de::DeserializeOwned>(file: &str, text: &str) -> Result<T, ConfigError> {
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    file: &str,
+    text: &str,
+) -> Result<T, ConfigError> {
     toml::from_str(text).map_err(|e| locate(file, text, e.span(), e.message().to_string()))
 }
 

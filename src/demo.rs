@@ -161,11 +161,18 @@ pub fn load_at(t: f64) -> usize {
 
 /// `ringlb demo --autoscale`: a balancer with one backend, the scaler with the process
 /// actuator (launching `ringlb backend`), and a staged load, with a progress line.
-pub fn run_autoscale(listen: SocketAddr, metrics: SocketAddr, admin: SocketAddr) -> Result<(), String> {
+pub fn run_autoscale(
+    listen: SocketAddr,
+    metrics: SocketAddr,
+    admin: SocketAddr,
+) -> Result<(), String> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    let first = start_backend("backend-1").map_err(|e| format!("cannot start a demo backend: {e}"))?;
-    let text = config_text(listen, metrics, admin, &[first]).replace("round_robin", "least_conn").replace("interval = \"1s\"", "interval = \"500ms\"");
+    let first =
+        start_backend("backend-1").map_err(|e| format!("cannot start a demo backend: {e}"))?;
+    let text = config_text(listen, metrics, admin, &[first])
+        .replace("round_robin", "least_conn")
+        .replace("interval = \"1s\"", "interval = \"500ms\"");
     let config = Config::parse("demo.toml", &text).map_err(|e| e.to_string())?;
     let server = Server::start(config, None)?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -200,15 +207,26 @@ stop_grace = "2s"
     let scaler = crate::scaler::Scaler::new(scaler_cfg)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let scaler_thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         rt.block_on(scaler.run(async {
             let _ = stop_rx.await;
         }));
     });
-    println!("ringlb demo --autoscale: balancer on {listen}, metrics on http://{metrics}/metrics, admin on http://{admin}/backends");
-    println!("Target tracking: 10 active connections per backend, 1 to 6 backends, scale-in after a 10 s window.");
-    println!("Staged load: ramp to 45 connections over 15 s, hold 25 s, ramp down over 10 s, idle.");
-    println!("Watch backends being added, then drained (never cut) and stopped. Ctrl-C stops everything.\n");
+    println!(
+        "ringlb demo --autoscale: balancer on {listen}, metrics on http://{metrics}/metrics, admin on http://{admin}/backends"
+    );
+    println!(
+        "Target tracking: 10 active connections per backend, 1 to 6 backends, scale-in after a 10 s window."
+    );
+    println!(
+        "Staged load: ramp to 45 connections over 15 s, hold 25 s, ramp down over 10 s, idle."
+    );
+    println!(
+        "Watch backends being added, then drained (never cut) and stopped. Ctrl-C stops everything.\n"
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let open = Arc::new(AtomicUsize::new(0));
@@ -236,7 +254,8 @@ stop_grace = "2s"
                 if turn % 4 != 0 {
                     return true;
                 }
-                c.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\n\r\n").is_ok() && c.read(&mut buf).map(|n| n > 0).unwrap_or(false)
+                c.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\n\r\n").is_ok()
+                    && c.read(&mut buf).map(|n| n > 0).unwrap_or(false)
             });
             o2.store(conns.len(), Ordering::Relaxed);
             std::thread::sleep(std::time::Duration::from_millis(250));
@@ -259,7 +278,12 @@ stop_grace = "2s"
                     crate::backend::BackendState::Draining => draining += 1,
                     _ => {}
                 }
-                parts.push(format!("{}:{}={}", b.addr.port(), &b.state().as_str()[..1], b.active()));
+                parts.push(format!(
+                    "{}:{}={}",
+                    b.addr.port(),
+                    &b.state().as_str()[..1],
+                    b.active()
+                ));
             }
             println!(
                 "[{:>3}s] load {:>2} conns | backends {up} up, {starting} starting, {draining} draining | {}",

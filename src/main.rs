@@ -59,6 +59,7 @@ fn main() {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let code = match cli.command {
@@ -77,10 +78,22 @@ fn main() {
         Command::Scale { config } => ringlb::scaler::main(&config),
         Command::Backend { port, host, name } => {
             let name = name.unwrap_or_else(|| format!("backend-{port}"));
-            report("backend", ringlb::demo::run_backend(std::net::SocketAddr::new(host, port), &name))
+            report(
+                "backend",
+                ringlb::demo::run_backend(std::net::SocketAddr::new(host, port), &name),
+            )
         }
-        Command::Demo { autoscale, listen, metrics, admin } => {
-            let run = if autoscale { ringlb::demo::run_autoscale } else { ringlb::demo::run };
+        Command::Demo {
+            autoscale,
+            listen,
+            metrics,
+            admin,
+        } => {
+            let run = if autoscale {
+                ringlb::demo::run_autoscale
+            } else {
+                ringlb::demo::run
+            };
             report("demo", run(listen, metrics, admin))
         }
     };

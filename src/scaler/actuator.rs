@@ -56,8 +56,17 @@ fn default_grace() -> Duration {
 
 /// Parses "9200-9299".
 pub fn port_range(s: &str) -> Result<(u16, u16), String> {
-    let (a, b) = s.split_once('-').ok_or_else(|| format!("ports {s:?}: expected \"FIRST-LAST\""))?;
-    let (a, b): (u16, u16) = (a.trim().parse().map_err(|_| format!("ports {s:?}: bad number"))?, b.trim().parse().map_err(|_| format!("ports {s:?}: bad number"))?);
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("ports {s:?}: expected \"FIRST-LAST\""))?;
+    let (a, b): (u16, u16) = (
+        a.trim()
+            .parse()
+            .map_err(|_| format!("ports {s:?}: bad number"))?,
+        b.trim()
+            .parse()
+            .map_err(|_| format!("ports {s:?}: bad number"))?,
+    );
     if a == 0 || a > b {
         return Err(format!("ports {s:?}: empty range"));
     }
@@ -71,6 +80,9 @@ pub struct Actuator {
     made: Vec<SocketAddr>,
     /// Children being stopped: SIGKILL at the deadline.
     stopping: Vec<(Child, Instant)>,
+    /// Where the next port search starts: ports are used in turn, so a backend that just
+    /// died is not replaced on its own port while the balancer may still list it.
+    next_port: u16,
 }
 
 impl Actuator {
@@ -81,12 +93,22 @@ impl Actuator {
                 return Err("actuator.command must contain {port}".into());
             }
         }
-        Ok(Actuator { cfg, children: BTreeMap::new(), made: Vec::new(), stopping: Vec::new() })
+        Ok(Actuator {
+            cfg,
+            children: BTreeMap::new(),
+            made: Vec::new(),
+            stopping: Vec::new(),
+            next_port: 0,
+        })
     }
 
     /// Backends this actuator made and has not stopped.
     pub fn owned(&self) -> Vec<SocketAddr> {
-        self.children.keys().copied().chain(self.made.iter().copied()).collect()
+        self.children
+            .keys()
+            .copied()
+            .chain(self.made.iter().copied())
+            .collect()
     }
 
     /// Pids of the running backend processes.
@@ -97,16 +119,28 @@ impl Actuator {
     /// Makes one backend; returns its address. `count` is the desired total (for `exec`).
     pub fn launch(&mut self, count: u32, skip: &[SocketAddr]) -> Result<SocketAddr, String> {
         match &self.cfg {
-            ActuatorConfig::Process { command, ports, host, .. } => {
+            ActuatorConfig::Process {
+                command,
+                ports,
+                host,
+                ..
+            } => {
                 let (first, last) = port_range(ports)?;
-                let port = (first..=last)
+                let start = self.next_port.clamp(first, last);
+                let port = (start..=last)
+                    .chain(first..start)
                     .find(|&p| {
                         let a = SocketAddr::new(*host, p);
-                        !self.children.contains_key(&a) && !skip.contains(&a) && TcpListener::bind(a).is_ok()
+                        !self.children.contains_key(&a)
+                            && !skip.contains(&a)
+                            && TcpListener::bind(a).is_ok()
                     })
                     .ok_or_else(|| format!("no free port left in {ports}"))?;
+                self.next_port = port.wrapping_add(1);
                 let addr = SocketAddr::new(*host, port);
-                let cmd = command.replace("{port}", &port.to_string()).replace("{host}", &host.to_string());
+                let cmd = command
+                    .replace("{port}", &port.to_string())
+                    .replace("{host}", &host.to_string());
                 let child = Command::new("sh")
                     .args(["-c", &format!("exec {cmd}")])
                     .stdin(Stdio::null())
@@ -118,13 +152,29 @@ impl Actuator {
             }
             ActuatorConfig::Exec { up, .. } => {
                 let cmd = up.replace("{count}", &count.to_string());
-                let out = Command::new("sh").args(["-c", &cmd]).stdin(Stdio::null()).output().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+                let out = Command::new("sh")
+                    .args(["-c", &cmd])
+                    .stdin(Stdio::null())
+                    .output()
+                    .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
                 if !out.status.success() {
-                    return Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+                    return Err(format!(
+                        "{cmd:?} failed: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ));
                 }
                 let text = String::from_utf8_lossy(&out.stdout);
-                let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
-                let addr: SocketAddr = last.parse().map_err(|_| format!("{cmd:?} must print the new backend's IP:PORT last; it printed {last:?}"))?;
+                let last = text
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("")
+                    .trim();
+                let addr: SocketAddr = last.parse().map_err(|_| {
+                    format!(
+                        "{cmd:?} must print the new backend's IP:PORT last; it printed {last:?}"
+                    )
+                })?;
                 tracing::info!(backend = %addr, command = %cmd, "exec: backend up");
                 self.made.push(addr);
                 Ok(addr)
@@ -134,7 +184,8 @@ impl Actuator {
 
     /// Whether the process of a backend accepts connections yet (exec: assumed).
     pub fn ready(&self, addr: SocketAddr) -> bool {
-        !self.children.contains_key(&addr) || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        !self.children.contains_key(&addr)
+            || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
     }
 
     /// Stops a drained backend: SIGTERM now, SIGKILL after the grace period (see `tick`).
@@ -143,17 +194,31 @@ impl Actuator {
             ActuatorConfig::Process { stop_grace, .. } => {
                 if let Some(child) = self.children.remove(&addr) {
                     tracing::info!(backend = %addr, pid = child.id(), "stopping backend process (SIGTERM)");
-                    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+                    let _ = Command::new("kill")
+                        .args(["-TERM", &child.id().to_string()])
+                        .status();
                     self.stopping.push((child, Instant::now() + *stop_grace));
                 }
             }
             ActuatorConfig::Exec { down, .. } => {
                 self.made.retain(|a| *a != addr);
-                let cmd = down.replace("{addr}", &addr.to_string()).replace("{count}", &count.to_string());
-                match Command::new("sh").args(["-c", &cmd]).stdin(Stdio::null()).status() {
-                    Ok(s) if s.success() => tracing::info!(backend = %addr, command = %cmd, "exec: backend down"),
-                    Ok(s) => tracing::error!(backend = %addr, command = %cmd, status = %s, "exec: down command failed"),
-                    Err(e) => tracing::error!(backend = %addr, command = %cmd, error = %e, "exec: cannot run down command"),
+                let cmd = down
+                    .replace("{addr}", &addr.to_string())
+                    .replace("{count}", &count.to_string());
+                match Command::new("sh")
+                    .args(["-c", &cmd])
+                    .stdin(Stdio::null())
+                    .status()
+                {
+                    Ok(s) if s.success() => {
+                        tracing::info!(backend = %addr, command = %cmd, "exec: backend down")
+                    }
+                    Ok(s) => {
+                        tracing::error!(backend = %addr, command = %cmd, status = %s, "exec: down command failed")
+                    }
+                    Err(e) => {
+                        tracing::error!(backend = %addr, command = %cmd, error = %e, "exec: cannot run down command")
+                    }
                 }
             }
         }
@@ -163,17 +228,22 @@ impl Actuator {
     /// process exited on its own.
     pub fn tick(&mut self) -> Vec<SocketAddr> {
         let now = Instant::now();
-        self.stopping.retain_mut(|(child, deadline)| match child.try_wait() {
-            Ok(Some(_)) => false,
-            _ if now >= *deadline => {
-                tracing::warn!(pid = child.id(), "backend ignored SIGTERM: SIGKILL");
-                let _ = child.kill();
-                let _ = child.wait();
-                false
-            }
-            _ => true,
-        });
-        let dead: Vec<SocketAddr> = self.children.iter_mut().filter_map(|(a, c)| matches!(c.try_wait(), Ok(Some(_))).then_some(*a)).collect();
+        self.stopping
+            .retain_mut(|(child, deadline)| match child.try_wait() {
+                Ok(Some(_)) => false,
+                _ if now >= *deadline => {
+                    tracing::warn!(pid = child.id(), "backend ignored SIGTERM: SIGKILL");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    false
+                }
+                _ => true,
+            });
+        let dead: Vec<SocketAddr> = self
+            .children
+            .iter_mut()
+            .filter_map(|(a, c)| matches!(c.try_wait(), Ok(Some(_))).then_some(*a))
+            .collect();
         for a in &dead {
             if let Some(mut c) = self.children.remove(a) {
                 let status = c.wait().map(|s| s.to_string()).unwrap_or_default();
@@ -214,7 +284,11 @@ mod tests {
 
     #[test]
     fn a_process_backend_lives_dies_and_is_noticed() {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let cfg = ActuatorConfig::Process {
             command: "sleep 30 # {port}".into(),
             ports: format!("{port}-{port}"),
@@ -224,10 +298,16 @@ mod tests {
         let mut a = Actuator::new(cfg).unwrap();
         let addr = a.launch(1, &[]).unwrap();
         assert_eq!(addr.port(), port);
-        assert!(a.launch(2, &[]).is_err(), "the only port is taken by our own backend");
+        assert!(
+            a.launch(2, &[]).is_err(),
+            "the only port is taken by our own backend"
+        );
         assert!(a.tick().is_empty());
         let pid = a.pids()[0];
-        Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
         let t = Instant::now();
         let mut dead = Vec::new();
         while dead.is_empty() && t.elapsed() < Duration::from_secs(5) {

@@ -93,7 +93,10 @@ impl ScalerConfig {
             return Err(err("interval must be at least 50ms".into()));
         }
         if !cfg.admin_url.starts_with("http://") {
-            return Err(err(format!("admin_url {:?} must start with http://", cfg.admin_url)));
+            return Err(err(format!(
+                "admin_url {:?} must start with http://",
+                cfg.admin_url
+            )));
         }
         cfg.policy.validate().map_err(err)?;
         Actuator::new(cfg.actuator.clone()).map_err(err)?;
@@ -117,10 +120,20 @@ pub struct Scaler {
 impl Scaler {
     pub fn new(cfg: ScalerConfig) -> Result<Scaler, String> {
         let token = match &cfg.admin_token_file {
-            Some(f) => Some(std::fs::read_to_string(f).map_err(|e| format!("admin_token_file {}: {e}", f.display()))?.trim().to_string()),
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| format!("admin_token_file {}: {e}", f.display()))?
+                    .trim()
+                    .to_string(),
+            ),
             None => None,
         };
-        let limits = Limits { min: cfg.min, max: cfg.max, scale_out_cooldown: cfg.scale_out_cooldown, scale_in_cooldown: cfg.scale_in_cooldown };
+        let limits = Limits {
+            min: cfg.min,
+            max: cfg.max,
+            scale_out_cooldown: cfg.scale_out_cooldown,
+            scale_in_cooldown: cfg.scale_in_cooldown,
+        };
         Ok(Scaler {
             policy: Policy::new(cfg.policy.clone(), limits),
             source: Source::new(cfg.source.clone()),
@@ -153,10 +166,19 @@ impl Scaler {
         // Backends whose process died: out of the pool at once, replaced below.
         for dead in self.actuator.tick() {
             let url = self.admin(&format!("/pools/{pool}/backends/{dead}?drain_timeout=0s"));
-            let _ = source::http(&url, "DELETE", None, token.as_deref(), Duration::from_secs(5)).await;
+            let _ = source::http(
+                &url,
+                "DELETE",
+                None,
+                token.as_deref(),
+                Duration::from_secs(5),
+            )
+            .await;
             tracing::warn!(pool = %pool, backend = %dead, "backend process died: deregistered; it will be replaced");
         }
-        let backends = match source::pool_backends(&self.cfg.admin_url, token.as_deref(), &pool).await {
+        let backends = match source::pool_backends(&self.cfg.admin_url, token.as_deref(), &pool)
+            .await
+        {
             Ok(b) => b,
             Err(e) => {
                 self.count_decision("hold");
@@ -166,7 +188,12 @@ impl Scaler {
         };
         // Drained backends the balancer has let go of can be stopped now.
         let listed = |a: &SocketAddr| backends.iter().any(|b| b.addr == a.to_string());
-        let gone: Vec<SocketAddr> = self.draining.iter().copied().filter(|a| !listed(a)).collect();
+        let gone: Vec<SocketAddr> = self
+            .draining
+            .iter()
+            .copied()
+            .filter(|a| !listed(a))
+            .collect();
         for a in gone {
             self.draining.retain(|x| *x != a);
             let count = self.desired.unwrap_or(0);
@@ -175,13 +202,18 @@ impl Scaler {
         let in_service = backends.iter().filter(|b| b.state == "up").count() as u32;
         let pending = backends.iter().filter(|b| b.state == "starting").count() as u32;
         let observed = in_service + pending;
-        let mut desired = self.desired.unwrap_or(observed.clamp(self.cfg.min, self.cfg.max));
+        let mut desired = self
+            .desired
+            .unwrap_or(observed.clamp(self.cfg.min, self.cfg.max));
         let pids = self.actuator.pids();
         match self.source.read(&pool, in_service, &pids).await {
             Ok(value) => {
                 // Backends on their way (starting, or a replacement still to launch) count
                 // as capacity: one breach, one action.
-                let cap = Capacity { in_service, pending: desired.max(observed) - in_service };
+                let cap = Capacity {
+                    in_service,
+                    pending: desired.max(observed) - in_service,
+                };
                 let d = self.policy.decide(Instant::now(), value, cap);
                 let direction = match d.desired.cmp(&cap.total()) {
                     std::cmp::Ordering::Greater => "out",
@@ -189,10 +221,20 @@ impl Scaler {
                     std::cmp::Ordering::Equal => "none",
                 };
                 self.count_decision(direction);
-                tracing::info!(
-                    pool = %pool, source = %self.source.describe(), value, in_service, pending, current = cap.total(), desired = d.desired,
-                    policy = policy_name(&self.cfg.policy), reason = %d.reason, "decision: {direction}"
-                );
+                // Changes at info; evaluations that change nothing at debug (RINGLB_LOG=debug).
+                macro_rules! log_decision {
+                    ($level:ident) => {
+                        tracing::$level!(
+                            pool = %pool, source = %self.source.describe(), value, in_service, pending, current = cap.total(), desired = d.desired,
+                            policy = policy_name(&self.cfg.policy), reason = %d.reason, "decision: {direction}"
+                        )
+                    };
+                }
+                if direction == "none" {
+                    log_decision!(debug);
+                } else {
+                    log_decision!(info);
+                }
                 desired = d.desired;
             }
             Err(e) => {
@@ -210,7 +252,10 @@ impl Scaler {
         let pool = self.cfg.pool.clone();
         let token = self.token.clone();
         if observed < desired {
-            let present: Vec<SocketAddr> = backends.iter().filter_map(|b| b.addr.parse().ok()).collect();
+            let present: Vec<SocketAddr> = backends
+                .iter()
+                .filter_map(|b| b.addr.parse().ok())
+                .collect();
             for _ in observed..desired {
                 let addr = match self.actuator.launch(desired, &present) {
                     Ok(a) => a,
@@ -221,8 +266,18 @@ impl Scaler {
                 };
                 let body = format!("{{\"addr\": \"{addr}\", \"weight\": 1}}");
                 let url = self.admin(&format!("/pools/{pool}/backends"));
-                match source::http(&url, "POST", Some(&body), token.as_deref(), Duration::from_secs(5)).await {
-                    Ok((201, _)) => tracing::info!(pool = %pool, backend = %addr, "registered (starting until its checks pass)"),
+                match source::http(
+                    &url,
+                    "POST",
+                    Some(&body),
+                    token.as_deref(),
+                    Duration::from_secs(5),
+                )
+                .await
+                {
+                    Ok((201, _)) => {
+                        tracing::info!(pool = %pool, backend = %addr, "registered (starting until its checks pass)")
+                    }
                     Ok((status, body)) => {
                         tracing::error!(pool = %pool, backend = %addr, status, body = %body.trim(), "the balancer refused the new backend; stopping it");
                         self.actuator.stop(addr, desired);
@@ -239,7 +294,10 @@ impl Scaler {
             let owned = self.actuator.owned();
             let mut candidates: Vec<&BackendView> = backends
                 .iter()
-                .filter(|b| (b.state == "up" || b.state == "starting") && b.addr.parse().map(|a| owned.contains(&a)).unwrap_or(false))
+                .filter(|b| {
+                    (b.state == "up" || b.state == "starting")
+                        && b.addr.parse().map(|a| owned.contains(&a)).unwrap_or(false)
+                })
                 .collect();
             candidates.sort_by_key(|b| (b.state == "up", b.active_connections));
             let n = (observed - desired) as usize;
@@ -248,16 +306,31 @@ impl Scaler {
             }
             let timeout = crate::config::format_duration(self.cfg.drain_timeout);
             for b in candidates.into_iter().take(n) {
-                let url = self.admin(&format!("/pools/{pool}/backends/{}?drain_timeout={timeout}", b.addr));
-                match source::http(&url, "DELETE", None, token.as_deref(), Duration::from_secs(5)).await {
+                let url = self.admin(&format!(
+                    "/pools/{pool}/backends/{}?drain_timeout={timeout}",
+                    b.addr
+                ));
+                match source::http(
+                    &url,
+                    "DELETE",
+                    None,
+                    token.as_deref(),
+                    Duration::from_secs(5),
+                )
+                .await
+                {
                     Ok((202, _)) => {
                         tracing::info!(pool = %pool, backend = %b.addr, active_connections = b.active_connections, drain_timeout = %timeout, "scaling in: draining, stopped once its connections end");
                         if let Ok(a) = b.addr.parse() {
                             self.draining.push(a);
                         }
                     }
-                    Ok((status, body)) => tracing::error!(pool = %pool, backend = %b.addr, status, body = %body.trim(), "the balancer refused the removal"),
-                    Err(e) => tracing::error!(pool = %pool, backend = %b.addr, error = %e, "cannot remove the backend"),
+                    Ok((status, body)) => {
+                        tracing::error!(pool = %pool, backend = %b.addr, status, body = %body.trim(), "the balancer refused the removal")
+                    }
+                    Err(e) => {
+                        tracing::error!(pool = %pool, backend = %b.addr, error = %e, "cannot remove the backend")
+                    }
                 }
             }
         }
@@ -294,7 +367,10 @@ fn policy_name(p: &PolicyConfig) -> &'static str {
 /// Waits for SIGTERM or SIGINT.
 pub async fn terminated() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {
@@ -312,7 +388,10 @@ pub fn main(path: &std::path::Path) -> i32 {
             return 1;
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ringlb scale: {e}");
@@ -347,17 +426,49 @@ pub fn main(path: &std::path::Path) -> i32 {
 
 /// Serves the scaler's own /metrics.
 pub fn serve_metrics(l: std::net::TcpListener) -> Result<(), String> {
-    metrics::describe_gauge!("ringlb_scaler_backends", "Backends in the pool (up or starting), as the scaler sees them.");
-    metrics::describe_gauge!("ringlb_scaler_desired_backends", "Backends the scaler is steering to.");
-    metrics::describe_counter!("ringlb_scaler_decisions_total", "Evaluations, by direction (out, in, none, hold).");
+    metrics::describe_gauge!(
+        "ringlb_scaler_backends",
+        "Backends in the pool (up or starting), as the scaler sees them."
+    );
+    metrics::describe_gauge!(
+        "ringlb_scaler_desired_backends",
+        "Backends the scaler is steering to."
+    );
+    metrics::describe_counter!(
+        "ringlb_scaler_decisions_total",
+        "Evaluations, by direction (out, in, none, hold)."
+    );
     l.set_nonblocking(true).map_err(|e| e.to_string())?;
     let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
     let router = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(|| async { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render_registry()) }),
+        axum::routing::get(|| async {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4",
+                )],
+                crate::metrics::render_registry(),
+            )
+        }),
     );
     tokio::spawn(async move {
         let _ = axum::serve(l, router).await;
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_shipped_examples_parse() {
+        for f in ["scaler.toml", "scaler-step.toml", "scaler-simple.toml"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("config")
+                .join(f);
+            if let Err(e) = super::ScalerConfig::load(&path) {
+                panic!("{f}: {e}");
+            }
+        }
+    }
 }

@@ -101,7 +101,9 @@ fn one_i64() -> i64 {
 impl PolicyConfig {
     pub fn validate(&self) -> Result<(), String> {
         match self {
-            PolicyConfig::TargetTracking { target, tolerance, .. } => {
+            PolicyConfig::TargetTracking {
+                target, tolerance, ..
+            } => {
                 if !(*target > 0.0) {
                     return Err("policy.target must be above 0".into());
                 }
@@ -114,16 +116,25 @@ impl PolicyConfig {
                     return Err("policy.steps: at least one step is needed".into());
                 }
                 for s in steps {
-                    let (lo, hi) = (s.lower.unwrap_or(f64::NEG_INFINITY), s.upper.unwrap_or(f64::INFINITY));
+                    let (lo, hi) = (
+                        s.lower.unwrap_or(f64::NEG_INFINITY),
+                        s.upper.unwrap_or(f64::INFINITY),
+                    );
                     if lo >= hi {
                         return Err(format!("policy.steps: lower {lo} must be below upper {hi}"));
                     }
                     if lo < 0.0 && hi > 0.0 {
-                        return Err("policy.steps: a step may not span the threshold (split it at 0)".into());
+                        return Err(
+                            "policy.steps: a step may not span the threshold (split it at 0)"
+                                .into(),
+                        );
                     }
                 }
             }
-            PolicyConfig::Simple { scale_out, scale_in } => {
+            PolicyConfig::Simple {
+                scale_out,
+                scale_in,
+            } => {
                 if scale_out.is_none() && scale_in.is_none() {
                     return Err("policy: a simple policy needs scale_out, scale_in or both".into());
                 }
@@ -183,7 +194,15 @@ pub struct Policy {
 
 impl Policy {
     pub fn new(cfg: PolicyConfig, limits: Limits) -> Policy {
-        Policy { cfg, limits, history: VecDeque::new(), out_streak: 0, in_streak: 0, last_out: None, last_in: None }
+        Policy {
+            cfg,
+            limits,
+            history: VecDeque::new(),
+            out_streak: 0,
+            in_streak: 0,
+            last_out: None,
+            last_in: None,
+        }
     }
 
     /// Decides the desired count for one evaluation. `value` is the metric (e.g. active
@@ -191,7 +210,11 @@ impl Policy {
     pub fn decide(&mut self, now: Instant, value: f64, cap: Capacity) -> Decision {
         let current = cap.total();
         let (raw, mut reason) = match &self.cfg {
-            PolicyConfig::TargetTracking { target, tolerance, scale_in_stabilization } => {
+            PolicyConfig::TargetTracking {
+                target,
+                tolerance,
+                scale_in_stabilization,
+            } => {
                 let ratio = value / target;
                 // Load is carried by the backends in service; pending ones are on their way.
                 let recommended = if (ratio - 1.0).abs() <= *tolerance {
@@ -209,54 +232,137 @@ impl Policy {
                         break;
                     }
                 }
-                let stabilized = self.history.iter().map(|&(_, r)| r).max().unwrap_or(recommended);
+                let stabilized = self
+                    .history
+                    .iter()
+                    .map(|&(_, r)| r)
+                    .max()
+                    .unwrap_or(recommended);
                 // Out at once; in only as far as the window's highest recommendation allows.
-                let desired = if recommended >= current { recommended } else { stabilized.min(current) };
-                let why = if (ratio - 1.0).abs() <= *tolerance {
-                    format!("value {value:.2} within {:.0}% of target {target}", tolerance * 100.0)
-                } else if desired > recommended {
-                    format!("value {value:.2}, target {target}: {recommended} recommended, held at {desired} by the scale-in window")
+                let desired = if recommended >= current {
+                    recommended
                 } else {
-                    format!("value {value:.2}, target {target}: ceil({} x {ratio:.3}) = {unclamped}", cap.in_service.max(1))
+                    stabilized.min(current)
                 };
-                let why = if unclamped != recommended { format!("{why}; clamped to [{}, {}]", self.limits.min, self.limits.max) } else { why };
+                let why = if (ratio - 1.0).abs() <= *tolerance {
+                    format!(
+                        "value {value:.2} within {:.0}% of target {target}",
+                        tolerance * 100.0
+                    )
+                } else if desired > recommended {
+                    format!(
+                        "value {value:.2}, target {target}: {recommended} recommended, held at {desired} by the scale-in window"
+                    )
+                } else {
+                    format!(
+                        "value {value:.2}, target {target}: ceil({} x {ratio:.3}) = {unclamped}",
+                        cap.in_service.max(1)
+                    )
+                };
+                let why = if unclamped != recommended {
+                    format!(
+                        "{why}; clamped to [{}, {}]",
+                        self.limits.min, self.limits.max
+                    )
+                } else {
+                    why
+                };
                 (desired as i64, why)
             }
-            PolicyConfig::Step { threshold, adjustment_type, min_adjustment_magnitude, steps } => {
+            PolicyConfig::Step {
+                threshold,
+                adjustment_type,
+                min_adjustment_magnitude,
+                steps,
+            } => {
                 let breach = value - threshold;
                 let step = steps.iter().find(|s| {
-                    let (lo, hi) = (s.lower.unwrap_or(f64::NEG_INFINITY), s.upper.unwrap_or(f64::INFINITY));
-                    if lo >= 0.0 { lo <= breach && breach < hi } else { lo < breach && breach <= hi }
+                    let (lo, hi) = (
+                        s.lower.unwrap_or(f64::NEG_INFINITY),
+                        s.upper.unwrap_or(f64::INFINITY),
+                    );
+                    if lo >= 0.0 {
+                        lo <= breach && breach < hi
+                    } else {
+                        lo < breach && breach <= hi
+                    }
                 });
                 match step {
-                    None => (current as i64, format!("value {value:.2}: no step matches (threshold {threshold})")),
+                    None => (
+                        current as i64,
+                        format!("value {value:.2}: no step matches (threshold {threshold})"),
+                    ),
                     Some(s) => {
-                        let target = apply_adjustment(*adjustment_type, s.adjustment, current, *min_adjustment_magnitude);
-                        (target, format!("value {value:.2}: step [{:?}, {:?}) of threshold {threshold}, {:?} {}", s.lower, s.upper, adjustment_type, s.adjustment))
+                        let target = apply_adjustment(
+                            *adjustment_type,
+                            s.adjustment,
+                            current,
+                            *min_adjustment_magnitude,
+                        );
+                        (
+                            target,
+                            format!(
+                                "value {value:.2}: step [{:?}, {:?}) of threshold {threshold}, {:?} {}",
+                                s.lower, s.upper, adjustment_type, s.adjustment
+                            ),
+                        )
                     }
                 }
             }
-            PolicyConfig::Simple { scale_out, scale_in } => {
+            PolicyConfig::Simple {
+                scale_out,
+                scale_in,
+            } => {
                 let out = scale_out.as_ref().filter(|r| value > r.threshold);
                 let inn = scale_in.as_ref().filter(|r| value < r.threshold);
-                self.out_streak = if out.is_some() { self.out_streak + 1 } else { 0 };
+                self.out_streak = if out.is_some() {
+                    self.out_streak + 1
+                } else {
+                    0
+                };
                 self.in_streak = if inn.is_some() { self.in_streak + 1 } else { 0 };
                 match (out, inn) {
-                    (Some(r), _) if self.out_streak >= r.periods => {
-                        (current as i64 + r.adjustment, format!("value {value:.2} > {} for {} periods", r.threshold, self.out_streak))
-                    }
-                    (_, Some(r)) if self.in_streak >= r.periods => {
-                        (current as i64 - r.adjustment, format!("value {value:.2} < {} for {} periods", r.threshold, self.in_streak))
-                    }
-                    (Some(r), _) => (current as i64, format!("value {value:.2} > {}: period {} of {}", r.threshold, self.out_streak, r.periods)),
-                    (_, Some(r)) => (current as i64, format!("value {value:.2} < {}: period {} of {}", r.threshold, self.in_streak, r.periods)),
-                    _ => (current as i64, format!("value {value:.2} within thresholds")),
+                    (Some(r), _) if self.out_streak >= r.periods => (
+                        current as i64 + r.adjustment,
+                        format!(
+                            "value {value:.2} > {} for {} periods",
+                            r.threshold, self.out_streak
+                        ),
+                    ),
+                    (_, Some(r)) if self.in_streak >= r.periods => (
+                        current as i64 - r.adjustment,
+                        format!(
+                            "value {value:.2} < {} for {} periods",
+                            r.threshold, self.in_streak
+                        ),
+                    ),
+                    (Some(r), _) => (
+                        current as i64,
+                        format!(
+                            "value {value:.2} > {}: period {} of {}",
+                            r.threshold, self.out_streak, r.periods
+                        ),
+                    ),
+                    (_, Some(r)) => (
+                        current as i64,
+                        format!(
+                            "value {value:.2} < {}: period {} of {}",
+                            r.threshold, self.in_streak, r.periods
+                        ),
+                    ),
+                    _ => (
+                        current as i64,
+                        format!("value {value:.2} within thresholds"),
+                    ),
                 }
             }
         };
         let mut desired = raw.clamp(self.limits.min as i64, self.limits.max as i64) as u32;
         if desired as i64 != raw {
-            reason.push_str(&format!("; clamped to [{}, {}]", self.limits.min, self.limits.max));
+            reason.push_str(&format!(
+                "; clamped to [{}, {}]",
+                self.limits.min, self.limits.max
+            ));
         }
         // Cooldowns: after an action, the same direction waits.
         if desired > current {
@@ -267,7 +373,10 @@ impl Policy {
                 }
             }
         } else if desired < current {
-            let blocked = [self.last_in, self.last_out].into_iter().flatten().any(|t| now.duration_since(t) < self.limits.scale_in_cooldown);
+            let blocked = [self.last_in, self.last_out]
+                .into_iter()
+                .flatten()
+                .any(|t| now.duration_since(t) < self.limits.scale_in_cooldown);
             if blocked {
                 reason.push_str("; in scale-in cooldown");
                 desired = current.min(self.limits.max);
@@ -291,7 +400,12 @@ impl Policy {
 
 /// AWS's adjustment types. Percent changes round toward zero, with at least
 /// `min_magnitude` backends (and at least 1) when the percentage is non-zero.
-pub fn apply_adjustment(kind: AdjustmentType, adjustment: i64, current: u32, min_magnitude: u32) -> i64 {
+pub fn apply_adjustment(
+    kind: AdjustmentType,
+    adjustment: i64,
+    current: u32,
+    min_magnitude: u32,
+) -> i64 {
     match kind {
         AdjustmentType::ChangeInCapacity => current as i64 + adjustment,
         AdjustmentType::ExactCapacity => adjustment,
@@ -314,13 +428,25 @@ mod tests {
     use super::*;
 
     fn limits(min: u32, max: u32) -> Limits {
-        Limits { min, max, scale_out_cooldown: Duration::ZERO, scale_in_cooldown: Duration::ZERO }
+        Limits {
+            min,
+            max,
+            scale_out_cooldown: Duration::ZERO,
+            scale_in_cooldown: Duration::ZERO,
+        }
     }
     fn tt(target: f64, window: u64) -> PolicyConfig {
-        PolicyConfig::TargetTracking { target, tolerance: 0.1, scale_in_stabilization: Duration::from_secs(window) }
+        PolicyConfig::TargetTracking {
+            target,
+            tolerance: 0.1,
+            scale_in_stabilization: Duration::from_secs(window),
+        }
     }
     fn cap(in_service: u32, pending: u32) -> Capacity {
-        Capacity { in_service, pending }
+        Capacity {
+            in_service,
+            pending,
+        }
     }
 
     #[test]
@@ -344,7 +470,11 @@ mod tests {
         assert_eq!(p.decide(t0, 30.0, cap(1, 0)).desired, 3);
         // Next evaluation: two are still starting; the same load gives the same desired
         // count, so nothing more is launched.
-        assert_eq!(p.decide(t0 + Duration::from_secs(5), 30.0, cap(1, 2)).desired, 3);
+        assert_eq!(
+            p.decide(t0 + Duration::from_secs(5), 30.0, cap(1, 2))
+                .desired,
+            3
+        );
     }
 
     #[test]
@@ -353,10 +483,22 @@ mod tests {
         let mut p = Policy::new(tt(10.0, 60), limits(1, 20));
         assert_eq!(p.decide(t0, 40.0, cap(1, 0)).desired, 4);
         // Load drops: the recommendation is 1, but 4 was recommended within the window.
-        assert_eq!(p.decide(t0 + Duration::from_secs(30), 2.5, cap(4, 0)).desired, 4);
-        assert_eq!(p.decide(t0 + Duration::from_secs(59), 2.5, cap(4, 0)).desired, 4);
+        assert_eq!(
+            p.decide(t0 + Duration::from_secs(30), 2.5, cap(4, 0))
+                .desired,
+            4
+        );
+        assert_eq!(
+            p.decide(t0 + Duration::from_secs(59), 2.5, cap(4, 0))
+                .desired,
+            4
+        );
         // The high recommendation has left the window.
-        assert_eq!(p.decide(t0 + Duration::from_secs(61), 2.5, cap(4, 0)).desired, 1);
+        assert_eq!(
+            p.decide(t0 + Duration::from_secs(61), 2.5, cap(4, 0))
+                .desired,
+            1
+        );
     }
 
     #[test]
@@ -366,7 +508,11 @@ mod tests {
         let d = p.decide(t0, 100.0, cap(2, 0));
         assert_eq!(d.desired, 5);
         assert!(d.reason.contains("clamped"), "{}", d.reason);
-        assert_eq!(p.decide(t0 + Duration::from_secs(1), 0.0, cap(5, 0)).desired, 2);
+        assert_eq!(
+            p.decide(t0 + Duration::from_secs(1), 0.0, cap(5, 0))
+                .desired,
+            2
+        );
         assert_eq!(p.floor_only(cap(0, 0)), 2);
     }
 
@@ -377,9 +523,21 @@ mod tests {
             adjustment_type: AdjustmentType::ChangeInCapacity,
             min_adjustment_magnitude: 0,
             steps: vec![
-                StepConfig { lower: Some(0.0), upper: Some(100.0), adjustment: 1 },
-                StepConfig { lower: Some(100.0), upper: None, adjustment: 3 },
-                StepConfig { lower: None, upper: Some(-300.0), adjustment: -1 },
+                StepConfig {
+                    lower: Some(0.0),
+                    upper: Some(100.0),
+                    adjustment: 1,
+                },
+                StepConfig {
+                    lower: Some(100.0),
+                    upper: None,
+                    adjustment: 3,
+                },
+                StepConfig {
+                    lower: None,
+                    upper: Some(-300.0),
+                    adjustment: -1,
+                },
             ],
         }
     }
@@ -388,11 +546,27 @@ mod tests {
     fn step_bounds_at_their_edges() {
         let t0 = Instant::now();
         let mut p = Policy::new(aws_steps(), limits(1, 50));
-        assert_eq!(p.decide(t0, 600.0, cap(4, 0)).desired, 5, "lower bound inclusive above the threshold");
+        assert_eq!(
+            p.decide(t0, 600.0, cap(4, 0)).desired,
+            5,
+            "lower bound inclusive above the threshold"
+        );
         assert_eq!(p.decide(t0, 699.9, cap(4, 0)).desired, 5);
-        assert_eq!(p.decide(t0, 700.0, cap(4, 0)).desired, 7, "upper bound exclusive: 700 is the next step");
-        assert_eq!(p.decide(t0, 300.0, cap(4, 0)).desired, 3, "upper bound inclusive below the threshold");
-        assert_eq!(p.decide(t0, 300.1, cap(4, 0)).desired, 4, "between the bands: no step");
+        assert_eq!(
+            p.decide(t0, 700.0, cap(4, 0)).desired,
+            7,
+            "upper bound exclusive: 700 is the next step"
+        );
+        assert_eq!(
+            p.decide(t0, 300.0, cap(4, 0)).desired,
+            3,
+            "upper bound inclusive below the threshold"
+        );
+        assert_eq!(
+            p.decide(t0, 300.1, cap(4, 0)).desired,
+            4,
+            "between the bands: no step"
+        );
         assert_eq!(p.decide(t0, 599.0, cap(4, 0)).desired, 4);
         assert!(aws_steps().validate().is_ok());
     }
@@ -400,10 +574,22 @@ mod tests {
     #[test]
     fn percent_rounding_and_exact_capacity() {
         use AdjustmentType::*;
-        assert_eq!(apply_adjustment(PercentChangeInCapacity, 50, 5, 0), 7, "2.5 rounds toward zero to 2");
+        assert_eq!(
+            apply_adjustment(PercentChangeInCapacity, 50, 5, 0),
+            7,
+            "2.5 rounds toward zero to 2"
+        );
         assert_eq!(apply_adjustment(PercentChangeInCapacity, -50, 5, 0), 3);
-        assert_eq!(apply_adjustment(PercentChangeInCapacity, 10, 4, 0), 5, "0.4 becomes at least 1");
-        assert_eq!(apply_adjustment(PercentChangeInCapacity, 10, 4, 2), 6, "min_adjustment_magnitude");
+        assert_eq!(
+            apply_adjustment(PercentChangeInCapacity, 10, 4, 0),
+            5,
+            "0.4 becomes at least 1"
+        );
+        assert_eq!(
+            apply_adjustment(PercentChangeInCapacity, 10, 4, 2),
+            6,
+            "min_adjustment_magnitude"
+        );
         assert_eq!(apply_adjustment(PercentChangeInCapacity, -10, 4, 2), 2);
         assert_eq!(apply_adjustment(ExactCapacity, 6, 2, 0), 6);
         assert_eq!(apply_adjustment(ChangeInCapacity, -2, 3, 0), 1);
@@ -413,21 +599,46 @@ mod tests {
     fn simple_policy_like_the_ec2_lab() {
         // +1 when CPU > 20% for 2 periods, -1 when < 10% for 2 periods, cooldown 120 s.
         let cfg = PolicyConfig::Simple {
-            scale_out: Some(SimpleRule { threshold: 20.0, periods: 2, adjustment: 1 }),
-            scale_in: Some(SimpleRule { threshold: 10.0, periods: 2, adjustment: 1 }),
+            scale_out: Some(SimpleRule {
+                threshold: 20.0,
+                periods: 2,
+                adjustment: 1,
+            }),
+            scale_in: Some(SimpleRule {
+                threshold: 10.0,
+                periods: 2,
+                adjustment: 1,
+            }),
         };
         assert!(cfg.validate().is_ok());
-        let lim = Limits { min: 1, max: 4, scale_out_cooldown: Duration::from_secs(120), scale_in_cooldown: Duration::from_secs(120) };
+        let lim = Limits {
+            min: 1,
+            max: 4,
+            scale_out_cooldown: Duration::from_secs(120),
+            scale_in_cooldown: Duration::from_secs(120),
+        };
         let mut p = Policy::new(cfg, lim);
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        assert_eq!(p.decide(at(0), 50.0, cap(1, 0)).desired, 1, "one period is not enough");
+        assert_eq!(
+            p.decide(at(0), 50.0, cap(1, 0)).desired,
+            1,
+            "one period is not enough"
+        );
         assert_eq!(p.decide(at(60), 50.0, cap(1, 0)).desired, 2);
-        assert_eq!(p.decide(at(120), 50.0, cap(2, 0)).desired, 2, "streak restarted after acting");
+        assert_eq!(
+            p.decide(at(120), 50.0, cap(2, 0)).desired,
+            2,
+            "streak restarted after acting"
+        );
         let d = p.decide(at(170), 50.0, cap(2, 0));
         assert_eq!(d.desired, 2, "cooldown: {}", d.reason);
         assert!(d.reason.contains("cooldown"));
-        assert_eq!(p.decide(at(200), 50.0, cap(2, 0)).desired, 3, "cooldown over");
+        assert_eq!(
+            p.decide(at(200), 50.0, cap(2, 0)).desired,
+            3,
+            "cooldown over"
+        );
         assert_eq!(p.decide(at(400), 5.0, cap(3, 0)).desired, 3);
         assert_eq!(p.decide(at(460), 5.0, cap(3, 0)).desired, 2);
         assert_eq!(p.decide(at(470), 5.0, cap(2, 0)).desired, 2);

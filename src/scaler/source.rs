@@ -48,30 +48,59 @@ pub enum RateUnit {
 }
 
 /// A minimal HTTP/1.1 client (Connection: close) for `http://host:port/path` URLs.
-pub async fn http(url: &str, method: &str, body: Option<&str>, token: Option<&str>, timeout: Duration) -> Result<(u16, String), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
+pub async fn http(
+    url: &str,
+    method: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
     let (host, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
     let work = async {
-        let mut s = tokio::net::TcpStream::connect(host).await.map_err(|e| format!("{url}: {e}"))?;
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let mut s = tokio::net::TcpStream::connect(host)
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         let body = body.unwrap_or("");
         let req = format!(
             "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}User-Agent: ringlb-scaler\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
-        s.write_all(req.as_bytes()).await.map_err(|e| format!("{url}: {e}"))?;
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
         let mut resp = Vec::new();
-        s.read_to_end(&mut resp).await.map_err(|e| format!("{url}: {e}"))?;
+        s.read_to_end(&mut resp)
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
         let text = String::from_utf8_lossy(&resp).to_string();
-        let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("{url}: not an HTTP response"))?;
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("{url}: not an HTTP response"))?;
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
         Ok((status, body))
     };
-    tokio::time::timeout(timeout, work).await.map_err(|_| format!("{url}: no answer within {timeout:?}"))?
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| format!("{url}: no answer within {timeout:?}"))?
 }
 
 fn dechunk(mut s: &str) -> String {
@@ -107,7 +136,9 @@ pub fn parse_text(text: &str) -> Vec<Sample> {
             Some(x) => x,
             None => continue,
         };
-        let Ok(value) = value.parse::<f64>() else { continue };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
         let (name, labels) = match series.split_once('{') {
             Some((n, l)) => (n, l.trim_end_matches('}')),
             None => (series, ""),
@@ -118,7 +149,11 @@ pub fn parse_text(text: &str) -> Vec<Sample> {
                 map.insert(k.trim().to_string(), v.trim().trim_matches('"').to_string());
             }
         }
-        out.push(Sample { name: name.to_string(), labels: map, value });
+        out.push(Sample {
+            name: name.to_string(),
+            labels: map,
+            value,
+        });
     }
     out
 }
@@ -127,7 +162,9 @@ pub fn parse_text(text: &str) -> Vec<Sample> {
 pub fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -142,7 +179,11 @@ pub struct Source {
 
 impl Source {
     pub fn new(cfg: SourceConfig) -> Source {
-        Source { cfg, last_total: None, last_cpu: HashMap::new() }
+        Source {
+            cfg,
+            last_total: None,
+            last_cpu: HashMap::new(),
+        }
     }
 
     pub fn describe(&self) -> String {
@@ -157,28 +198,51 @@ impl Source {
     pub async fn read(&mut self, pool: &str, in_service: u32, pids: &[u32]) -> Result<f64, String> {
         let value = match self.cfg.clone() {
             SourceConfig::Prometheus { url, query } => {
-                let full = format!("{}/api/v1/query?query={}", url.trim_end_matches('/'), encode(&query));
+                let full = format!(
+                    "{}/api/v1/query?query={}",
+                    url.trim_end_matches('/'),
+                    encode(&query)
+                );
                 let (status, body) = http(&full, "GET", None, None, Duration::from_secs(5)).await?;
                 if status != 200 {
                     return Err(format!("Prometheus answered {status}: {body}"));
                 }
-                let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("Prometheus: bad JSON: {e}"))?;
+                let v: serde_json::Value = serde_json::from_str(&body)
+                    .map_err(|e| format!("Prometheus: bad JSON: {e}"))?;
                 let result = &v["data"]["result"];
-                let first = result.as_array().and_then(|r| r.first()).ok_or("Prometheus: the query returned no series")?;
-                let raw = first["value"][1].as_str().or_else(|| result.get(1).and_then(|x| x.as_str())).ok_or("Prometheus: no value in the result")?;
-                raw.parse::<f64>().map_err(|_| format!("Prometheus: {raw:?} is not a number"))?
+                let first = result
+                    .as_array()
+                    .and_then(|r| r.first())
+                    .ok_or("Prometheus: the query returned no series")?;
+                let raw = first["value"][1]
+                    .as_str()
+                    .or_else(|| result.get(1).and_then(|x| x.as_str()))
+                    .ok_or("Prometheus: no value in the result")?;
+                raw.parse::<f64>()
+                    .map_err(|_| format!("Prometheus: {raw:?} is not a number"))?
             }
-            SourceConfig::Lb { metrics_url, metric, rate_unit } => match metric {
+            SourceConfig::Lb {
+                metrics_url,
+                metric,
+                rate_unit,
+            } => match metric {
                 LbMetric::Cpu => self.cpu(pids)?,
                 _ => {
-                    let (status, body) = http(&metrics_url, "GET", None, None, Duration::from_secs(5)).await?;
+                    let (status, body) =
+                        http(&metrics_url, "GET", None, None, Duration::from_secs(5)).await?;
                     if status != 200 {
                         return Err(format!("{metrics_url} answered {status}"));
                     }
                     let samples = parse_text(&body);
-                    let of_pool = |name: &'static str| samples.iter().filter(move |s| s.name == name && s.labels.get("pool").map(|p| p.as_str()) == Some(pool));
+                    let of_pool = |name: &'static str| {
+                        samples.iter().filter(move |s| {
+                            s.name == name && s.labels.get("pool").map(|p| p.as_str()) == Some(pool)
+                        })
+                    };
                     if of_pool("ringlb_backend_up").next().is_none() {
-                        return Err(format!("{metrics_url} has no ringlb_backend_up for pool {pool:?}"));
+                        return Err(format!(
+                            "{metrics_url} has no ringlb_backend_up for pool {pool:?}"
+                        ));
                     }
                     if in_service == 0 {
                         return Err(format!("pool {pool:?} has no backend in service"));
@@ -187,17 +251,31 @@ impl Source {
                         LbMetric::ActiveConnections => {
                             // Connections on every backend of the pool (draining ones too: the
                             // load is real) spread over those in service.
-                            of_pool("ringlb_backend_active_connections").map(|s| s.value).sum::<f64>() / in_service as f64
+                            of_pool("ringlb_backend_active_connections")
+                                .map(|s| s.value)
+                                .sum::<f64>()
+                                / in_service as f64
                         }
                         _ => {
-                            let total: f64 = of_pool("ringlb_backend_connections_total").map(|s| s.value).sum();
+                            let total: f64 = of_pool("ringlb_backend_connections_total")
+                                .map(|s| s.value)
+                                .sum();
                             let now = Instant::now();
                             let prev = self.last_total.replace((total, now));
-                            let (before, at) = prev.ok_or("a rate needs two scrapes: waiting for the next one")?;
+                            let (before, at) =
+                                prev.ok_or("a rate needs two scrapes: waiting for the next one")?;
                             let secs = now.duration_since(at).as_secs_f64();
                             // A counter that went down was reset (restart): count from zero.
-                            let delta = if total >= before { total - before } else { total };
-                            let per = if rate_unit == RateUnit::Minute { 60.0 } else { 1.0 };
+                            let delta = if total >= before {
+                                total - before
+                            } else {
+                                total
+                            };
+                            let per = if rate_unit == RateUnit::Minute {
+                                60.0
+                            } else {
+                                1.0
+                            };
                             delta / secs.max(1e-3) * per / in_service as f64
                         }
                     }
@@ -219,7 +297,9 @@ impl Source {
         let mut shares = Vec::new();
         let mut fresh = HashMap::new();
         for &pid in pids {
-            let Some(secs) = process_cpu_secs(pid) else { continue };
+            let Some(secs) = process_cpu_secs(pid) else {
+                continue;
+            };
             if let Some(&(before, at)) = self.last_cpu.get(&pid) {
                 let wall = now.duration_since(at).as_secs_f64();
                 if wall > 0.0 {
@@ -253,14 +333,29 @@ pub struct BackendView {
 }
 
 /// The pool's backends from the admin API.
-pub async fn pool_backends(admin_url: &str, token: Option<&str>, pool: &str) -> Result<Vec<BackendView>, String> {
-    let (status, body) = http(&format!("{}/backends", admin_url.trim_end_matches('/')), "GET", None, token, Duration::from_secs(5)).await?;
+pub async fn pool_backends(
+    admin_url: &str,
+    token: Option<&str>,
+    pool: &str,
+) -> Result<Vec<BackendView>, String> {
+    let (status, body) = http(
+        &format!("{}/backends", admin_url.trim_end_matches('/')),
+        "GET",
+        None,
+        token,
+        Duration::from_secs(5),
+    )
+    .await?;
     if status != 200 {
         return Err(format!("admin API answered {status}: {body}"));
     }
-    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("admin API: bad JSON: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("admin API: bad JSON: {e}"))?;
     let pools = v["pools"].as_array().ok_or("admin API: no pools")?;
-    let p = pools.iter().find(|p| p["name"] == pool).ok_or_else(|| format!("the balancer has no pool {pool:?}"))?;
+    let p = pools
+        .iter()
+        .find(|p| p["name"] == pool)
+        .ok_or_else(|| format!("the balancer has no pool {pool:?}"))?;
     serde_json::from_value(p["backends"].clone()).map_err(|e| format!("admin API: {e}"))
 }
 

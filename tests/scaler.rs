@@ -1,0 +1,474 @@
+//! The companion scaler end to end: the real balancer, the real `ringlb scale`, and backend
+//! processes it launches (`ringlb backend`). Each test uses its own port range.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+struct Balancer {
+    _proxy: Proxy,
+    lb: SocketAddr,
+    admin: SocketAddr,
+    metrics: SocketAddr,
+    _static: TestBackend,
+    static_addr: SocketAddr,
+}
+
+fn balancer() -> Balancer {
+    let b = TestBackend::start("static");
+    let (port, admin, metrics) = (free_port(), addr(free_port()), addr(free_port()));
+    let cfg = format!(
+        "workers = 2\n[admin]\nlisten = \"{admin}\"\n[metrics]\nlisten = \"{metrics}\"\n{}{}[pools.p.health]\ninterval = \"200ms\"\nrise = 1\nfall = 2\n",
+        listener_config("l", port, "p", ""),
+        pool_config("p", "least_conn", &[(b.addr, 1)], "")
+    );
+    let proxy = Proxy::start(&cfg, addr(port));
+    wait_until(Duration::from_secs(10), || {
+        TcpStream::connect(admin).is_ok()
+    });
+    Balancer {
+        _proxy: proxy,
+        lb: addr(port),
+        admin,
+        metrics,
+        static_addr: b.addr,
+        _static: b,
+    }
+}
+
+struct Scaler {
+    child: Child,
+    log: std::path::PathBuf,
+    metrics: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Scaler {
+    fn start(
+        b: &Balancer,
+        metrics_url: &str,
+        ports: (u16, u16),
+        min: u32,
+        max: u32,
+        extra_policy: &str,
+    ) -> Scaler {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = addr(free_port());
+        let cfg = format!(
+            r#"pool = "p"
+admin_url = "http://{admin}"
+interval = "300ms"
+listen = "{metrics}"
+min = {min}
+max = {max}
+drain_timeout = "60s"
+stop_backends_on_exit = true
+
+[source]
+kind = "lb"
+metrics_url = "{metrics_url}"
+
+[policy]
+kind = "target_tracking"
+target = 5
+scale_in_stabilization = "1500ms"
+{extra_policy}
+
+[actuator]
+kind = "process"
+command = "{BIN} backend --port {{port}}"
+ports = "{}-{}"
+stop_grace = "2s"
+"#,
+            ports.0,
+            ports.1,
+            admin = b.admin
+        );
+        let path = dir.path().join("scaler.toml");
+        std::fs::write(&path, cfg).unwrap();
+        let log = dir.path().join("scaler.log");
+        let child = Command::new(BIN)
+            .args(["scale", "--config"])
+            .arg(&path)
+            .env("RINGLB_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_until(Duration::from_secs(10), || {
+            TcpStream::connect(metrics).is_ok()
+        });
+        Scaler {
+            child,
+            log,
+            metrics,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Scaler {
+    fn drop(&mut self) {
+        // SIGTERM: the scaler stops the backends it launched, then exits.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// (address, state, active connections) of every backend of pool p.
+fn pool(admin: SocketAddr) -> Vec<(SocketAddr, String, i64)> {
+    let (status, body) = http(admin, "GET", "/backends", None, None);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["pools"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["addr"].as_str().unwrap().parse().unwrap(),
+                b["state"].as_str().unwrap().to_string(),
+                b["active_connections"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn up_count(admin: SocketAddr) -> usize {
+    pool(admin).iter().filter(|(_, s, _)| s == "up").count()
+}
+
+/// Holds `n` open connections through the balancer (it counts them from the accept on).
+fn hold(lb: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n).map(|_| TcpStream::connect(lb).unwrap()).collect()
+}
+
+/// One HTTP request on a kept-alive connection to a `ringlb backend`; returns the body line.
+fn request(s: &mut TcpStream) -> std::io::Result<String> {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let mut line = String::new();
+    let mut body_len = 0;
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed",
+            ));
+        }
+        if let Some(v) = line.strip_prefix("Content-Length: ") {
+            body_len = v.trim().parse().unwrap();
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0u8; body_len];
+    r.read_exact(&mut body)?;
+    Ok(String::from_utf8_lossy(&body).trim().to_string())
+}
+
+fn scaler_metric(m: SocketAddr, name: &str, direction: Option<&str>) -> f64 {
+    let (_, text) = http(m, "GET", "/metrics", None, None);
+    text.lines()
+        .filter(|l| {
+            l.starts_with(name)
+                && direction.is_none_or(|d| l.contains(&format!("direction=\"{d}\"")))
+        })
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+#[test]
+fn grows_under_load_then_shrinks_after_the_window() {
+    let b = balancer();
+    let s = Scaler::start(
+        &b,
+        &format!("http://{}/metrics", b.metrics),
+        (31000, 31019),
+        1,
+        4,
+        "",
+    );
+    // 20 connections on one backend, target 5 per backend: 4 backends.
+    let held = hold(b.lb, 20);
+    let t = Instant::now();
+    wait_until(Duration::from_secs(15), || up_count(b.admin) == 4);
+    eprintln!("grew to 4 in {:?}", t.elapsed());
+    // It stays there (no flapping past max or back).
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(pool(b.admin).len(), 4);
+    drop(held);
+    // Load gone: after the 1.5 s window, back to the one backend it cannot remove.
+    wait_until(Duration::from_secs(20), || pool(b.admin).len() == 1);
+    assert_eq!(pool(b.admin)[0].0, b.static_addr);
+    assert!(scaler_metric(s.metrics, "ringlb_scaler_decisions_total", Some("out")) >= 1.0);
+    assert!(scaler_metric(s.metrics, "ringlb_scaler_decisions_total", Some("in")) >= 1.0);
+    wait_until(Duration::from_secs(5), || {
+        scaler_metric(s.metrics, "ringlb_scaler_desired_backends", None) == 1.0
+    });
+    let log = s.log();
+    assert!(
+        log.contains("decision: out") && log.contains("value=20"),
+        "decisions are logged with their numbers:\n{log}"
+    );
+    // The launched processes were stopped: their ports refuse.
+    for port in 31000..31003 {
+        wait_until(Duration::from_secs(10), || {
+            TcpStream::connect(addr(port)).is_err()
+        });
+    }
+}
+
+#[test]
+fn scale_in_drains_and_never_cuts_a_live_connection() {
+    let b = balancer();
+    let s = Scaler::start(
+        &b,
+        &format!("http://{}/metrics", b.metrics),
+        (31020, 31039),
+        1,
+        2,
+        "",
+    );
+    let held = hold(b.lb, 12);
+    wait_until(Duration::from_secs(15), || up_count(b.admin) == 2);
+    let launched = pool(b.admin)
+        .into_iter()
+        .find(|(a, _, _)| *a != b.static_addr)
+        .unwrap()
+        .0;
+    // Three long-lived connections: least_conn puts them on the new, empty backend.
+    let mut long: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(b.lb).unwrap()).collect();
+    for c in &mut long {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(
+            request(c).unwrap(),
+            format!("hello from backend-{}", launched.port())
+        );
+    }
+    // The load goes: 3 connections over 2 backends, so the scaler scales in, and the only
+    // backend it may remove is the one carrying the long-lived connections.
+    drop(held);
+    wait_until(Duration::from_secs(15), || {
+        pool(b.admin)
+            .iter()
+            .any(|(a, s, _)| *a == launched && s == "draining")
+    });
+    assert!(s.log().contains("scaling in: draining"), "{}", s.log());
+    // Draining for a while: every exchange still completes, and the process still runs.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        for c in &mut long {
+            assert_eq!(
+                request(c).unwrap(),
+                format!("hello from backend-{}", launched.port()),
+                "a draining connection failed"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        TcpStream::connect(launched).is_ok(),
+        "the backend was stopped while connections were open"
+    );
+    let last = long.pop().unwrap();
+    drop(long);
+    let mut last = last;
+    assert!(request(&mut last).is_ok());
+    assert!(
+        TcpStream::connect(launched).is_ok(),
+        "stopped with one connection still open"
+    );
+    drop(last);
+    // Last connection closed: removed, then stopped.
+    wait_until(Duration::from_secs(10), || {
+        !pool(b.admin).iter().any(|(a, _, _)| *a == launched)
+    });
+    wait_until(Duration::from_secs(10), || {
+        TcpStream::connect(launched).is_err()
+    });
+}
+
+/// A TCP relay the test can cut: the balancer's metrics endpoint "goes away" for the scaler.
+struct Cuttable {
+    addr: SocketAddr,
+    open: Arc<AtomicBool>,
+}
+
+impl Cuttable {
+    fn to(target: SocketAddr) -> Cuttable {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let open = Arc::new(AtomicBool::new(true));
+        let o = open.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                if !o.load(Ordering::Relaxed) {
+                    // Reset at once: nothing answers any more.
+                    let _ = socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO));
+                    continue;
+                }
+                let Ok(up) = TcpStream::connect(target) else {
+                    continue;
+                };
+                let (mut a, mut b) = (c.try_clone().unwrap(), up.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut a, &mut b);
+                    let _ = b.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut a, mut b) = (up, c);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut a, &mut b);
+                    let _ = b.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Cuttable { addr, open }
+    }
+}
+
+#[test]
+fn a_missing_metrics_endpoint_never_causes_a_scale_in() {
+    let b = balancer();
+    let relay = Cuttable::to(b.metrics);
+    let s = Scaler::start(
+        &b,
+        &format!("http://{}/metrics", relay.addr),
+        (31040, 31059),
+        1,
+        2,
+        "",
+    );
+    let held = hold(b.lb, 12);
+    wait_until(Duration::from_secs(15), || up_count(b.admin) == 2);
+    relay.open.store(false, Ordering::Relaxed);
+    drop(held);
+    // Well past the stabilization window: with no reading, nothing is scaled in.
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        assert_eq!(pool(b.admin).len(), 2, "scaled in without a reading");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = s.log();
+    assert!(log.contains("holding: no reading, so no scale-in"), "{log}");
+    assert!(scaler_metric(s.metrics, "ringlb_scaler_decisions_total", Some("hold")) >= 3.0);
+    // The endpoint comes back: the low load is read and the pool shrinks.
+    relay.open.store(true, Ordering::Relaxed);
+    wait_until(Duration::from_secs(15), || pool(b.admin).len() == 1);
+}
+
+/// The pid of the `ringlb backend` listening on `port`.
+fn backend_pid(port: u16) -> Option<u32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmd
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).to_string())
+            .collect();
+        if args.iter().any(|a| a == "backend")
+            && args
+                .windows(2)
+                .any(|w| w[0] == "--port" && w[1] == port.to_string())
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_killed_backend_is_replaced_and_min_max_hold() {
+    let b = balancer();
+    let s = Scaler::start(
+        &b,
+        &format!("http://{}/metrics", b.metrics),
+        (31060, 31079),
+        2,
+        3,
+        "",
+    );
+    // min 2: one backend is launched beside the static one, with no load at all.
+    wait_until(Duration::from_secs(15), || up_count(b.admin) == 2);
+    let launched = pool(b.admin)
+        .into_iter()
+        .find(|(a, _, _)| *a != b.static_addr)
+        .unwrap()
+        .0;
+    let pid = backend_pid(launched.port()).expect("the launched backend's process");
+    Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    // Replaced by a new process on another port; back to 2.
+    wait_until(Duration::from_secs(15), || {
+        let p = pool(b.admin);
+        p.len() == 2 && p.iter().all(|(a, s, _)| *a != launched && s == "up")
+    });
+    assert!(s.log().contains("backend process died"), "{}", s.log());
+    // Heavy load: never above max.
+    let held = hold(b.lb, 60);
+    wait_until(Duration::from_secs(15), || up_count(b.admin) == 3);
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert!(pool(b.admin).len() <= 3, "above max");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(held);
+    wait_until(Duration::from_secs(15), || pool(b.admin).len() == 2);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(pool(b.admin).len(), 2, "below min");
+}
+
+#[test]
+fn bad_scaler_configs_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "pool = \"p\"\nadmin_url = \"http://127.0.0.1:1\"\nmin = 1\nmax = 3\n[source]\nkind = \"lb\"\nmetrics_url = \"http://127.0.0.1:1/metrics\"\n[policy]\nkind = \"target_tracking\"\ntarget = 5\n[actuator]\nkind = \"process\"\ncommand = \"x {port}\"\nports = \"31100-31110\"\n";
+    for (text, needle) in [
+        (base.replace("max = 3", "max = 0"), "max"),
+        (base.replace("min = 1", "min = 5"), "min"),
+        (base.replace("target = 5", "target = 0"), "target"),
+        (base.replace("x {port}", "x"), "{port}"),
+        (
+            base.replace("interval", "x")
+                .replace("pool = \"p\"", "pool = \"p\"\nintervall = \"1s\""),
+            "intervall",
+        ),
+        (base.replace("target_tracking", "magic"), "magic"),
+    ] {
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, &text).unwrap();
+        let out = Command::new(BIN)
+            .args(["scale", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    let _ = std::io::stdout().flush();
+}
