@@ -296,6 +296,9 @@ pub struct Shared {
     pub stopping: AtomicBool,
     /// Connections each worker holds, for the shutdown wait.
     pub worker_connections: Vec<CachePadded<AtomicI64>>,
+    /// Most connections the process can hold with its open-file limit (two descriptors
+    /// each, some kept for everything else), like HAProxy's maxconn derived from ulimit -n.
+    pub connection_budget: AtomicI64,
 }
 
 impl Shared {
@@ -306,7 +309,16 @@ impl Shared {
             worker_connections: (0..workers)
                 .map(|_| CachePadded::new(AtomicI64::new(0)))
                 .collect(),
+            connection_budget: AtomicI64::new(i64::MAX),
         })
+    }
+
+    /// Sets the connection budget from the open-file limit: (limit - reserve) / 2.
+    pub fn set_descriptor_limit(&self, limit: u64) {
+        let reserve = (limit / 4).min(256);
+        let budget = (limit.saturating_sub(reserve) / 2).max(1);
+        self.connection_budget
+            .store(budget.min(i64::MAX as u64) as i64, Ordering::Relaxed);
     }
 
     /// Connections open across all workers.

@@ -251,7 +251,7 @@ stop_grace = "2s"
             turn += 1;
             let mut buf = [0u8; 512];
             conns.retain_mut(|c| {
-                if turn % 4 != 0 {
+                if !turn.is_multiple_of(4) {
                     return true;
                 }
                 c.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\n\r\n").is_ok()

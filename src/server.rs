@@ -83,6 +83,7 @@ impl Server {
         );
         let state = State::new(config.clone(), workers)?;
         let shared = state.shared.clone();
+        shared.set_descriptor_limit(limit);
         let handles = proxy::start(&config, shared.clone())?;
         let control = match Control::start(state, endpoints) {
             Ok(c) => c,

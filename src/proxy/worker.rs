@@ -270,6 +270,19 @@ impl Worker {
         let stats = &listener.stats;
         stats.connections.fetch_add(1, Relaxed);
         let active = stats.active.fetch_add(1, Relaxed) + 1;
+        let budget = self.shared.connection_budget.load(Relaxed);
+        if self.shared.open_connections() >= budget {
+            // As many connections as descriptors allow: refuse this one and pause accepting
+            // (a backend socket for it would fail anyway).
+            stats.active.fetch_sub(1, Relaxed);
+            stats.rejected.fetch_add(1, Relaxed);
+            sys::close(fd);
+            for i in 0..self.listening.len() {
+                self.listening[i].paused_until = self.now + ACCEPT_PAUSE_TICKS;
+                self.cancel_accept(i);
+            }
+            return;
+        }
         if listener.max_connections > 0 && active > listener.max_connections as i64 {
             // Over the limit: refuse this one and stop accepting until a slot frees up (the
             // kernel's backlog holds the rest, as HAProxy's maxconn does).
@@ -360,9 +373,19 @@ impl Worker {
         let fd = match sys::stream_socket(backend.addr.is_ipv6()) {
             Ok(fd) => fd,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot create a backend socket");
                 backend.stats.active.fetch_sub(1, Relaxed);
-                c.backend = Some(backend);
+                if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
+                    // Out of descriptors: stop taking clients we cannot serve; those waiting
+                    // stay in the backlog until descriptors free up.
+                    for i in 0..self.listening.len() {
+                        self.listening[i].paused_until = self.now + ACCEPT_PAUSE_TICKS;
+                        self.cancel_accept(i);
+                    }
+                }
+                if self.accept_warned < 1 {
+                    tracing::warn!(error = %e, "cannot create a backend socket");
+                }
+                self.accept_warned += 1;
                 self.teardown(slot);
                 return;
             }

@@ -413,11 +413,11 @@ pub fn main(path: &std::path::Path) -> i32 {
         }
     };
     rt.block_on(async move {
-        if let Some(l) = listener {
-            if let Err(e) = crate::metrics::install().and_then(|_| serve_metrics(l)) {
-                eprintln!("ringlb scale: {e}");
-                return 1;
-            }
+        if let Some(l) = listener
+            && let Err(e) = crate::metrics::install().and_then(|_| serve_metrics(l))
+        {
+            eprintln!("ringlb scale: {e}");
+            return 1;
         }
         scaler.run(terminated()).await;
         0

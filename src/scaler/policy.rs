@@ -104,7 +104,7 @@ impl PolicyConfig {
             PolicyConfig::TargetTracking {
                 target, tolerance, ..
             } => {
-                if !(*target > 0.0) {
+                if target.is_nan() || *target <= 0.0 {
                     return Err("policy.target must be above 0".into());
                 }
                 if !(0.0..1.0).contains(tolerance) {
@@ -366,11 +366,11 @@ impl Policy {
         }
         // Cooldowns: after an action, the same direction waits.
         if desired > current {
-            if let Some(t) = self.last_out {
-                if now.duration_since(t) < self.limits.scale_out_cooldown {
-                    reason.push_str("; in scale-out cooldown");
-                    desired = current.max(self.limits.min);
-                }
+            if let Some(t) = self.last_out
+                && now.duration_since(t) < self.limits.scale_out_cooldown
+            {
+                reason.push_str("; in scale-out cooldown");
+                desired = current.max(self.limits.min);
             }
         } else if desired < current {
             let blocked = [self.last_in, self.last_out]

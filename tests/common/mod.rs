@@ -20,6 +20,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback listener with a deep backlog (std's is 128: a burst of connects through the
+/// proxy would overflow it and wait out SYN retransmits).
+pub fn listen_any(backlog: i32) -> TcpListener {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    s.listen(backlog).unwrap();
+    s.into()
+}
+
 /// An address that refuses connections: a port that was bound and released.
 pub fn refusing_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
@@ -46,7 +57,7 @@ impl TestBackend {
     }
 
     fn start_with(name: &str, greet: bool) -> TestBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = listen_any(4096);
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
