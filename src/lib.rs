@@ -15,6 +15,7 @@
 //!   SIGHUP reloads) and shuts down.
 //! - [`scaler`]: `ringlb scale`, the companion autoscaler: `source` (readings), `policy`
 //!   (target tracking, step, simple), `actuator` (process, exec); talks HTTP only.
+//! - [`notify`]: systemd readiness (READY=1 once listeners accept, STOPPING=1, RELOADING=1).
 //! - [`demo`]: `ringlb demo`: built-in backends plus a balancer on loopback.
 //!
 //! Threads: one worker per core, each with its own ring and SO_REUSEPORT listeners; one
@@ -28,6 +29,7 @@ pub mod control;
 pub mod demo;
 pub mod health;
 pub mod metrics;
+pub mod notify;
 pub mod proxy;
 pub mod scaler;
 pub mod server;

@@ -102,6 +102,8 @@ impl Server {
             tracing::info!(url = %format!("http://{a}/backends"), "admin API");
         }
         tracing::debug!(open_files_limit = limit, "started");
+        // Every worker's listener accepts and the control plane serves: tell systemd.
+        crate::notify::notify("READY=1\nSTATUS=listening");
         Ok(Server {
             shared,
             control,
@@ -133,12 +135,14 @@ impl Server {
         );
         for sig in signals.forever() {
             if sig == SIGHUP {
+                crate::notify::notify("RELOADING=1");
                 match self.reload() {
                     Ok(()) => tracing::info!("configuration reloaded"),
                     Err(e) => {
                         tracing::error!(error = %e, "reload refused; the running configuration stays")
                     }
                 }
+                crate::notify::notify("READY=1");
                 continue;
             }
             break;
@@ -150,6 +154,7 @@ impl Server {
 
     /// Stops accepting and waits up to `timeout` for open connections to finish.
     pub fn stop(self, timeout: Duration) {
+        crate::notify::notify("STOPPING=1");
         self.shared.stopping.store(true, Ordering::Relaxed);
         let open = self.shared.open_connections();
         tracing::info!(open_connections = open, timeout = ?timeout, "stopping: no new connections; waiting for open ones");

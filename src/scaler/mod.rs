@@ -419,7 +419,9 @@ pub fn main(path: &std::path::Path) -> i32 {
             eprintln!("ringlb scale: {e}");
             return 1;
         }
+        crate::notify::notify("READY=1");
         scaler.run(terminated()).await;
+        crate::notify::notify("STOPPING=1");
         0
     })
 }
