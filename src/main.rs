@@ -25,6 +25,9 @@ enum Command {
     Scale {
         #[arg(short, long)]
         config: PathBuf,
+        /// Only validate the config and print it (exit 0), or the error (exit 1).
+        #[arg(long)]
+        check: bool,
     },
     /// A tiny HTTP backend that answers with its name (for demos, tests and the process actuator).
     Backend {
@@ -75,7 +78,24 @@ fn main() {
                 1
             }
         },
-        Command::Scale { config } => ringlb::scaler::main(&config),
+        Command::Scale {
+            config,
+            check: false,
+        } => ringlb::scaler::main(&config),
+        Command::Scale {
+            config,
+            check: true,
+        } => match ringlb::scaler::ScalerConfig::load(&config) {
+            Ok(c) => {
+                print!("{}", toml::to_string_pretty(&c).unwrap_or_default());
+                eprintln!("ringlb: {} is valid", config.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("ringlb scale: config error: {e}");
+                1
+            }
+        },
         Command::Backend { port, host, name } => {
             let name = name.unwrap_or_else(|| format!("backend-{port}"));
             report(

@@ -13,11 +13,20 @@ fn ready_is_sent_only_once_the_listener_accepts_and_stopping_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
     let backend = TestBackend::start("b");
     let port = free_port();
     let cfg_path = dir.path().join("ringlb.toml");
-    std::fs::write(&cfg_path, format!("{}{}", listener_config("l", port, "p", ""), pool_config("p", "round_robin", &[(backend.addr, 1)], ""))).unwrap();
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "{}{}",
+            listener_config("l", port, "p", ""),
+            pool_config("p", "round_robin", &[(backend.addr, 1)], "")
+        ),
+    )
+    .unwrap();
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(&cfg_path)
@@ -34,9 +43,130 @@ fn ready_is_sent_only_once_the_listener_accepts_and_stopping_on_sigterm() {
     let (s, name) = greet(addr(port));
     assert_eq!(name, "b");
     drop(s);
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     let n = sock.recv(&mut buf).expect("STOPPING=1");
     assert_eq!(String::from_utf8_lossy(&buf[..n]), "STOPPING=1");
     assert_eq!(child.wait().unwrap().code(), Some(0));
     assert!(TcpStream::connect(addr(port)).is_err());
+}
+
+/// Metric names (without histogram suffixes) a scrape shows.
+fn names(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+        .map(|n| {
+            n.trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count")
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn dashboard_and_alerts_use_only_metrics_that_exist() {
+    // A balancer with traffic and health checks, and a scaler that has made a decision.
+    let backend = TestBackend::start("b");
+    let (port, admin, metrics, scaler_metrics) = (
+        free_port(),
+        addr(free_port()),
+        addr(free_port()),
+        addr(free_port()),
+    );
+    let cfg = format!(
+        "[admin]\nlisten = \"{admin}\"\n[metrics]\nlisten = \"{metrics}\"\n{}{}[pools.p.health]\ninterval = \"100ms\"\n",
+        listener_config("l", port, "p", ""),
+        pool_config("p", "round_robin", &[(backend.addr, 1)], "")
+    );
+    let _p = Proxy::start(&cfg, addr(port));
+    drop(greet(addr(port)));
+    let dir = tempfile::tempdir().unwrap();
+    let scfg = dir.path().join("s.toml");
+    std::fs::write(
+        &scfg,
+        format!(
+            "pool = \"p\"\nadmin_url = \"http://{admin}\"\ninterval = \"100ms\"\nlisten = \"{scaler_metrics}\"\nmin = 1\nmax = 1\n[source]\nkind = \"lb\"\nmetrics_url = \"http://{metrics}/metrics\"\n[policy]\nkind = \"target_tracking\"\ntarget = 5\n[actuator]\nkind = \"process\"\ncommand = \"sleep 1 # {{port}}\"\nports = \"31200-31209\"\n"
+        ),
+    )
+    .unwrap();
+    let mut scaler = Command::new(BIN)
+        .args(["scale", "--config"])
+        .arg(&scfg)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut exported = std::collections::BTreeSet::new();
+    wait_until(Duration::from_secs(10), || {
+        let lb = TcpStream::connect(metrics)
+            .is_ok()
+            .then(|| http(metrics, "GET", "/metrics", None, None).1)
+            .unwrap_or_default();
+        let sc = TcpStream::connect(scaler_metrics)
+            .is_ok()
+            .then(|| http(scaler_metrics, "GET", "/metrics", None, None).1)
+            .unwrap_or_default();
+        exported = names(&lb).union(&names(&sc)).cloned().collect();
+        exported.contains("ringlb_health_checks_total")
+            && exported.contains("ringlb_scaler_desired_backends")
+            && exported.contains("ringlb_connection_duration_seconds")
+    });
+    let _ = scaler.kill();
+    let _ = scaler.wait();
+    let root = env!("CARGO_MANIFEST_DIR");
+    for file in ["deploy/grafana/ringlb.json", "deploy/prometheus/alerts.yml"] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        let mut used = std::collections::BTreeSet::new();
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("ringlb_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            used.insert(tail[..end].trim_end_matches("_bucket").to_string());
+            rest = &tail[end..];
+        }
+        let missing: Vec<_> = used.iter().filter(|n| !exported.contains(*n)).collect();
+        assert!(
+            missing.is_empty(),
+            "{file} uses metrics ringlb does not export: {missing:?} (exported: {exported:?})"
+        );
+        assert!(!used.is_empty());
+    }
+    // The dashboard is valid JSON with a query in every panel.
+    let d: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/deploy/grafana/ringlb.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        d["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["targets"][0]["expr"].is_string())
+    );
+}
+
+#[test]
+fn every_deploy_file_passes_its_real_checker() {
+    // promtool (config, rules, rule unit tests), systemd-analyze verify, the dashboard JSON,
+    // the Kubernetes YAML with its RBAC and embedded configs run through this binary.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/check.sh");
+    let out = Command::new("bash").arg(script).arg(BIN).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "deploy/check.sh failed (it needs promtool, systemd-analyze and python3-yaml: see .ci/run):\n{text}"
+    );
+    assert!(
+        text.contains("SUCCESS") && text.contains("ok: 9 documents"),
+        "{text}"
+    );
 }

@@ -76,13 +76,13 @@ pub fn port_range(s: &str) -> Result<(u16, u16), String> {
 pub struct Actuator {
     cfg: ActuatorConfig,
     children: BTreeMap<SocketAddr, Child>,
-    /// Backends made by `exec` (no process of ours to watch).
-    made: Vec<SocketAddr>,
     /// Children being stopped: SIGKILL at the deadline.
     stopping: Vec<(Child, Instant)>,
     /// Where the next port search starts: ports are used in turn, so a backend that just
     /// died is not replaced on its own port while the balancer may still list it.
     next_port: u16,
+    /// Every backend made and not yet stopped, in launch order.
+    order: Vec<SocketAddr>,
 }
 
 impl Actuator {
@@ -96,19 +96,15 @@ impl Actuator {
         Ok(Actuator {
             cfg,
             children: BTreeMap::new(),
-            made: Vec::new(),
             stopping: Vec::new(),
             next_port: 0,
+            order: Vec::new(),
         })
     }
 
-    /// Backends this actuator made and has not stopped.
+    /// Backends this actuator made and has not stopped, oldest first.
     pub fn owned(&self) -> Vec<SocketAddr> {
-        self.children
-            .keys()
-            .copied()
-            .chain(self.made.iter().copied())
-            .collect()
+        self.order.clone()
     }
 
     /// Pids of the running backend processes.
@@ -148,6 +144,7 @@ impl Actuator {
                     .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
                 tracing::info!(backend = %addr, pid = child.id(), command = %cmd, "launched backend process");
                 self.children.insert(addr, child);
+                self.order.push(addr);
                 Ok(addr)
             }
             ActuatorConfig::Exec { up, .. } => {
@@ -176,7 +173,7 @@ impl Actuator {
                     )
                 })?;
                 tracing::info!(backend = %addr, command = %cmd, "exec: backend up");
-                self.made.push(addr);
+                self.order.push(addr);
                 Ok(addr)
             }
         }
@@ -190,6 +187,7 @@ impl Actuator {
 
     /// Stops a drained backend: SIGTERM now, SIGKILL after the grace period (see `tick`).
     pub fn stop(&mut self, addr: SocketAddr, count: u32) {
+        self.order.retain(|a| *a != addr);
         match &self.cfg {
             ActuatorConfig::Process { stop_grace, .. } => {
                 if let Some(child) = self.children.remove(&addr) {
@@ -201,7 +199,6 @@ impl Actuator {
                 }
             }
             ActuatorConfig::Exec { down, .. } => {
-                self.made.retain(|a| *a != addr);
                 let cmd = down
                     .replace("{addr}", &addr.to_string())
                     .replace("{count}", &count.to_string());
@@ -245,6 +242,7 @@ impl Actuator {
             .filter_map(|(a, c)| matches!(c.try_wait(), Ok(Some(_))).then_some(*a))
             .collect();
         for a in &dead {
+            self.order.retain(|x| x != a);
             if let Some(mut c) = self.children.remove(a) {
                 let status = c.wait().map(|s| s.to_string()).unwrap_or_default();
                 tracing::warn!(backend = %a, %status, "backend process exited on its own");

@@ -50,6 +50,11 @@ pub struct ScalerConfig {
     /// keep serving, so a scaler restart never cuts a connection).
     #[serde(default)]
     pub stop_backends_on_exit: bool,
+    /// Which of our backends goes first on scale-in: the one with the fewest active
+    /// connections (default), or the newest (for a StatefulSet, whose scale-down always
+    /// removes the highest ordinal).
+    #[serde(default)]
+    pub scale_in_order: ScaleInOrder,
     pub source: SourceConfig,
     pub policy: PolicyConfig,
     pub actuator: ActuatorConfig,
@@ -64,6 +69,14 @@ mod dur {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         crate::config::parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleInOrder {
+    #[default]
+    FewestConnections,
+    Newest,
 }
 
 fn default_interval() -> Duration {
@@ -299,7 +312,14 @@ impl Scaler {
                         && b.addr.parse().map(|a| owned.contains(&a)).unwrap_or(false)
                 })
                 .collect();
-            candidates.sort_by_key(|b| (b.state == "up", b.active_connections));
+            match self.cfg.scale_in_order {
+                ScaleInOrder::FewestConnections => {
+                    candidates.sort_by_key(|b| (b.state == "up", b.active_connections))
+                }
+                ScaleInOrder::Newest => candidates.sort_by_key(|b| {
+                    std::cmp::Reverse(owned.iter().position(|a| a.to_string() == b.addr))
+                }),
+            }
             let n = (observed - desired) as usize;
             if candidates.len() < n {
                 tracing::warn!(pool = %pool, want = n, ours = candidates.len(), "cannot scale in that far: the other backends were not launched by this scaler");

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Checks every file in deploy/ with the real tool for it. Usage: deploy/check.sh path/to/ringlb
+# Needs: promtool (Debian's prometheus), systemd-analyze (systemd), python3 with yaml (python3-yaml).
+set -euo pipefail
+bin=$(realpath "${1:?usage: deploy/check.sh path/to/ringlb}")
+cd "$(dirname "$0")"
+py=/usr/bin/python3
+fail=0
+step() { echo "== $*"; }
+
+step "promtool: Prometheus config, alert rules and their unit tests"
+promtool check config prometheus/prometheus.yml
+promtool check rules prometheus/alerts.yml
+promtool test rules prometheus/alerts_test.yml
+
+step "systemd-analyze verify (any warning fails)"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+for u in systemd/*.service; do
+  sed "s|/usr/local/bin/ringlb|$bin|g" "$u" > "$tmp/$(basename "$u")"
+done
+out=$(systemd-analyze verify "$tmp"/*.service 2>&1 || true)
+if [ -n "$out" ]; then echo "$out"; fail=1; else echo "ok: $(ls systemd)"; fi
+
+step "Grafana dashboard: JSON, and every panel has a query"
+$py - <<'PY'
+import json, sys
+d = json.load(open("grafana/ringlb.json"))
+assert d["panels"], "no panels"
+for p in d["panels"]:
+    assert p.get("targets") and all(t.get("expr") for t in p["targets"]), f"panel {p.get('title')} has no query"
+print(f"ok: {len(d['panels'])} panels")
+PY
+
+step "Kubernetes manifests: YAML, required fields, minimal RBAC, embedded configs"
+$py - "$bin" "$tmp" <<'PY'
+import subprocess, sys, yaml
+bin, tmp = sys.argv[1], sys.argv[2]
+docs = []
+for f in ["kubernetes/ringlb.yaml", "kubernetes/scaler.yaml"]:
+    for d in yaml.safe_load_all(open(f)):
+        if d:
+            assert d.get("apiVersion") and d.get("kind") and d.get("metadata", {}).get("name"), f"{f}: a document lacks apiVersion/kind/metadata.name"
+            docs.append((f, d))
+for f, d in docs:
+    if d["kind"] in ("Deployment", "StatefulSet"):
+        spec = d["spec"]
+        assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items(), f"{f}: selector does not match the pod labels"
+        for c in spec["template"]["spec"]["containers"]:
+            assert c.get("image"), f"{f}: container without image"
+            assert c.get("securityContext", {}).get("allowPrivilegeEscalation") is False, f"{f}: {c['name']} may escalate"
+    if d["kind"] == "Role":
+        for r in d["rules"]:
+            assert r.get("resourceNames"), f"{f}: a rule is not limited to named resources"
+            assert "delete" not in r["verbs"] and "create" not in r["verbs"] and "*" not in r["verbs"], f"{f}: RBAC too wide: {r}"
+        scale = [r for r in d["rules"] if any(x.endswith("/scale") for x in r["resources"])]
+        assert scale and all(r["resourceNames"] == ["web"] for r in scale), f"{f}: scale rule must name the one StatefulSet"
+# The configs inside the ConfigMaps must be valid for the binary itself.
+for f, d in docs:
+    if d["kind"] != "ConfigMap":
+        continue
+    for key, text in d["data"].items():
+        if not key.endswith(".toml"):
+            continue
+        path = f"{tmp}/{key}"
+        open(path, "w").write(text)
+        cmd = [bin, "check", "--config", path] if key == "ringlb.toml" else [bin, "scale", "--check", "--config", path]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        assert r.returncode == 0, f"{f}: {key} is not valid: {r.stderr}"
+print(f"ok: {len(docs)} documents")
+PY
+
+step "Containerfile: the files it copies exist"
+for src in $(awk '/^COPY/ && !/--from/ {for (i=2;i<NF;i++) print $i}' container/Containerfile); do
+  [ -e "../$src" ] || { echo "Containerfile copies $src, which does not exist"; fail=1; }
+done
+echo "ok: container/Containerfile (not built here: no container engine on this machine)"
+
+exit $fail
