@@ -101,14 +101,16 @@ fn dashboard_and_alerts_use_only_metrics_that_exist() {
         .unwrap();
     let mut exported = std::collections::BTreeSet::new();
     wait_until(Duration::from_secs(10), || {
-        let lb = TcpStream::connect(metrics)
-            .is_ok()
-            .then(|| http(metrics, "GET", "/metrics", None, None).1)
-            .unwrap_or_default();
-        let sc = TcpStream::connect(scaler_metrics)
-            .is_ok()
-            .then(|| http(scaler_metrics, "GET", "/metrics", None, None).1)
-            .unwrap_or_default();
+        let lb = if TcpStream::connect(metrics).is_ok() {
+            http(metrics, "GET", "/metrics", None, None).1
+        } else {
+            Default::default()
+        };
+        let sc = if TcpStream::connect(scaler_metrics).is_ok() {
+            http(scaler_metrics, "GET", "/metrics", None, None).1
+        } else {
+            Default::default()
+        };
         exported = names(&lb).union(&names(&sc)).cloned().collect();
         exported.contains("ringlb_health_checks_total")
             && exported.contains("ringlb_scaler_desired_backends")
