@@ -410,23 +410,29 @@ fn idle_memory(t: &Target, n: usize) -> f64 {
     }
     std::thread::sleep(Duration::from_millis(500));
     let after = rss_kb(&pids);
-    let opened = conns.len().max(1);
+    let opened = conns.len();
     drop(conns);
-    std::thread::sleep(Duration::from_millis(500));
+    HELD.lock().unwrap().clear();
+    std::thread::sleep(Duration::from_millis(1000));
+    if opened < n {
+        eprintln!("  {}: only {opened} of {n} connections opened; no figure", t.name);
+        return f64::NAN;
+    }
     (after - before) * 1024.0 / opened as f64
 }
+
+/// Connections the idle backend holds; emptied after each proxy's idle run.
+static HELD: std::sync::Mutex<Vec<TcpStream>> = std::sync::Mutex::new(Vec::new());
 
 /// An echo-once backend for the idle-connection run: echoes, then holds.
 fn idle_backend() {
     let l = TcpListener::bind(("127.0.0.1", IDLE_BACKEND)).expect("idle backend port");
     std::thread::spawn(move || {
-        // Held for the whole run: the bench ends the process.
-        let mut held = Vec::new();
         for s in l.incoming().flatten() {
             let mut s = s;
             let mut b = [0u8; 1];
             if s.read_exact(&mut b).is_ok() && s.write_all(&b).is_ok() {
-                held.push(s);
+                HELD.lock().unwrap().push(s);
             }
         }
     });
@@ -512,6 +518,9 @@ fn main() {
     if o.idle > 0 {
         for t in targets.iter().filter(|t| t.idle != 0) {
             let per = idle_memory(t, o.idle);
+            if per.is_nan() {
+                continue;
+            }
             eprintln!(
                 "idle {:13} {per:8.0} B of RSS per idle proxied connection ({} connections)",
                 t.name, o.idle
