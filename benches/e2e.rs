@@ -415,7 +415,10 @@ fn idle_memory(t: &Target, n: usize) -> f64 {
     HELD.lock().unwrap().clear();
     std::thread::sleep(Duration::from_millis(1000));
     if opened < n {
-        eprintln!("  {}: only {opened} of {n} connections opened; no figure", t.name);
+        eprintln!(
+            "  {}: only {opened} of {n} connections opened; no figure",
+            t.name
+        );
         return f64::NAN;
     }
     (after - before) * 1024.0 / opened as f64
