@@ -23,14 +23,26 @@ fn single_pool(backends: &[SocketAddr], listener_extra: &str, top: &str) -> (Pro
 fn sixty_four_mib_each_way_arrive_intact() {
     let echo = TestBackend::echo();
     let (_p, lb) = single_pool(&[echo.addr], "", "workers = 2");
-    let total: usize = 64 << 20;
+    // An odd chunk size: chunk edges never line up with the proxy's buffers.
+    echo_intact(
+        lb,
+        64 << 20,
+        100_003,
+        0x1234_5678_9abc_def0,
+        "one connection",
+    );
+}
+
+/// Sends `total` pseudo-random bytes (in `chunk`-sized writes) through an echo path while
+/// reading them back, then half-closes; asserts every byte came back, in order.
+fn echo_intact(lb: SocketAddr, total: usize, chunk: usize, seed: u64, what: &str) {
     let s = TcpStream::connect(lb).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut w = s.try_clone().unwrap();
     let writer = std::thread::spawn(move || {
         let mut h = Xxh3::new();
-        let mut seed = 0x1234_5678_9abc_def0u64;
-        let mut buf = vec![0u8; 100_003]; // odd size: chunk edges never line up with buffers
+        let mut seed = seed;
+        let mut buf = vec![0u8; chunk];
         let mut sent = 0;
         while sent < total {
             let n = buf.len().min(total - sent);
@@ -55,8 +67,12 @@ fn sixty_four_mib_each_way_arrive_intact() {
         got += n;
     }
     let sent_hash = writer.join().unwrap();
-    assert_eq!(got, total, "bytes back");
-    assert_eq!(h.digest(), sent_hash, "checksum of the echoed stream");
+    assert_eq!(got, total, "{what}: bytes back");
+    assert_eq!(
+        h.digest(),
+        sent_hash,
+        "{what}: checksum of the echoed stream"
+    );
 }
 
 #[test]
@@ -386,43 +402,7 @@ fn a_tiny_buffer_pool_parks_and_resumes_without_losing_bytes() {
     let handles: Vec<_> = (0..32u64)
         .map(|i| {
             std::thread::spawn(move || {
-                let s = TcpStream::connect(lb).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-                let mut w = s.try_clone().unwrap();
-                let total = 1 << 20;
-                let writer = std::thread::spawn(move || {
-                    let mut seed = i + 1;
-                    let mut h = Xxh3::new();
-                    let mut buf = vec![0u8; 7919];
-                    let mut sent = 0;
-                    while sent < total {
-                        let n = buf.len().min(total - sent);
-                        fill(&mut buf[..n], &mut seed);
-                        w.write_all(&buf[..n]).unwrap();
-                        h.update(&buf[..n]);
-                        sent += n;
-                    }
-                    w.shutdown(Shutdown::Write).unwrap();
-                    h.digest()
-                });
-                let mut r = s;
-                let mut h = Xxh3::new();
-                let mut got = 0;
-                let mut buf = vec![0u8; 65536];
-                loop {
-                    let n = r.read(&mut buf).unwrap();
-                    if n == 0 {
-                        break;
-                    }
-                    h.update(&buf[..n]);
-                    got += n;
-                }
-                assert_eq!(got, total, "connection {i}: bytes back");
-                assert_eq!(
-                    h.digest(),
-                    writer.join().unwrap(),
-                    "connection {i}: checksum"
-                );
+                echo_intact(lb, 1 << 20, 7919, i + 1, &format!("connection {i}"))
             })
         })
         .collect();

@@ -310,6 +310,14 @@ fn scale_in_drains_and_never_cuts_a_live_connection() {
     });
 }
 
+/// Copies `from` to `to` on a thread, then half-closes `to`.
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
+}
+
 /// A TCP relay the test can cut: the balancer's metrics endpoint "goes away" for the scaler.
 struct Cuttable {
     addr: SocketAddr,
@@ -332,16 +340,8 @@ impl Cuttable {
                 let Ok(up) = TcpStream::connect(target) else {
                     continue;
                 };
-                let (mut a, mut b) = (c.try_clone().unwrap(), up.try_clone().unwrap());
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut a, &mut b);
-                    let _ = b.shutdown(std::net::Shutdown::Write);
-                });
-                let (mut a, mut b) = (up, c);
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut a, &mut b);
-                    let _ = b.shutdown(std::net::Shutdown::Write);
-                });
+                pipe(c.try_clone().unwrap(), up.try_clone().unwrap());
+                pipe(up, c);
             }
         });
         Cuttable { addr, open }

@@ -124,19 +124,7 @@ impl Balancer for Maglev {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balance::testutil::{backends, keys};
-
-    fn owner(t: &Maglev, b: &[Arc<Backend>], key: u64) -> usize {
-        t.pick(
-            b,
-            &Pick {
-                key,
-                rand: 0,
-                tried: &[],
-            },
-        )
-        .unwrap()
-    }
+    use crate::balance::testutil::{backends, keys, owner};
 
     #[test]
     fn removing_a_backend_moves_little_more_than_its_share() {

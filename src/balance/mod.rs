@@ -149,6 +149,19 @@ pub(crate) mod testutil {
             .collect()
     }
 
+    /// The backend a balancer gives `key` (with nothing tried yet).
+    pub fn owner(b: &dyn super::Balancer, backends: &[Arc<Backend>], key: u64) -> usize {
+        b.pick(
+            backends,
+            &super::Pick {
+                key,
+                rand: 0,
+                tried: &[],
+            },
+        )
+        .expect("an eligible backend")
+    }
+
     /// 10,000 client keys.
     pub fn keys() -> Vec<u64> {
         (0..10_000u32)

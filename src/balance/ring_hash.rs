@@ -109,19 +109,7 @@ impl Balancer for RingHash {
 mod tests {
     use super::*;
     use crate::backend::BackendState;
-    use crate::balance::testutil::{backends, keys};
-
-    fn owner(r: &RingHash, b: &[Arc<Backend>], key: u64) -> usize {
-        r.pick(
-            b,
-            &Pick {
-                key,
-                rand: 0,
-                tried: &[],
-            },
-        )
-        .unwrap()
-    }
+    use crate::balance::testutil::{backends, keys, owner};
 
     #[test]
     fn removing_a_backend_moves_only_its_keys() {

@@ -27,24 +27,13 @@ pub enum ActuatorConfig {
         #[serde(default = "localhost")]
         host: IpAddr,
         /// SIGTERM, then SIGKILL after this long.
-        #[serde(default = "default_grace", with = "dur")]
+        #[serde(default = "default_grace", with = "crate::config::duration_serde")]
         stop_grace: Duration,
     },
     Exec {
         up: String,
         down: String,
     },
-}
-
-mod dur {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::config::format_duration(*d))
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        crate::config::parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
 }
 
 fn localhost() -> IpAddr {

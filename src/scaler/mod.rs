@@ -32,19 +32,19 @@ pub struct ScalerConfig {
     pub admin_url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
-    #[serde(default = "default_interval", with = "dur")]
+    #[serde(default = "default_interval", with = "crate::config::duration_serde")]
     pub interval: Duration,
     /// Where the scaler serves its own /metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
     pub min: u32,
     pub max: u32,
-    #[serde(default, with = "dur")]
+    #[serde(default, with = "crate::config::duration_serde")]
     pub scale_out_cooldown: Duration,
-    #[serde(default, with = "dur")]
+    #[serde(default, with = "crate::config::duration_serde")]
     pub scale_in_cooldown: Duration,
     /// How long a backend being scaled in may keep its connections.
-    #[serde(default = "default_drain", with = "dur")]
+    #[serde(default = "default_drain", with = "crate::config::duration_serde")]
     pub drain_timeout: Duration,
     /// Stop the backends this scaler launched when it exits (the demo does; by default they
     /// keep serving, so a scaler restart never cuts a connection).
@@ -58,17 +58,6 @@ pub struct ScalerConfig {
     pub source: SourceConfig,
     pub policy: PolicyConfig,
     pub actuator: ActuatorConfig,
-}
-
-mod dur {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::config::format_duration(*d))
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        crate::config::parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]

@@ -21,7 +21,10 @@ pub enum PolicyConfig {
         #[serde(default = "default_tolerance")]
         tolerance: f64,
         /// Scale in only to the highest recommendation of this window.
-        #[serde(default = "default_stabilization", with = "dur")]
+        #[serde(
+            default = "default_stabilization",
+            with = "crate::config::duration_serde"
+        )]
         scale_in_stabilization: Duration,
     },
     /// Bands of the metric (relative to `threshold`) with adjustments, like AWS step scaling.
@@ -40,17 +43,6 @@ pub enum PolicyConfig {
         scale_out: Option<SimpleRule>,
         scale_in: Option<SimpleRule>,
     },
-}
-
-mod dur {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::config::format_duration(*d))
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        crate::config::parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
 }
 
 fn default_tolerance() -> f64 {
