@@ -49,14 +49,19 @@ struct Scaler {
 }
 
 impl Scaler {
+    /// A scaler for pool p of `b`, launching backends on 20 ports from `first_port`,
+    /// reading the balancer's metrics (or `metrics_url`).
     fn start(
         b: &Balancer,
-        metrics_url: &str,
-        ports: (u16, u16),
+        metrics_url: Option<&str>,
+        first_port: u16,
         min: u32,
         max: u32,
-        extra_policy: &str,
     ) -> Scaler {
+        let metrics_url = metrics_url
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("http://{}/metrics", b.metrics));
+        let ports = (first_port, first_port + 19);
         let dir = tempfile::tempdir().unwrap();
         let metrics = addr(free_port());
         let cfg = format!(
@@ -77,7 +82,6 @@ metrics_url = "{metrics_url}"
 kind = "target_tracking"
 target = 5
 scale_in_stabilization = "1500ms"
-{extra_policy}
 
 [actuator]
 kind = "process"
@@ -202,14 +206,7 @@ fn scaler_metric(m: SocketAddr, name: &str, direction: Option<&str>) -> f64 {
 #[test]
 fn grows_under_load_then_shrinks_after_the_window() {
     let b = balancer();
-    let s = Scaler::start(
-        &b,
-        &format!("http://{}/metrics", b.metrics),
-        (31000, 31019),
-        1,
-        4,
-        "",
-    );
+    let s = Scaler::start(&b, None, 31000, 1, 4);
     // 20 connections on one backend, target 5 per backend: 4 backends.
     let held = hold(b.lb, 20);
     let t = Instant::now();
@@ -243,14 +240,7 @@ fn grows_under_load_then_shrinks_after_the_window() {
 #[test]
 fn scale_in_drains_and_never_cuts_a_live_connection() {
     let b = balancer();
-    let s = Scaler::start(
-        &b,
-        &format!("http://{}/metrics", b.metrics),
-        (31020, 31039),
-        1,
-        2,
-        "",
-    );
+    let s = Scaler::start(&b, None, 31020, 1, 2);
     let held = hold(b.lb, 12);
     wait_until(Duration::from_secs(15), || up_count(b.admin) == 2);
     let launched = pool(b.admin)
@@ -354,11 +344,10 @@ fn a_missing_metrics_endpoint_never_causes_a_scale_in() {
     let relay = Cuttable::to(b.metrics);
     let s = Scaler::start(
         &b,
-        &format!("http://{}/metrics", relay.addr),
-        (31040, 31059),
+        Some(&format!("http://{}/metrics", relay.addr)),
+        31040,
         1,
         2,
-        "",
     );
     let held = hold(b.lb, 12);
     wait_until(Duration::from_secs(15), || up_count(b.admin) == 2);
@@ -403,14 +392,7 @@ fn backend_pid(port: u16) -> Option<u32> {
 #[test]
 fn a_killed_backend_is_replaced_and_min_max_hold() {
     let b = balancer();
-    let s = Scaler::start(
-        &b,
-        &format!("http://{}/metrics", b.metrics),
-        (31060, 31079),
-        2,
-        3,
-        "",
-    );
+    let s = Scaler::start(&b, None, 31060, 2, 3);
     // min 2: one backend is launched beside the static one, with no load at all.
     wait_until(Duration::from_secs(15), || up_count(b.admin) == 2);
     let launched = pool(b.admin)
