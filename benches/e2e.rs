@@ -29,6 +29,7 @@ struct Opts {
     idle: usize,
     out: PathBuf,
     only: Option<String>,
+    workloads: Vec<String>,
 }
 
 fn opts() -> Opts {
@@ -38,6 +39,7 @@ fn opts() -> Opts {
         idle: 9000,
         out: PathBuf::from("bench-results"),
         only: None,
+        workloads: ["rr", "conn", "bulk1", "bulk4"].map(String::from).to_vec(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -49,6 +51,7 @@ fn opts() -> Opts {
             "--idle" => o.idle = val(i).parse().expect("--idle N"),
             "--out" => o.out = PathBuf::from(val(i)),
             "--only" => o.only = Some(val(i)),
+            "--workloads" => o.workloads = val(i).split(',').map(String::from).collect(),
             _ => {
                 i += 1;
                 continue;
@@ -488,10 +491,10 @@ fn main() {
     if let Some(only) = &o.only {
         targets.retain(|t| t.name == "direct" || only.split(',').any(|x| x == t.name));
     }
-    let workloads = ["rr", "conn", "bulk1", "bulk4"];
+    let workloads: Vec<&str> = o.workloads.iter().map(|s| s.as_str()).collect();
     let mut results: BTreeMap<(&str, &str), Vec<Run>> = BTreeMap::new();
     for rep in 0..o.reps {
-        for w in workloads {
+        for &w in &workloads {
             for t in &targets {
                 let r = match w {
                     "rr" => wrk(t, t.http, o.secs, false),
