@@ -410,3 +410,46 @@ fn a_tiny_buffer_pool_parks_and_resumes_without_losing_bytes() {
         h.join().unwrap();
     }
 }
+
+#[test]
+fn clients_that_stop_reading_do_not_starve_the_others() {
+    // A backend that floods every connection; its clients never read. Backpressure bounds
+    // what each stalled direction holds (about 5 buffers), so the pool (32) still serves
+    // the others; without it, one stalled direction would take every buffer.
+    let flood = listen_any(64);
+    let flood_addr = flood.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in flood.incoming().flatten() {
+            std::thread::spawn(move || {
+                let chunk = vec![7u8; 64 * 1024];
+                while (&s).write_all(&chunk).is_ok() {}
+            });
+        }
+    });
+    let echo = TestBackend::echo();
+    let (flood_port, echo_port) = (free_port(), free_port());
+    let cfg = format!(
+        "workers = 1\nbuffer_count = 32\n{}{}{}{}",
+        listener_config("flood", flood_port, "flood", ""),
+        listener_config("echo", echo_port, "echo", ""),
+        pool_config("flood", "round_robin", &[(flood_addr, 1)], ""),
+        pool_config("echo", "round_robin", &[(echo.addr, 1)], "")
+    );
+    let _p = Proxy::start(&cfg, addr(echo_port));
+    let stalled: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(addr(flood_port)).unwrap())
+        .collect();
+    // Let the floods fill every socket buffer on the way and stall.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut s = TcpStream::connect(addr(echo_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for i in 0..100 {
+        let msg = format!("ping {i:03}");
+        s.write_all(msg.as_bytes()).unwrap();
+        let mut back = [0u8; 8];
+        s.read_exact(&mut back)
+            .unwrap_or_else(|e| panic!("round trip {i} starved: {e}"));
+        assert_eq!(&back, msg.as_bytes());
+    }
+    drop(stalled);
+}
