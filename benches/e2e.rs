@@ -474,7 +474,17 @@ fn main() {
     }
     raise_nofile();
     let dir = tempfile::tempdir().unwrap();
-    let _backends = start_backends(dir.path());
+    // Killed on the way out (dropping a Child does not): a later run must not find them.
+    struct Reaper(Vec<Child>);
+    impl Drop for Reaper {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let _backends = Reaper(start_backends(dir.path()));
     idle_backend();
     let mut targets = vec![
         Target {

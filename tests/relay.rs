@@ -414,7 +414,7 @@ fn a_tiny_buffer_pool_parks_and_resumes_without_losing_bytes() {
 #[test]
 fn clients_that_stop_reading_do_not_starve_the_others() {
     // A backend that floods every connection; its clients never read. Backpressure bounds
-    // what each stalled direction holds (about 5 buffers), so a small pool (64 of 4 KiB)
+    // what each stalled direction holds (about 3 buffers), so a small pool (64 of 4 KiB)
     // still serves the others. (With backpressure disabled, the release build starved the
     // echo here; the debug build did not, so this guards the release behaviour loosely.)
     let flood = listen_any(64);

@@ -26,9 +26,9 @@ use std::time::Duration;
 /// How often a worker wakes on its own: idle timeouts, resumed accepts, shutdown.
 pub const TICK: Duration = Duration::from_millis(100);
 /// Queued buffers in one direction at which its recv is cancelled (backpressure)...
-const HIGH_WATER: u16 = 4;
+const HIGH_WATER: u16 = 2;
 /// ...and below which it is armed again.
-const LOW_WATER: u16 = 2;
+const LOW_WATER: u16 = 1;
 /// Ticks to wait before accepting again after EMFILE/ENFILE.
 const ACCEPT_PAUSE_TICKS: u32 = 2;
 /// Bytes a direction relays before they are folded into the backend's shared counters.
