@@ -157,6 +157,15 @@ fn pool(admin: SocketAddr) -> Vec<(SocketAddr, String, i64)> {
         .collect()
 }
 
+/// The one backend of pool p that the scaler launched (not the static one).
+fn launched_backend(b: &Balancer) -> SocketAddr {
+    pool(b.admin)
+        .into_iter()
+        .find(|(a, _, _)| *a != b.static_addr)
+        .expect("a launched backend")
+        .0
+}
+
 fn up_count(admin: SocketAddr) -> usize {
     pool(admin).iter().filter(|(_, s, _)| s == "up").count()
 }
@@ -243,11 +252,7 @@ fn scale_in_drains_and_never_cuts_a_live_connection() {
     let s = Scaler::start(&b, None, 31020, 1, 2);
     let held = hold(b.lb, 12);
     wait_until(Duration::from_secs(15), || up_count(b.admin) == 2);
-    let launched = pool(b.admin)
-        .into_iter()
-        .find(|(a, _, _)| *a != b.static_addr)
-        .unwrap()
-        .0;
+    let launched = launched_backend(&b);
     // Three long-lived connections: least_conn puts them on the new, empty backend.
     let mut long: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(b.lb).unwrap()).collect();
     for c in &mut long {
@@ -395,11 +400,7 @@ fn a_killed_backend_is_replaced_and_min_max_hold() {
     let s = Scaler::start(&b, None, 31060, 2, 3);
     // min 2: one backend is launched beside the static one, with no load at all.
     wait_until(Duration::from_secs(15), || up_count(b.admin) == 2);
-    let launched = pool(b.admin)
-        .into_iter()
-        .find(|(a, _, _)| *a != b.static_addr)
-        .unwrap()
-        .0;
+    let launched = launched_backend(&b);
     let pid = backend_pid(launched.port()).expect("the launched backend's process");
     Command::new("kill")
         .args(["-KILL", &pid.to_string()])

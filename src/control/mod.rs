@@ -140,7 +140,7 @@ impl Control {
                 .map(|p| p.settings.health.clone())
         };
         let Some(first) = settings() else { return };
-        let seed = backend.addr.port() as u64 ^ (backend.addr.ip().to_string().len() as u64) << 16;
+        let seed = xxhash_rust::xxh3::xxh3_64(backend.addr.to_string().as_bytes());
         let mut wait = health::jitter(first.interval.get(), seed);
         let label = backend.addr.to_string();
         loop {

@@ -177,9 +177,6 @@ impl Ring {
         Ok(ring)
     }
 
-    pub fn buffer_size(&self) -> u32 {
-        self.size
-    }
     pub fn buffer_count(&self) -> u16 {
         self.count
     }

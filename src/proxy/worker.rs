@@ -169,8 +169,7 @@ impl Worker {
                     Op::RecvBackend => self.on_recv(slot, TO_CLIENT, c),
                     Op::SendBackend => self.on_send(slot, TO_BACKEND, c.result),
                     Op::SendClient => self.on_send(slot, TO_CLIENT, c.result),
-                    Op::ShutBackend => self.on_shut(slot, TO_BACKEND),
-                    Op::ShutClient => self.on_shut(slot, TO_CLIENT),
+                    Op::ShutBackend | Op::ShutClient => self.done_op(slot),
                     _ => {}
                 }
                 self.release_if_idle(slot);
@@ -213,6 +212,15 @@ impl Worker {
                 conn::user_data(i as u32, 0, Op::AcceptCancel),
             );
             self.listening[i].state = AcceptState::Cancelling;
+        }
+    }
+
+    /// Stops accepting on every listener for a couple of ticks (out of descriptors): the
+    /// tick re-arms them.
+    fn pause_accepting(&mut self) {
+        for i in 0..self.listening.len() {
+            self.listening[i].paused_until = self.now + ACCEPT_PAUSE_TICKS;
+            self.cancel_accept(i);
         }
     }
 
@@ -277,10 +285,7 @@ impl Worker {
             stats.active.fetch_sub(1, Relaxed);
             stats.rejected.fetch_add(1, Relaxed);
             sys::close(fd);
-            for i in 0..self.listening.len() {
-                self.listening[i].paused_until = self.now + ACCEPT_PAUSE_TICKS;
-                self.cancel_accept(i);
-            }
+            self.pause_accepting();
             return;
         }
         if listener.max_connections > 0 && active > listener.max_connections as i64 {
@@ -377,10 +382,7 @@ impl Worker {
                 if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
                     // Out of descriptors: stop taking clients we cannot serve; those waiting
                     // stay in the backlog until descriptors free up.
-                    for i in 0..self.listening.len() {
-                        self.listening[i].paused_until = self.now + ACCEPT_PAUSE_TICKS;
-                        self.cancel_accept(i);
-                    }
+                    self.pause_accepting();
                 }
                 if self.accept_warned < 1 {
                     tracing::warn!(error = %e, "cannot create a backend socket");
@@ -653,15 +655,6 @@ impl Worker {
         c.inflight += 1;
         let ud = self.ud(slot, Op::shut(dir));
         self.ring.shutdown_write(fd, ud);
-    }
-
-    fn on_shut(&mut self, slot: usize, dir: usize) {
-        self.done_op(slot);
-        let c = self.conn(slot);
-        if c.phase != Phase::Closing && c.dirs[0].done && c.dirs[1].done {
-            self.teardown(slot);
-        }
-        let _ = dir;
     }
 
     /// Gives buffers back to connections parked on ENOBUFS once enough have returned.
