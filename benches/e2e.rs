@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -93,10 +94,20 @@ impl Target {
 
 impl Drop for Target {
     fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        reap(&mut self.children);
+    }
+}
+
+/// Kills each child's whole process group (nginx's workers outlive a killed master and
+/// would keep serving on the port) and waits for it.
+fn reap(children: &mut [Child]) {
+    for c in children {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", c.id())])
+            .stderr(Stdio::null())
+            .status();
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 
@@ -150,6 +161,7 @@ fn spawn(cpu: &str, cmd: &str, args: &[&str]) -> Child {
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {cmd}: {e}"))
 }
@@ -197,6 +209,7 @@ fn start_ringlb(dir: &Path) -> Target {
         ])
         .env("RINGLB_LOG", "warn")
         .stdout(Stdio::null())
+        .process_group(0)
         .spawn()
         .unwrap();
     wait_port(18001);
@@ -478,10 +491,7 @@ fn main() {
     struct Reaper(Vec<Child>);
     impl Drop for Reaper {
         fn drop(&mut self) {
-            for c in &mut self.0 {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+            reap(&mut self.0);
         }
     }
     let _backends = Reaper(start_backends(dir.path()));

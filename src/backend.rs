@@ -149,6 +149,8 @@ pub struct Pool {
     pub settings: crate::config::PoolConfig,
     /// Cached handle for `ringlb_backend_connect_duration_seconds`.
     pub connect_duration: metrics::Histogram,
+    /// Congestion control for backend sockets (None: the system default, no setsockopt).
+    pub tcp_congestion: Option<String>,
 }
 
 impl Pool {
@@ -165,6 +167,7 @@ impl Pool {
             balancer,
             settings: cfg.clone(),
             connect_duration: metrics::histogram!("ringlb_backend_connect_duration_seconds", "pool" => name.to_string()),
+            tcp_congestion: cfg.tcp_congestion.as_ref().map(|c| c.get_ref().clone()),
         }
     }
 
@@ -196,6 +199,8 @@ pub struct Listener {
     pub idle_timeout: Duration,
     pub max_connections: u32,
     pub proxy_protocol: ProxyProtocol,
+    /// Congestion control set on the listening socket (accepted sockets inherit it).
+    pub tcp_congestion: Option<String>,
     pub stats: Arc<CachePadded<ListenerStats>>,
     /// Cached handle: recording is a few atomic adds, no label lookup.
     pub connection_duration: metrics::Histogram,
@@ -277,6 +282,7 @@ impl Snapshot {
                     idle_timeout: lc.idle_timeout.get(),
                     max_connections: lc.max_connections,
                     proxy_protocol: lc.proxy_protocol,
+                    tcp_congestion: lc.tcp_congestion.as_ref().map(|c| c.get_ref().clone()),
                     stats,
                 })
             })

@@ -81,6 +81,10 @@ pub struct ListenerConfig {
     /// Listen backlog (like HAProxy's `backlog`).
     #[serde(default = "default_backlog")]
     pub backlog: u32,
+    /// TCP congestion control for client connections (e.g. "cubic"), set on the listening
+    /// socket, which accepted connections inherit; unset = the system default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_congestion: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -137,6 +141,10 @@ pub struct PoolConfig {
     pub backends: Spanned<Vec<BackendConfig>>,
     #[serde(default)]
     pub health: HealthConfig,
+    /// TCP congestion control for connections to this pool's backends; unset = the system
+    /// default. Costs one setsockopt per backend connection when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_congestion: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -220,6 +228,31 @@ fn default_relay() -> Spanned<Relay> {
 fn default_idle_timeout() -> Dur {
     Dur(Duration::from_secs(300))
 }
+/// Checks that this kernel lets ringlb use congestion control `name`, by setting it on a
+/// throwaway socket: the same call the listener and backend sockets will make, so a config
+/// that passes here cannot fail there for this reason.
+fn check_congestion(name: &str) -> Result<(), String> {
+    let available = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    if name.is_empty() || name.len() > 15 || !name.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{name:?} is not a congestion control name (this kernel has: {available})"
+        ));
+    }
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .map_err(|e| format!("cannot create a socket to check {name:?}: {e}"))?;
+    s.set_tcp_congestion(name.as_bytes()).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) => {
+            format!("{name:?} is not available in this kernel (it has: {available})")
+        }
+        Some(libc::EPERM) => format!(
+            "{name:?} is not in net.ipv4.tcp_allowed_congestion_control and ringlb lacks CAP_NET_ADMIN (this kernel has: {available})"
+        ),
+        _ => format!("cannot use {name:?}: {e}"),
+    })
+}
+
 fn default_backlog() -> u32 {
     1024
 }
@@ -498,6 +531,10 @@ impl Config {
                     format!("listeners.idle_timeout: listener {name:?}: must be above 0"),
                 ));
             }
+            if let Some(cc) = &l.tcp_congestion {
+                check_congestion(cc.get_ref())
+                    .map_err(|m| (span(cc), format!("listeners.tcp_congestion: {m}")))?;
+            }
             if *l.relay.get_ref() == Relay::Splice {
                 return Err((
                     span(&l.relay),
@@ -562,6 +599,10 @@ impl Config {
                     ));
                 }
             }
+            if let Some(cc) = &p.tcp_congestion {
+                check_congestion(cc.get_ref())
+                    .map_err(|m| (span(cc), format!("pools.{pname}.tcp_congestion: {m}")))?;
+            }
             let h = &p.health;
             if h.rise == 0 || h.fall == 0 {
                 return Err((
@@ -590,6 +631,16 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Whether two listener definitions differ in what only a restart can apply: the
+    /// listening socket itself (name, address, backlog, congestion control).
+    pub fn same_socket(a: &ListenerConfig, b: &ListenerConfig) -> bool {
+        a.name.get_ref() == b.name.get_ref()
+            && a.bind == b.bind
+            && a.backlog == b.backlog
+            && a.tcp_congestion.as_ref().map(|c| c.get_ref())
+                == b.tcp_congestion.as_ref().map(|c| c.get_ref())
     }
 
     /// The effective configuration (defaults filled in), as TOML.
@@ -662,7 +713,13 @@ fn locate(
     // Name the key when the message does not: the last `key =` before the error's column.
     let message = match (&source_line, column) {
         (Some(src), Some(col)) => match key_before(src, col) {
-            Some(key) if !message.contains(&format!("`{key}`")) && !message.starts_with(key) => {
+            Some(key)
+                if !message.contains(&format!("`{key}`"))
+                    && !message
+                        .split(':')
+                        .next()
+                        .is_some_and(|path| path.ends_with(key)) =>
+            {
                 format!("{key}: {message}")
             }
             _ => message,

@@ -125,6 +125,22 @@ fn bad_values() {
         "workers",
         1,
     );
+    // Congestion control names are checked against the kernel, on both sides.
+    let no_such = GOOD.replace(
+        "connect_timeout = \"2s\"",
+        "connect_timeout = \"2s\"\ntcp_congestion = \"no-such-cc\"",
+    );
+    expect_error(&no_such, "listeners.tcp_congestion", 8);
+    let (_, _, err) = run("check", &no_such);
+    assert!(err.contains("not available in this kernel"), "{err}");
+    expect_error(
+        &GOOD.replace(
+            "algorithm = \"least_conn\"",
+            "algorithm = \"least_conn\"\ntcp_congestion = \"\"",
+        ),
+        "pools.web.tcp_congestion",
+        11,
+    );
 }
 
 #[test]

@@ -75,6 +75,62 @@ fn echo_intact(lb: SocketAddr, total: usize, chunk: usize, seed: u64, what: &str
     );
 }
 
+/// The congestion control `ss -ti` reports for the established sockets matching `filter`.
+fn congestion_of(filter: &str) -> Vec<String> {
+    let out = std::process::Command::new("ss")
+        .args(["-tinH", "state", "established", filter])
+        .output()
+        .expect("ss (iproute2) is needed: apt-get install iproute2");
+    let known = ["reno", "cubic", "bbr", "dctcp", "vegas", "htcp", "westwood"];
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|w| known.contains(w))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn tcp_congestion_is_set_on_both_sides() {
+    // Whichever of reno/cubic is not the system default, so the setting is visible.
+    let default =
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").unwrap_or_default();
+    let cc = if default.trim() == "reno" {
+        "cubic"
+    } else {
+        "reno"
+    };
+    let echo = TestBackend::echo();
+    let port = free_port();
+    let cfg = format!(
+        "workers = 1\n{}{}",
+        listener_config("l", port, "p", &format!("tcp_congestion = \"{cc}\"")),
+        pool_config(
+            "p",
+            "round_robin",
+            &[(echo.addr, 1)],
+            &format!("tcp_congestion = \"{cc}\"")
+        )
+    );
+    let _p = Proxy::start(&cfg, addr(port));
+    let mut s = TcpStream::connect(addr(port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).unwrap();
+    // ringlb's accepted socket (source port = the listener's) and its backend socket
+    // (destination port = the backend's); the test's own sockets keep the default.
+    let client_side = congestion_of(&format!("( sport = :{port} )"));
+    let backend_side = congestion_of(&format!("( dport = :{} )", echo.addr.port()));
+    assert_eq!(client_side, vec![cc.to_string()], "client side");
+    assert_eq!(backend_side, vec![cc.to_string()], "backend side");
+    let own = congestion_of(&format!("( dport = :{port} )"));
+    assert_eq!(
+        own,
+        vec![default.trim().to_string()],
+        "the test's socket keeps the default"
+    );
+}
+
 #[test]
 fn half_close_lets_the_reply_through() {
     // A backend that reads to EOF, then answers with what it counted, then closes.

@@ -337,10 +337,10 @@ impl State {
                 .listeners
                 .iter()
                 .zip(&self.config.listeners)
-                .all(|(a, b)| a.name.get_ref() == b.name.get_ref() && a.bind == b.bind);
+                .all(|(a, b)| Config::same_socket(a, b));
         if !same_listeners {
             return Err(
-                "listeners were added, removed or rebound: restart ringlb to apply that".into(),
+                "listeners were added, removed, rebound or given another backlog or tcp_congestion: restart ringlb to apply that".into(),
             );
         }
         let mut members = members_of(&config, &self.overlay, &self.members);

@@ -46,6 +46,10 @@ fn bind(snapshot: &Snapshot) -> Result<Vec<Socket>, String> {
             // Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt per accept.
             s.set_tcp_nodelay(true)
                 .map_err(|e| err("set TCP_NODELAY on", e))?;
+            if let Some(cc) = &l.tcp_congestion {
+                s.set_tcp_congestion(cc.as_bytes())
+                    .map_err(|e| err(&format!("set TCP_CONGESTION {cc:?} on"), e))?;
+            }
             s.bind(&l.bind.into()).map_err(|e| err("bind", e))?;
             s.listen(l.backlog.min(i32::MAX as u32) as i32)
                 .map_err(|e| err("listen on", e))?;

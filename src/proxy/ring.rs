@@ -15,7 +15,7 @@
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
@@ -27,6 +27,22 @@ const STAGED: usize = 256;
 pub const HEADER_MAX: usize = 112;
 /// Header slots are allocated in chunks of this many, on first use.
 const HEADER_CHUNK: usize = 64;
+
+/// The few io_uring ABI values the crate does not export (include/uapi/linux/io_uring.h).
+mod abi {
+    pub const IORING_ENTER_GETEVENTS: u32 = 1 << 0;
+    pub const IORING_ENTER_REGISTERED_RING: u32 = 1 << 4;
+    pub const IORING_ENTER_NO_IOWAIT: u32 = 1 << 7;
+    pub const IORING_REGISTER_RING_FDS: u32 = 20;
+}
+
+/// `struct io_uring_rsrc_update`, as IORING_REGISTER_RING_FDS takes it.
+#[repr(C)]
+struct RsrcUpdate {
+    offset: u32,
+    resv: u32,
+    data: u64,
+}
 
 /// One completion, copied out of the CQ.
 #[derive(Debug, Clone, Copy)]
@@ -110,6 +126,14 @@ pub struct Ring {
     nstaged: usize,
     tick: Box<types::Timespec>,
     headers: Vec<Box<[[u8; HEADER_MAX]; HEADER_CHUNK]>>,
+    /// What `io_uring_enter` is called on: the ring's index among the thread's registered
+    /// rings (IORING_REGISTER_RING_FDS, which spares the kernel an fd lookup per call), or
+    /// the plain descriptor where registration is unavailable.
+    enter_fd: i32,
+    /// Flags added to every waiting enter: GETEVENTS, REGISTERED_RING when registered, and
+    /// NO_IOWAIT where the kernel has it (an idle worker is waiting for the network, not
+    /// for a disk; without it every worker's core shows as 100% iowait).
+    enter_flags: u32,
 }
 
 impl Ring {
@@ -159,6 +183,8 @@ impl Ring {
             nstaged: 0,
             tick: Box::new(types::Timespec::new()),
             headers: Vec::new(),
+            enter_fd: -1,
+            enter_flags: abi::IORING_ENTER_GETEVENTS,
         };
         // SAFETY: the entries mapping is page-aligned, holds `count` entries, and lives in
         // `ring` (dropped after the IoUring, which unregisters the group with it).
@@ -174,6 +200,31 @@ impl Ring {
             ring.recycle(bid);
         }
         ring.commit();
+        let raw = ring.uring.as_raw_fd();
+        ring.enter_fd = raw;
+        let mut update = RsrcUpdate {
+            offset: u32::MAX,
+            resv: 0,
+            data: raw as u64,
+        };
+        // SAFETY: IORING_REGISTER_RING_FDS reads and writes one io_uring_rsrc_update, which
+        // `update` is, for the duration of the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                raw,
+                abi::IORING_REGISTER_RING_FDS,
+                &mut update as *mut RsrcUpdate,
+                1,
+            )
+        };
+        if r == 1 {
+            ring.enter_fd = update.offset as i32;
+            ring.enter_flags |= abi::IORING_ENTER_REGISTERED_RING;
+        }
+        if ring.uring.params().is_feature_no_iowait() {
+            ring.enter_flags |= abi::IORING_ENTER_NO_IOWAIT;
+        }
         Ok(ring)
     }
 
@@ -202,19 +253,29 @@ impl Ring {
 
     /// Submits what is queued and waits for at least one completion.
     pub fn submit_and_wait(&mut self) -> io::Result<()> {
-        let r = self.uring.submit_and_wait(1);
+        let to_submit = self.uring.submission().len() as u32;
+        // SAFETY: io_uring_enter with no argument pointer (size 0); `enter_fd` is this
+        // ring's descriptor or, with REGISTERED_RING in the flags, its registered index.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_enter,
+                self.enter_fd,
+                to_submit,
+                1u32,
+                self.enter_flags,
+                std::ptr::null::<libc::c_void>(),
+                0usize,
+            )
+        };
         self.nstaged = 0;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
+        if r >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            // Interrupted, or the CQ is full (the caller drains it and comes back).
+            Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => Ok(()),
+            _ => Err(e),
         }
     }
 
@@ -417,8 +478,9 @@ pub mod sys {
     use std::os::fd::RawFd;
 
     /// A new TCP socket for a backend connection, close-on-exec, with TCP_NODELAY (a relay
-    /// must not hold back the last small segment of a response).
-    pub fn stream_socket(v6: bool) -> io::Result<RawFd> {
+    /// must not hold back the last small segment of a response) and, if given, a congestion
+    /// control (validated at config load; should it fail here, the default stays).
+    pub fn stream_socket(v6: bool, congestion: Option<&str>) -> io::Result<RawFd> {
         let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
         // SAFETY: plain syscall with constant arguments; the result is checked.
         let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
@@ -435,6 +497,19 @@ pub mod sys {
                 &one as *const _ as *const libc::c_void,
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             );
+        }
+        if let Some(name) = congestion {
+            // SAFETY: `name` is valid for `name.len()` bytes during the call (the kernel
+            // copies at most that many); fd was just created.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_CONGESTION,
+                    name.as_ptr() as *const libc::c_void,
+                    name.len() as libc::socklen_t,
+                );
+            }
         }
         Ok(fd)
     }

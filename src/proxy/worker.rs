@@ -375,7 +375,8 @@ impl Worker {
         c.ntried += 1;
         backend.stats.active.fetch_add(1, Relaxed);
         backend.stats.connections.fetch_add(1, Relaxed);
-        let fd = match sys::stream_socket(backend.addr.is_ipv6()) {
+        let fd = match sys::stream_socket(backend.addr.is_ipv6(), c.pool.tcp_congestion.as_deref())
+        {
             Ok(fd) => fd,
             Err(e) => {
                 backend.stats.active.fetch_sub(1, Relaxed);
