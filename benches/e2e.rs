@@ -466,6 +466,26 @@ fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
     (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
+/// Median [min-max] over reps of `f(t) / f(base)` within the same rep. Each rep runs the
+/// targets back to back, so a paired ratio cancels the machine's drift between reps (this
+/// VM's speed wanders by 10-20% over minutes), which a ratio of two medians does not.
+fn paired(
+    results: &BTreeMap<(&str, &str), Vec<Run>>,
+    w: &str,
+    t: &str,
+    base: &str,
+    f: &dyn Fn(&Run) -> f64,
+) -> Option<(f64, f64, f64)> {
+    let (a, b) = (results.get(&(w, t))?, results.get(&(w, base))?);
+    let r: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .filter(|(_, y)| f(y) > 0.0)
+        .map(|(x, y)| f(x) / f(y))
+        .collect();
+    (!r.is_empty()).then(|| median(r))
+}
+
 fn main() {
     // Refuse to run as part of `cargo test --benches` smoke runs.
     if std::env::args().any(|a| a == "--list" || a == "--test") {
@@ -604,22 +624,28 @@ fn report(
         s,
         "Proxy pinned to CPU {PROXY_CPU} with one worker/thread; wrk, nginx backend and iperf3 on CPU {LOAD_CPU}.\n"
     );
-    let haproxy = |w: &str, f: &dyn Fn(&Run) -> f64| {
-        results
-            .get(&(w, "haproxy"))
-            .map(|v| median(v.iter().map(f).collect()).0)
-    };
-    let cell = |w: &str, t: &str, f: &dyn Fn(&Run) -> f64, prec: usize, vs: bool| -> String {
-        let Some(v) = results.get(&(w, t)) else {
-            return "–".into();
+    let _ = writeln!(
+        s,
+        "Ratios are medians of per-rep paired ratios (same rep, targets run back to back).\n"
+    );
+    // `vs`: the target a ratio is taken against, and how it is labelled.
+    let cell =
+        |w: &str, t: &str, f: &dyn Fn(&Run) -> f64, prec: usize, vs: Option<(&str, &str)>| {
+            let Some(v) = results.get(&(w, t)) else {
+                return "–".to_string();
+            };
+            let (m, lo, hi) = median(v.iter().map(f).collect());
+            let rel = match vs.and_then(|(base, label)| {
+                (t != base && t != "direct")
+                    .then(|| paired(results, w, t, base, f).map(|r| (r.0, label)))
+                    .flatten()
+            }) {
+                Some((r, label)) => format!(" ({r:.2}x{label})"),
+                None => String::new(),
+            };
+            format!("{m:.prec$} [{lo:.prec$}-{hi:.prec$}]{rel}")
         };
-        let (m, lo, hi) = median(v.iter().map(f).collect());
-        let rel = match (vs, haproxy(w, f)) {
-            (true, Some(h)) if h > 0.0 && t != "direct" => format!(" ({:.2}x)", m / h),
-            _ => String::new(),
-        };
-        format!("{m:.prec$} [{lo:.prec$}-{hi:.prec$}]{rel}")
-    };
+    let vs_haproxy = Some(("haproxy", ""));
     let _ = writeln!(
         s,
         "| workload | target | throughput | p50 ms | p99 ms | proxy CPU (vs HAProxy) |"
@@ -635,23 +661,30 @@ fn report(
             let lat = w == "rr" || w == "conn";
             let _ = writeln!(
                 s,
-                "| {w} | {} | {} {unit} | {} | {} | {} |",
+                "| {w} | {} | {} | {} | {} | {} |",
                 t.name,
-                cell(w, t.name, &|r| r.rate, 1, false),
+                {
+                    // "66251.9 [66162.8-66251.9] req/s (0.95x direct)"
+                    let c = cell(w, t.name, &|r| r.rate, 1, Some(("direct", " direct")));
+                    match c.find(" (") {
+                        Some(i) => format!("{} {unit}{}", &c[..i], &c[i..]),
+                        None => format!("{c} {unit}"),
+                    }
+                },
                 if lat {
-                    cell(w, t.name, &|r| r.p50_ms, 3, false)
+                    cell(w, t.name, &|r| r.p50_ms, 3, None)
                 } else {
                     "–".into()
                 },
                 if lat {
-                    cell(w, t.name, &|r| r.p99_ms, 3, true)
+                    cell(w, t.name, &|r| r.p99_ms, 3, vs_haproxy)
                 } else {
                     "–".into()
                 },
                 if t.name == "direct" {
                     "–".into()
                 } else {
-                    format!("{} {cpu_unit}", cell(w, t.name, &|r| r.cpu, 2, true))
+                    format!("{} {cpu_unit}", cell(w, t.name, &|r| r.cpu, 2, vs_haproxy))
                 },
             );
         }
@@ -681,6 +714,83 @@ fn report(
             let _ = writeln!(s, "| {t} | {b:.0} B |");
         }
     }
+    // The targets, judged on this run's paired medians.
+    let mut rows = Vec::new();
+    let cpu = |r: &Run| r.cpu;
+    let p99 = |r: &Run| r.p99_ms;
+    let rate = |r: &Run| r.rate;
+    for (what, w, base, f, target, below) in [
+        (
+            "CPU per keep-alive request vs HAProxy",
+            "rr",
+            "haproxy",
+            &cpu as &dyn Fn(&Run) -> f64,
+            0.88,
+            true,
+        ),
+        (
+            "CPU per new connection vs HAProxy",
+            "conn",
+            "haproxy",
+            &cpu,
+            0.88,
+            true,
+        ),
+        (
+            "CPU per GB, 1 stream, vs HAProxy",
+            "bulk1",
+            "haproxy",
+            &cpu,
+            0.9,
+            true,
+        ),
+        (
+            "CPU per GB, 4 streams, vs HAProxy",
+            "bulk4",
+            "haproxy",
+            &cpu,
+            0.9,
+            true,
+        ),
+        (
+            "keep-alive p99 vs HAProxy",
+            "rr",
+            "haproxy",
+            &p99,
+            0.85,
+            true,
+        ),
+        (
+            "keep-alive throughput vs direct",
+            "rr",
+            "direct",
+            &rate,
+            0.95,
+            false,
+        ),
+    ] {
+        if let Some((m, lo, hi)) = paired(results, w, "ringlb", base, f) {
+            let met = if below { m <= target } else { m >= target };
+            let cmp = if below { "≤" } else { "≥" };
+            rows.push(format!(
+                "| {what} | {cmp} {target:.2}x | {m:.2}x [{lo:.2}-{hi:.2}] | {} |",
+                if met { "met" } else { "not met" }
+            ));
+        }
+    }
+    if let Some(b) = idle.get("ringlb") {
+        rows.push(format!(
+            "| RSS per idle proxied connection | ≤ 512 B | {b:.0} B | {} |",
+            if *b <= 512.0 { "met" } else { "not met" }
+        ));
+    }
+    if !rows.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n| ringlb target | target | this run | |\n|---|---|---|---|\n{}",
+            rows.join("\n")
+        );
+    }
     s
 }
 
@@ -705,7 +815,7 @@ fn chart(targets: &[Target], results: &BTreeMap<(&str, &str), Vec<Run>>) -> Stri
     let _ = writeln!(s, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
     let _ = writeln!(
         s,
-        "<text x=\"{left}\" y=\"22\" font-size=\"15\">Proxy CPU relative to HAProxy (lower is better), medians</text>"
+        "<text x=\"{left}\" y=\"22\" font-size=\"15\">Proxy CPU relative to HAProxy (lower is better), medians of paired ratios</text>"
     );
     let plot_h = h - top - 70.0;
     let scale = |v: f64| plot_h * (v / 2.0).min(1.0);
@@ -721,17 +831,16 @@ fn chart(targets: &[Target], results: &BTreeMap<(&str, &str), Vec<Run>>) -> Stri
     }
     let group = (w - left - 40.0) / workloads.len() as f64;
     for (gi, (wl, label)) in workloads.iter().enumerate() {
-        let base = results
-            .get(&(*wl, "haproxy"))
-            .map(|v| median(v.iter().map(|r| r.cpu).collect()).0)
-            .unwrap_or(0.0);
         let x0 = left + 20.0 + gi as f64 * group;
         for (pi, p) in proxies.iter().enumerate() {
-            let Some(v) = results.get(&(*wl, *p)) else {
-                continue;
+            let rel = if *p == "haproxy" && results.contains_key(&(*wl, *p)) {
+                1.0
+            } else {
+                match paired(results, wl, p, "haproxy", &|r| r.cpu) {
+                    Some((m, _, _)) => m,
+                    None => continue,
+                }
             };
-            let m = median(v.iter().map(|r| r.cpu).collect()).0;
-            let rel = if base > 0.0 { m / base } else { 0.0 };
             let (x, bh) = (x0 + pi as f64 * (bar + 4.0), scale(rel));
             let _ = writeln!(
                 s,
