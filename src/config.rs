@@ -763,6 +763,25 @@ backends = [{ addr = "127.0.0.1:9001" }, { addr = "127.0.0.1:9002", weight = 2 }
 "#;
 
     #[test]
+    fn listener_socket_settings_need_a_restart_the_rest_does_not() {
+        let base = Config::parse("t", GOOD).unwrap();
+        let same = |text: &str| {
+            let c = Config::parse("t", text).unwrap();
+            Config::same_socket(&base.listeners[0], &c.listeners[0])
+        };
+        let with =
+            |extra: &str| GOOD.replace("pool = \"web\"\n", &format!("pool = \"web\"\n{extra}\n"));
+        assert!(same(GOOD));
+        assert!(
+            same(&with("idle_timeout = \"1m\"")),
+            "timeouts apply on reload"
+        );
+        assert!(!same(&with("backlog = 16")));
+        assert!(!same(&with("tcp_congestion = \"reno\"")));
+        assert!(!same(&GOOD.replace("8000", "8001")));
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));

@@ -403,15 +403,6 @@ impl Ring {
         );
     }
 
-    /// Cancels every request on `fd`.
-    pub fn cancel_fd(&mut self, fd: RawFd, user_data: u64) {
-        self.push(
-            opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
-                .build()
-                .user_data(user_data),
-        );
-    }
-
     /// A completion every `period`, for ever (multishot timeout).
     pub fn tick(&mut self, period: Duration, user_data: u64) {
         *self.tick = types::Timespec::from(period);

@@ -682,24 +682,46 @@ impl Worker {
 
     // ---- closing ------------------------------------------------------------------------
 
-    /// Ends a connection: cancels whatever is in flight on its descriptors. The slot is
+    /// Ends a connection: cancels what is in flight that could wait on a peer. The slot is
     /// released (descriptors closed, buffers recycled) once the last completion is in.
+    ///
+    /// Cancels go by user data, one per request: the kernel finds each with a hash lookup,
+    /// where cancelling everything on a descriptor walks the ring's whole poll table (that
+    /// walk was ~2% of the CPU per connection with `Connection: close` load). Shutdowns and
+    /// closes complete as soon as they are issued; their completions only have to arrive.
     fn teardown(&mut self, slot: usize) {
-        let cancel = self.ud(slot, Op::Cancel);
         let c = self.conn(slot);
         if c.phase == Phase::Closing {
             return;
         }
+        let phase = c.phase;
         c.phase = Phase::Closing;
         if c.inflight == 0 {
             return;
         }
-        let (client, server) = (c.client, c.server);
-        c.inflight += 1;
-        self.ring.cancel_fd(client, cancel);
-        if server >= 0 {
+        let mut pending = [Op::Cancel; 5];
+        let mut n = 0;
+        match phase {
+            // Cancelling the connect also ends its linked timeout.
+            Phase::Connecting => (pending[n], n) = (Op::Connect, n + 1),
+            Phase::Header => (pending[n], n) = (Op::Header, n + 1),
+            _ => {}
+        }
+        for dir in [TO_BACKEND, TO_CLIENT] {
+            let d = &c.dirs[dir];
+            // A recv already being cancelled (backpressure) ends by itself.
+            if d.recv == Recv::Armed {
+                (pending[n], n) = (Op::recv(dir), n + 1);
+            }
+            if d.sending {
+                (pending[n], n) = (Op::send(dir), n + 1);
+            }
+        }
+        let cancel = self.ud(slot, Op::Cancel);
+        for &op in &pending[..n] {
+            let target = self.ud(slot, op);
             self.conn(slot).inflight += 1;
-            self.ring.cancel_fd(server, cancel);
+            self.ring.cancel(target, cancel);
         }
     }
 
