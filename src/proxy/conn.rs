@@ -33,10 +33,6 @@ pub enum Op {
     SendBackend = 5,
     /// send to the client (direction 1)
     SendClient = 6,
-    /// shutdown(SHUT_WR) of the backend (direction 0 finished)
-    ShutBackend = 7,
-    /// shutdown(SHUT_WR) of the client (direction 1 finished)
-    ShutClient = 8,
     Connect = 9,
     ConnectTimeout = 10,
     Cancel = 11,
@@ -58,8 +54,6 @@ impl Op {
             4 => RecvBackend,
             5 => SendBackend,
             6 => SendClient,
-            7 => ShutBackend,
-            8 => ShutClient,
             9 => Connect,
             10 => ConnectTimeout,
             11 => Cancel,
@@ -81,13 +75,6 @@ impl Op {
             Op::SendBackend
         } else {
             Op::SendClient
-        }
-    }
-    pub fn shut(dir: usize) -> Op {
-        if dir == TO_BACKEND {
-            Op::ShutBackend
-        } else {
-            Op::ShutClient
         }
     }
 }

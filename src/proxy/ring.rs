@@ -374,15 +374,6 @@ impl Ring {
         self.push(timer);
     }
 
-    /// Shuts down the write side of `fd` (the peer reads EOF).
-    pub fn shutdown_write(&mut self, fd: RawFd, user_data: u64) {
-        self.push(
-            opcode::Shutdown::new(types::Fd(fd), libc::SHUT_WR)
-                .build()
-                .user_data(user_data),
-        );
-    }
-
     /// Closes `fd`. Only a failure posts a completion (carrying `user_data`): a close that
     /// works needs no answer, and skipping its CQE saves a completion per descriptor.
     pub fn close(&mut self, fd: RawFd, user_data: u64) {
@@ -533,6 +524,12 @@ pub mod sys {
     /// The local address of a socket.
     pub fn local_addr(fd: RawFd) -> Option<SocketAddr> {
         sock_name(fd, false)
+    }
+
+    /// Shuts down the write side of a connected socket (the peer reads EOF).
+    pub fn shutdown_write(fd: RawFd) {
+        // SAFETY: plain syscall on a descriptor the caller owns; the result is not needed.
+        unsafe { libc::shutdown(fd, libc::SHUT_WR) };
     }
 
     /// Closes a descriptor synchronously (for error paths before the ring owns it).

@@ -9,8 +9,10 @@
 //!
 //! Owns: its ring, its connections, its listening sockets. Reads the shared snapshot (one
 //! lock-free load per new connection) and writes the shared atomic counters.
-//! Must not touch: locks, allocation per chunk, or syscalls outside the ring on the relay
-//! path. Hot-path errors are plain `i32` errnos: a boxed error per failed recv would be an
+//! Must not touch: locks, allocation per chunk, or syscalls outside the ring per chunk. Per
+//! connection a few plain syscalls remain: socket + setsockopt for the backend side, and
+//! shutdown(2), which is cheaper than IORING_OP_SHUTDOWN (see `finish_if_drained`).
+//! Hot-path errors are plain `i32` errnos: a boxed error per failed recv would be an
 //! allocation on exactly the path that must not have one.
 
 use super::conn::{self, Conn, Dir, NO_BUF, Op, Phase, Recv, TO_BACKEND, TO_CLIENT};
@@ -169,7 +171,6 @@ impl Worker {
                     Op::RecvBackend => self.on_recv(slot, TO_CLIENT, c),
                     Op::SendBackend => self.on_send(slot, TO_BACKEND, c.result),
                     Op::SendClient => self.on_send(slot, TO_CLIENT, c.result),
-                    Op::ShutBackend | Op::ShutClient => self.done_op(slot),
                     _ => {}
                 }
                 self.release_if_idle(slot);
@@ -652,10 +653,10 @@ impl Worker {
         if c.dirs[1 - dir].done {
             return self.teardown(slot);
         }
-        let fd = c.dest(dir);
-        c.inflight += 1;
-        let ud = self.ud(slot, Op::shut(dir));
-        self.ring.shutdown_write(fd, ud);
+        // A plain shutdown(2), not IORING_OP_SHUTDOWN: io_uring always hands that op to an
+        // io-wq thread (REQ_F_FORCE_ASYNC), a thread hop and two wakeups per connection; the
+        // syscall never blocks. An error (the peer already reset) changes nothing here.
+        sys::shutdown_write(c.dest(dir));
     }
 
     /// Gives buffers back to connections parked on ENOBUFS once enough have returned.
@@ -687,8 +688,7 @@ impl Worker {
     ///
     /// Cancels go by user data, one per request: the kernel finds each with a hash lookup,
     /// where cancelling everything on a descriptor walks the ring's whole poll table (that
-    /// walk was ~2% of the CPU per connection with `Connection: close` load). Shutdowns and
-    /// closes complete as soon as they are issued; their completions only have to arrive.
+    /// walk was ~2% of the CPU per connection with `Connection: close` load).
     fn teardown(&mut self, slot: usize) {
         let c = self.conn(slot);
         if c.phase == Phase::Closing {
