@@ -633,7 +633,7 @@ impl Config {
         Ok(())
     }
 
-    /// Whether two listener definitions differ in what only a restart can apply: the
+    /// Whether two listener definitions agree on what only a restart can apply: the
     /// listening socket itself (name, address, backlog, congestion control).
     pub fn same_socket(a: &ListenerConfig, b: &ListenerConfig) -> bool {
         a.name.get_ref() == b.name.get_ref()
