@@ -149,8 +149,6 @@ pub struct Pool {
     pub settings: crate::config::PoolConfig,
     /// Cached handle for `ringlb_backend_connect_duration_seconds`.
     pub connect_duration: metrics::Histogram,
-    /// Congestion control for backend sockets (None: the system default, no setsockopt).
-    pub tcp_congestion: Option<String>,
 }
 
 impl Pool {
@@ -167,8 +165,15 @@ impl Pool {
             balancer,
             settings: cfg.clone(),
             connect_duration: metrics::histogram!("ringlb_backend_connect_duration_seconds", "pool" => name.to_string()),
-            tcp_congestion: cfg.tcp_congestion.as_ref().map(|c| c.get_ref().clone()),
         }
+    }
+
+    /// Congestion control for backend sockets (None: the system default, no setsockopt).
+    pub fn tcp_congestion(&self) -> Option<&str> {
+        self.settings
+            .tcp_congestion
+            .as_ref()
+            .map(|c| c.get_ref().as_str())
     }
 
     /// Whether picking needs the client's address (hash-based algorithms).

@@ -228,6 +228,7 @@ fn default_relay() -> Spanned<Relay> {
 fn default_idle_timeout() -> Dur {
     Dur(Duration::from_secs(300))
 }
+
 /// Checks that this kernel lets ringlb use congestion control `name`, by setting it on a
 /// throwaway socket: the same call the listener and backend sockets will make, so a config
 /// that passes here cannot fail there for this reason.
@@ -636,11 +637,11 @@ impl Config {
     /// Whether two listener definitions agree on what only a restart can apply: the
     /// listening socket itself (name, address, backlog, congestion control).
     pub fn same_socket(a: &ListenerConfig, b: &ListenerConfig) -> bool {
-        a.name.get_ref() == b.name.get_ref()
+        // `Spanned` compares values, not positions in the file.
+        a.name == b.name
             && a.bind == b.bind
             && a.backlog == b.backlog
-            && a.tcp_congestion.as_ref().map(|c| c.get_ref())
-                == b.tcp_congestion.as_ref().map(|c| c.get_ref())
+            && a.tcp_congestion == b.tcp_congestion
     }
 
     /// The effective configuration (defaults filled in), as TOML.

@@ -165,6 +165,7 @@ impl Ring {
         // Pre-fault: the buffer ring is FIFO, so every buffer is touched eventually; faulting
         // them in now keeps idle RSS from creeping up by a page per connection later.
         let data = Mapping::new(count as usize * size as usize, true)?;
+        let raw = uring.as_raw_fd();
         let mut ring = Ring {
             uring,
             entries,
@@ -183,7 +184,7 @@ impl Ring {
             nstaged: 0,
             tick: Box::new(types::Timespec::new()),
             headers: Vec::new(),
-            enter_fd: -1,
+            enter_fd: raw,
             enter_flags: abi::IORING_ENTER_GETEVENTS,
         };
         // SAFETY: the entries mapping is page-aligned, holds `count` entries, and lives in
@@ -200,8 +201,8 @@ impl Ring {
             ring.recycle(bid);
         }
         ring.commit();
-        let raw = ring.uring.as_raw_fd();
-        ring.enter_fd = raw;
+        // Registered for the calling thread only, which is the worker that will use it
+        // (Ring::new runs on the worker's own thread).
         let mut update = RsrcUpdate {
             offset: u32::MAX,
             resv: 0,
