@@ -628,23 +628,28 @@ fn report(
         s,
         "Ratios are medians of per-rep paired ratios (same rep, targets run back to back).\n"
     );
-    // `vs`: the target a ratio is taken against, and how it is labelled.
-    let cell =
-        |w: &str, t: &str, f: &dyn Fn(&Run) -> f64, prec: usize, vs: Option<(&str, &str)>| {
-            let Some(v) = results.get(&(w, t)) else {
-                return "–".to_string();
-            };
-            let (m, lo, hi) = median(v.iter().map(f).collect());
-            let rel = match vs.and_then(|(base, label)| {
-                (t != base && t != "direct")
-                    .then(|| paired(results, w, t, base, f).map(|r| (r.0, label)))
-                    .flatten()
-            }) {
-                Some((r, label)) => format!(" ({r:.2}x{label})"),
-                None => String::new(),
-            };
-            format!("{m:.prec$} [{lo:.prec$}-{hi:.prec$}]{rel}")
+    // "median [min-max] unit (ratio)"; `vs`: the target a ratio is taken against, and how
+    // it is labelled.
+    let cell = |w: &str,
+                t: &str,
+                f: &dyn Fn(&Run) -> f64,
+                prec: usize,
+                unit: &str,
+                vs: Option<(&str, &str)>| {
+        let Some(v) = results.get(&(w, t)) else {
+            return "–".to_string();
         };
+        let (m, lo, hi) = median(v.iter().map(f).collect());
+        let rel = match vs.and_then(|(base, label)| {
+            (t != base && t != "direct")
+                .then(|| paired(results, w, t, base, f).map(|r| (r.0, label)))
+                .flatten()
+        }) {
+            Some((r, label)) => format!(" ({r:.2}x{label})"),
+            None => String::new(),
+        };
+        format!("{m:.prec$} [{lo:.prec$}-{hi:.prec$}]{unit}{rel}")
+    };
     let vs_haproxy = Some(("haproxy", ""));
     let _ = writeln!(
         s,
@@ -663,28 +668,35 @@ fn report(
                 s,
                 "| {w} | {} | {} | {} | {} | {} |",
                 t.name,
-                {
-                    // "66251.9 [66162.8-66251.9] req/s (0.95x direct)"
-                    let c = cell(w, t.name, &|r| r.rate, 1, Some(("direct", " direct")));
-                    match c.find(" (") {
-                        Some(i) => format!("{} {unit}{}", &c[..i], &c[i..]),
-                        None => format!("{c} {unit}"),
-                    }
-                },
+                cell(
+                    w,
+                    t.name,
+                    &|r| r.rate,
+                    1,
+                    &format!(" {unit}"),
+                    Some(("direct", " direct"))
+                ),
                 if lat {
-                    cell(w, t.name, &|r| r.p50_ms, 3, None)
+                    cell(w, t.name, &|r| r.p50_ms, 3, "", None)
                 } else {
                     "–".into()
                 },
                 if lat {
-                    cell(w, t.name, &|r| r.p99_ms, 3, vs_haproxy)
+                    cell(w, t.name, &|r| r.p99_ms, 3, "", vs_haproxy)
                 } else {
                     "–".into()
                 },
                 if t.name == "direct" {
                     "–".into()
                 } else {
-                    format!("{} {cpu_unit}", cell(w, t.name, &|r| r.cpu, 2, vs_haproxy))
+                    cell(
+                        w,
+                        t.name,
+                        &|r| r.cpu,
+                        2,
+                        &format!(" {cpu_unit}"),
+                        vs_haproxy,
+                    )
                 },
             );
         }
@@ -833,13 +845,9 @@ fn chart(targets: &[Target], results: &BTreeMap<(&str, &str), Vec<Run>>) -> Stri
     for (gi, (wl, label)) in workloads.iter().enumerate() {
         let x0 = left + 20.0 + gi as f64 * group;
         for (pi, p) in proxies.iter().enumerate() {
-            let rel = if *p == "haproxy" && results.contains_key(&(*wl, *p)) {
-                1.0
-            } else {
-                match paired(results, wl, p, "haproxy", &|r| r.cpu) {
-                    Some((m, _, _)) => m,
-                    None => continue,
-                }
+            // HAProxy against itself is 1.0 by construction.
+            let Some((rel, _, _)) = paired(results, wl, p, "haproxy", &|r| r.cpu) else {
+                continue;
             };
             let (x, bh) = (x0 + pi as f64 * (bar + 4.0), scale(rel));
             let _ = writeln!(
