@@ -2,6 +2,9 @@
 //!
 //!     cargo bench --bench e2e                 # 3 repetitions of 5 s per workload
 //!     cargo bench --bench e2e -- --reps 5 --secs 8 --out bench-results
+//!     # A/B of two builds (each NAME=BINARY; a wrapper script that execs ringlb will do):
+//!     cargo bench --bench e2e -- --ringlb old=/tmp/ringlb-old --ringlb new=target/release/ringlb \
+//!         --only old,new,haproxy --workloads rr,conn --idle 0 --reps 9 --secs 3 --out /tmp/ab
 //!
 //! Layout on a 2-core machine: the proxy under test is pinned to CPU 0 with one worker; wrk,
 //! the nginx backend and iperf3 share CPU 1. The load side saturates first, so what compares
@@ -31,6 +34,8 @@ struct Opts {
     out: PathBuf,
     only: Option<String>,
     workloads: Vec<String>,
+    /// Builds of ringlb to run, as (name, binary); default: this build, named "ringlb".
+    ringlb: Vec<(String, String)>,
 }
 
 fn opts() -> Opts {
@@ -41,6 +46,7 @@ fn opts() -> Opts {
         out: PathBuf::from("bench-results"),
         only: None,
         workloads: ["rr", "conn", "bulk1", "bulk4"].map(String::from).to_vec(),
+        ringlb: Vec::new(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -53,6 +59,11 @@ fn opts() -> Opts {
             "--out" => o.out = PathBuf::from(val(i)),
             "--only" => o.only = Some(val(i)),
             "--workloads" => o.workloads = val(i).split(',').map(String::from).collect(),
+            "--ringlb" => {
+                let v = val(i);
+                let (name, bin) = v.split_once('=').expect("--ringlb NAME=BINARY");
+                o.ringlb.push((name.to_string(), bin.to_string()));
+            }
             _ => {
                 i += 1;
                 continue;
@@ -60,12 +71,18 @@ fn opts() -> Opts {
         }
         i += 2;
     }
+    if o.ringlb.is_empty() {
+        o.ringlb
+            .push(("ringlb".into(), env!("CARGO_BIN_EXE_ringlb").into()));
+    }
     o
 }
 
 /// One proxy (or none) under test.
 struct Target {
     name: &'static str,
+    /// A build of ringlb (judged against the issue's targets).
+    ringlb: bool,
     http: u16,
     iperf: u16,
     idle: u16,
@@ -183,41 +200,39 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     p.display().to_string()
 }
 
-fn start_ringlb(dir: &Path) -> Target {
+/// Starts build `bin` of ringlb as target `name`; the `i`-th build gets its own ports.
+fn start_ringlb(dir: &Path, name: &str, bin: &str, i: usize) -> Target {
+    let base: u16 = if i == 0 { 18001 } else { 18401 + 10 * i as u16 };
+    let (http, iperf, idle) = (base, base + 1, base + 2);
     // RINGLB_BENCH_TOP: extra top-level settings to try (e.g. "buffer_size = 65536").
     let top = std::env::var("RINGLB_BENCH_TOP")
         .unwrap_or_default()
         .replace(';', "\n");
     let cfg = format!(
         "workers = 1\nshutdown_timeout = \"1s\"\n{top}\n\
-         [[listeners]]\nname = \"http\"\nbind = \"127.0.0.1:18001\"\npool = \"http\"\n\
-         [[listeners]]\nname = \"iperf\"\nbind = \"127.0.0.1:18002\"\npool = \"iperf\"\n\
-         [[listeners]]\nname = \"idle\"\nbind = \"127.0.0.1:18003\"\npool = \"idle\"\nbacklog = 4096\n\
+         [[listeners]]\nname = \"http\"\nbind = \"127.0.0.1:{http}\"\npool = \"http\"\n\
+         [[listeners]]\nname = \"iperf\"\nbind = \"127.0.0.1:{iperf}\"\npool = \"iperf\"\n\
+         [[listeners]]\nname = \"idle\"\nbind = \"127.0.0.1:{idle}\"\npool = \"idle\"\nbacklog = 4096\n\
          [pools.http]\nbackends = [{{ addr = \"127.0.0.1:{BACKEND_HTTP}\" }}]\n\
          [pools.iperf]\nbackends = [{{ addr = \"127.0.0.1:{BACKEND_IPERF}\" }}]\n\
          [pools.idle]\nbackends = [{{ addr = \"127.0.0.1:{IDLE_BACKEND}\" }}]\n"
     );
-    let path = write(dir, "ringlb.toml", &cfg);
+    let path = write(dir, &format!("{name}.toml"), &cfg);
     let c = Command::new("taskset")
-        .args([
-            "-c",
-            PROXY_CPU,
-            env!("CARGO_BIN_EXE_ringlb"),
-            "serve",
-            "--config",
-            &path,
-        ])
+        .args(["-c", PROXY_CPU, bin, "serve", "--config", &path])
         .env("RINGLB_LOG", "warn")
         .stdout(Stdio::null())
         .process_group(0)
         .spawn()
         .unwrap();
-    wait_port(18001);
+    wait_port(http);
     Target {
-        name: "ringlb",
-        http: 18001,
-        iperf: 18002,
-        idle: 18003,
+        // Leaked once per build: target names live as long as the run.
+        name: Box::leak(name.to_string().into_boxed_str()),
+        ringlb: true,
+        http,
+        iperf,
+        idle,
         children: vec![c],
     }
 }
@@ -235,6 +250,7 @@ fn start_haproxy(dir: &Path) -> Target {
     wait_port(18011);
     Target {
         name: "haproxy",
+        ringlb: false,
         http: 18011,
         iperf: 18012,
         idle: 18013,
@@ -261,6 +277,7 @@ fn start_nginx_stream(dir: &Path) -> Target {
     wait_port(18021);
     Target {
         name: "nginx-stream",
+        ringlb: false,
         http: 18021,
         iperf: 18022,
         idle: 18023,
@@ -516,18 +533,19 @@ fn main() {
     }
     let _backends = Reaper(start_backends(dir.path()));
     idle_backend();
-    let mut targets = vec![
-        Target {
-            name: "direct",
-            http: BACKEND_HTTP,
-            iperf: BACKEND_IPERF,
-            idle: 0,
-            children: vec![],
-        },
-        start_ringlb(dir.path()),
-        start_haproxy(dir.path()),
-        start_nginx_stream(dir.path()),
-    ];
+    let mut targets = vec![Target {
+        name: "direct",
+        ringlb: false,
+        http: BACKEND_HTTP,
+        iperf: BACKEND_IPERF,
+        idle: 0,
+        children: vec![],
+    }];
+    for (i, (name, bin)) in o.ringlb.iter().enumerate() {
+        targets.push(start_ringlb(dir.path(), name, bin, i));
+    }
+    targets.push(start_haproxy(dir.path()));
+    targets.push(start_nginx_stream(dir.path()));
     if let Some(only) = &o.only {
         targets.retain(|t| t.name == "direct" || only.split(',').any(|x| x == t.name));
     }
@@ -535,7 +553,10 @@ fn main() {
     let mut results: BTreeMap<(&str, &str), Vec<Run>> = BTreeMap::new();
     for rep in 0..o.reps {
         for &w in &workloads {
-            for t in &targets {
+            // The order rotates each rep: in two A/B runs of one build against another, the
+            // build in the later slot measured 2-7% more CPU per request in both orders.
+            let n = targets.len();
+            for t in (0..n).map(|k| &targets[(k + rep) % n]) {
                 let r = match w {
                     "rr" => wrk(t, t.http, o.secs, false),
                     "conn" => wrk(t, t.http, o.secs, true),
@@ -626,7 +647,7 @@ fn report(
     );
     let _ = writeln!(
         s,
-        "Ratios are medians of per-rep paired ratios (same rep, targets run back to back).\n"
+        "Ratios are medians of per-rep paired ratios (same rep, targets run back to back, in an order that rotates each rep).\n"
     );
     // "median [min-max] unit (ratio)"; `vs`: the target a ratio is taken against, and how
     // it is labelled.
@@ -726,17 +747,16 @@ fn report(
             let _ = writeln!(s, "| {t} | {b:.0} B |");
         }
     }
-    // The issue's targets, judged on this run's paired medians.
-    let mut rows = Vec::new();
-    let cpu = |r: &Run| r.cpu;
-    let p99 = |r: &Run| r.p99_ms;
-    let rate = |r: &Run| r.rate;
-    for (what, w, base, f, target, below) in [
+    // The issue's targets, judged on this run's paired medians, for each build of ringlb.
+    type Field = fn(&Run) -> f64;
+    let (cpu, p99, rate): (Field, Field, Field) = (|r| r.cpu, |r| r.p99_ms, |r| r.rate);
+    // (what, workload, against, field, target ratio, lower is better)
+    let goals = [
         (
             "CPU per keep-alive request vs HAProxy",
             "rr",
             "haproxy",
-            &cpu as &dyn Fn(&Run) -> f64,
+            cpu,
             0.88,
             true,
         ),
@@ -744,7 +764,7 @@ fn report(
             "CPU per new connection vs HAProxy",
             "conn",
             "haproxy",
-            &cpu,
+            cpu,
             0.88,
             true,
         ),
@@ -752,7 +772,7 @@ fn report(
             "CPU per GB, 1 stream, vs HAProxy",
             "bulk1",
             "haproxy",
-            &cpu,
+            cpu,
             0.9,
             true,
         ),
@@ -760,7 +780,7 @@ fn report(
             "CPU per GB, 4 streams, vs HAProxy",
             "bulk4",
             "haproxy",
-            &cpu,
+            cpu,
             0.9,
             true,
         ),
@@ -768,7 +788,7 @@ fn report(
             "keep-alive p99 vs HAProxy",
             "rr",
             "haproxy",
-            &p99,
+            p99,
             0.85,
             true,
         ),
@@ -776,30 +796,37 @@ fn report(
             "keep-alive throughput vs direct",
             "rr",
             "direct",
-            &rate,
+            rate,
             0.95,
             false,
         ),
-    ] {
-        if let Some((m, lo, hi)) = paired(results, w, "ringlb", base, f) {
-            let met = if below { m <= target } else { m >= target };
-            let cmp = if below { "≤" } else { "≥" };
+    ];
+    let verdict = |met: bool| if met { "met" } else { "not met" };
+    let mut rows = Vec::new();
+    for t in targets.iter().filter(|t| t.ringlb) {
+        for (what, w, base, f, target, below) in goals {
+            if let Some((m, lo, hi)) = paired(results, w, t.name, base, &f) {
+                let cmp = if below { "≤" } else { "≥" };
+                let met = if below { m <= target } else { m >= target };
+                rows.push(format!(
+                    "| {} | {what} | {cmp} {target:.2}x | {m:.2}x [{lo:.2}-{hi:.2}] | {} |",
+                    t.name,
+                    verdict(met)
+                ));
+            }
+        }
+        if let Some(b) = idle.get(t.name) {
             rows.push(format!(
-                "| {what} | {cmp} {target:.2}x | {m:.2}x [{lo:.2}-{hi:.2}] | {} |",
-                if met { "met" } else { "not met" }
+                "| {} | RSS per idle proxied connection | ≤ 512 B | {b:.0} B | {} |",
+                t.name,
+                verdict(*b <= 512.0)
             ));
         }
-    }
-    if let Some(b) = idle.get("ringlb") {
-        rows.push(format!(
-            "| RSS per idle proxied connection | ≤ 512 B | {b:.0} B | {} |",
-            if *b <= 512.0 { "met" } else { "not met" }
-        ));
     }
     if !rows.is_empty() {
         let _ = writeln!(
             s,
-            "\n| ringlb target | target | this run | |\n|---|---|---|---|\n{}",
+            "\n| build | ringlb target | target | this run | |\n|---|---|---|---|---|\n{}",
             rows.join("\n")
         );
     }
