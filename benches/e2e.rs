@@ -10,6 +10,12 @@
 //! the nginx backend and iperf3 share CPU 1. The load side saturates first, so what compares
 //! proxies is their own CPU time (from /proc) per request, per connection and per GB, and
 //! their latency. Only loopback is used; every run is bounded in time.
+//!
+//! Workloads: `rr` (wrk keep-alive), `conn` (wrk, `Connection: close`), `bulk1`/`bulk4`
+//! (iperf3 -P1/-P4) run each proxy alone, back to back; `rr-duel`/`conn-duel` run all the
+//! proxies at once on CPU 0, each under its own wrk, so that a CPU ratio compares them on the
+//! same machine at the same moment (see `duel`). For A/B runs of two builds, `--workloads
+//! rr-duel,conn-duel --only old,new` is the quickest and steadiest.
 //! Needs: haproxy, nginx with libnginx-mod-stream, wrk, iperf3 (Debian packages).
 
 use std::collections::BTreeMap;
@@ -45,7 +51,9 @@ fn opts() -> Opts {
         idle: 9000,
         out: PathBuf::from("bench-results"),
         only: None,
-        workloads: ["rr", "conn", "bulk1", "bulk4"].map(String::from).to_vec(),
+        workloads: ["rr", "conn", "bulk1", "bulk4", "rr-duel", "conn-duel"]
+            .map(String::from)
+            .to_vec(),
         ringlb: Vec::new(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -348,18 +356,22 @@ fn measured<T>(t: &Target, f: impl FnOnce() -> T) -> (T, f64, f64) {
     (out, cpu, noise)
 }
 
-fn wrk(t: &Target, port: u16, secs: u64, close: bool) -> Run {
-    let url = format!("http://127.0.0.1:{port}/");
-    let d = format!("{secs}s");
-    let mut args = vec!["-c", LOAD_CPU, "wrk", "-t1", "-c64", "-d", &d, "--latency"];
+/// wrk on the load CPU: one thread, `conns` keep-alive connections, or a new connection per
+/// request with `close`.
+fn wrk_cmd(port: u16, secs: u64, conns: usize, close: bool) -> Command {
+    let mut c = Command::new("taskset");
+    c.args(["-c", LOAD_CPU, "wrk", "-t1", "--latency"])
+        .arg(format!("-c{conns}"))
+        .arg(format!("-d{secs}s"));
     if close {
-        args.extend(["-H", "Connection: close"]);
+        c.args(["-H", "Connection: close"]);
     }
-    args.push(&url);
-    let (out, cpu, noise) = measured(t, || {
-        Command::new("taskset").args(&args).output().expect("wrk")
-    });
-    let text = String::from_utf8_lossy(&out.stdout);
+    c.arg(format!("http://127.0.0.1:{port}/"));
+    c
+}
+
+/// A `Run` from wrk's output and the proxy's CPU seconds over it.
+fn parse_wrk(text: &str, cpu: f64, noise: f64) -> Run {
     let mut r = Run {
         noise,
         ..Run::default()
@@ -379,6 +391,45 @@ fn wrk(t: &Target, port: u16, secs: u64, close: bool) -> Run {
         r.cpu = cpu * 1e6 / total;
     }
     r
+}
+
+fn wrk(t: &Target, port: u16, secs: u64, close: bool) -> Run {
+    let (out, cpu, noise) = measured(t, || wrk_cmd(port, secs, 64, close).output().expect("wrk"));
+    parse_wrk(&String::from_utf8_lossy(&out.stdout), cpu, noise)
+}
+
+/// All `targets` at once on the proxy CPU, each under its own wrk (64 connections shared
+/// out): every proxy sees the same machine at the same moment, so the ratio of their CPU per
+/// request is free of the drift between back-to-back runs (this VM's speed moves by 20%
+/// within a minute). Latency here says nothing about a proxy alone: the proxies take turns
+/// on one core.
+fn duel(targets: &[&Target], secs: u64, close: bool) -> Vec<Run> {
+    let pids: Vec<Vec<u32>> = targets.iter().map(|t| t.pids()).collect();
+    let cpu_of = |p: &Vec<u32>| p.iter().map(|&p| cpu_secs(p)).sum::<f64>();
+    let cpu0: Vec<f64> = pids.iter().map(cpu_of).collect();
+    let busy0 = cpu_busy(PROXY_CPU);
+    let start = Instant::now();
+    let conns = (64 / targets.len()).max(1);
+    let loads: Vec<Child> = targets
+        .iter()
+        .map(|t| {
+            wrk_cmd(t.http, secs, conns, close)
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("wrk")
+        })
+        .collect();
+    let outs: Vec<_> = loads
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("wrk"))
+        .collect();
+    let wall = start.elapsed().as_secs_f64();
+    let cpus: Vec<f64> = pids.iter().zip(&cpu0).map(|(p, c0)| cpu_of(p) - c0).collect();
+    let noise = ((cpu_busy(PROXY_CPU) - busy0 - cpus.iter().sum::<f64>()) / wall).max(0.0);
+    outs.iter()
+        .zip(cpus)
+        .map(|(o, cpu)| parse_wrk(&String::from_utf8_lossy(&o.stdout), cpu, noise))
+        .collect()
 }
 
 fn iperf(t: &Target, port: u16, secs: u64, streams: u32) -> Run {
@@ -556,6 +607,26 @@ fn main() {
             // The order rotates each rep: in two A/B runs of one build against another, the
             // build in the later slot measured 2-7% more CPU per request in both orders.
             let n = targets.len();
+            if let Some(base) = w.strip_suffix("-duel") {
+                let proxies: Vec<&Target> = targets.iter().filter(|t| t.name != "direct").collect();
+                let runs = duel(&proxies, o.secs, base == "conn");
+                for (t, r) in proxies.iter().zip(runs) {
+                    eprintln!(
+                        "rep {rep} {w:9} {:13} rate {:10.1} cpu {:7.2}{}",
+                        t.name,
+                        r.rate,
+                        r.cpu,
+                        if r.noise > 0.05 {
+                            format!("  (other load on CPU {PROXY_CPU}: {:.0}%)", r.noise * 100.0)
+                        } else {
+                            String::new()
+                        }
+                    );
+                    results.entry((w, t.name)).or_default().push(r);
+                }
+                std::thread::sleep(Duration::from_millis(300));
+                continue;
+            }
             for t in (0..n).map(|k| &targets[(k + rep) % n]) {
                 let r = match w {
                     "rr" => wrk(t, t.http, o.secs, false),
@@ -647,7 +718,10 @@ fn report(
     );
     let _ = writeln!(
         s,
-        "Ratios are medians of per-rep paired ratios (same rep, targets run back to back, in an order that rotates each rep).\n"
+        "Ratios are medians of per-rep paired ratios (same rep, targets run back to back, in an order that rotates each rep).\n\n\
+         `-duel` rows: the proxies run at the same time on CPU {PROXY_CPU}, each under its own wrk with an equal share of the \
+         64 connections, so each rep compares them on the same machine at the same moment (no drift between back-to-back runs); \
+         their latency is not shown, as the proxies take turns on one core.\n"
     );
     // "median [min-max] unit (ratio)"; `vs`: the target a ratio is taken against, and how
     // it is labelled.
@@ -682,8 +756,14 @@ fn report(
         ("conn", "conn/s", "µs/conn"),
         ("bulk1", "Gbit/s", "CPU-s/GB"),
         ("bulk4", "Gbit/s", "CPU-s/GB"),
+        ("rr-duel", "req/s", "µs/req"),
+        ("conn-duel", "conn/s", "µs/conn"),
     ] {
-        for t in targets {
+        if !results.keys().any(|(rw, _)| *rw == w) {
+            continue;
+        }
+        let duel = w.ends_with("-duel");
+        for t in targets.iter().filter(|t| !(duel && t.name == "direct")) {
             let lat = w == "rr" || w == "conn";
             let _ = writeln!(
                 s,
@@ -695,7 +775,7 @@ fn report(
                     &|r| r.rate,
                     1,
                     &format!(" {unit}"),
-                    Some(("direct", " direct"))
+                    (!duel).then_some(("direct", " direct"))
                 ),
                 if lat {
                     cell(w, t.name, &|r| r.p50_ms, 3, "", None)
@@ -763,6 +843,22 @@ fn report(
         (
             "CPU per new connection vs HAProxy",
             "conn",
+            "haproxy",
+            cpu,
+            0.88,
+            true,
+        ),
+        (
+            "CPU per keep-alive request vs HAProxy, run concurrently",
+            "rr-duel",
+            "haproxy",
+            cpu,
+            0.88,
+            true,
+        ),
+        (
+            "CPU per new connection vs HAProxy, run concurrently",
+            "conn-duel",
             "haproxy",
             cpu,
             0.88,
@@ -840,6 +936,8 @@ fn chart(targets: &[Target], results: &BTreeMap<(&str, &str), Vec<Run>>) -> Stri
         ("conn", "CPU/connection"),
         ("bulk1", "CPU/GB (1 stream)"),
         ("bulk4", "CPU/GB (4 streams)"),
+        ("rr-duel", "CPU/request, concurrent"),
+        ("conn-duel", "CPU/conn, concurrent"),
     ];
     let proxies: Vec<&str> = targets
         .iter()
@@ -847,7 +945,7 @@ fn chart(targets: &[Target], results: &BTreeMap<(&str, &str), Vec<Run>>) -> Stri
         .filter(|n| *n != "direct")
         .collect();
     let colors = ["#d9480f", "#1971c2", "#2f9e44", "#862e9c"];
-    let (w, h, left, top, bar) = (760.0, 360.0, 60.0, 40.0, 34.0);
+    let (w, h, left, top, bar) = (1000.0, 360.0, 60.0, 40.0, 30.0);
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n"
     );
