@@ -15,7 +15,7 @@
 //! (iperf3 -P1/-P4) run each proxy alone, back to back; `rr-duel`/`conn-duel` run all the
 //! proxies at once on CPU 0, each under its own wrk, so that a CPU ratio compares them on the
 //! same machine at the same moment (see `duel`). For A/B runs of two builds, `--workloads
-//! rr-duel,conn-duel --only old,new` is the quickest and steadiest.
+//! rr-duel,conn-duel --only old,new,haproxy` is the quickest and steadiest.
 //! Needs: haproxy, nginx with libnginx-mod-stream, wrk, iperf3 (Debian packages).
 
 use std::collections::BTreeMap;
@@ -424,7 +424,11 @@ fn duel(targets: &[&Target], secs: u64, close: bool) -> Vec<Run> {
         .map(|c| c.wait_with_output().expect("wrk"))
         .collect();
     let wall = start.elapsed().as_secs_f64();
-    let cpus: Vec<f64> = pids.iter().zip(&cpu0).map(|(p, c0)| cpu_of(p) - c0).collect();
+    let cpus: Vec<f64> = pids
+        .iter()
+        .zip(&cpu0)
+        .map(|(p, c0)| cpu_of(p) - c0)
+        .collect();
     let noise = ((cpu_busy(PROXY_CPU) - busy0 - cpus.iter().sum::<f64>()) / wall).max(0.0);
     outs.iter()
         .zip(cpus)
@@ -604,29 +608,19 @@ fn main() {
     let mut results: BTreeMap<(&str, &str), Vec<Run>> = BTreeMap::new();
     for rep in 0..o.reps {
         for &w in &workloads {
-            // The order rotates each rep: in two A/B runs of one build against another, the
-            // build in the later slot measured 2-7% more CPU per request in both orders.
-            let n = targets.len();
             if let Some(base) = w.strip_suffix("-duel") {
                 let proxies: Vec<&Target> = targets.iter().filter(|t| t.name != "direct").collect();
                 let runs = duel(&proxies, o.secs, base == "conn");
                 for (t, r) in proxies.iter().zip(runs) {
-                    eprintln!(
-                        "rep {rep} {w:9} {:13} rate {:10.1} cpu {:7.2}{}",
-                        t.name,
-                        r.rate,
-                        r.cpu,
-                        if r.noise > 0.05 {
-                            format!("  (other load on CPU {PROXY_CPU}: {:.0}%)", r.noise * 100.0)
-                        } else {
-                            String::new()
-                        }
-                    );
+                    log_run(rep, w, t.name, &r);
                     results.entry((w, t.name)).or_default().push(r);
                 }
                 std::thread::sleep(Duration::from_millis(300));
                 continue;
             }
+            // The order rotates each rep: in two A/B runs of one build against another, the
+            // build in the later slot measured 2-7% more CPU per request in both orders.
+            let n = targets.len();
             for t in (0..n).map(|k| &targets[(k + rep) % n]) {
                 let r = match w {
                     "rr" => wrk(t, t.http, o.secs, false),
@@ -634,19 +628,7 @@ fn main() {
                     "bulk1" => iperf(t, t.iperf, o.secs, 1),
                     _ => iperf(t, t.iperf, o.secs, 4),
                 };
-                eprintln!(
-                    "rep {rep} {w:5} {:13} rate {:10.1} p50 {:6.3} ms p99 {:6.3} ms cpu {:7.2}{}",
-                    t.name,
-                    r.rate,
-                    r.p50_ms,
-                    r.p99_ms,
-                    r.cpu,
-                    if r.noise > 0.05 {
-                        format!("  (other load on CPU {PROXY_CPU}: {:.0}%)", r.noise * 100.0)
-                    } else {
-                        String::new()
-                    }
-                );
+                log_run(rep, w, t.name, &r);
                 results.entry((w, t.name)).or_default().push(r);
                 std::thread::sleep(Duration::from_millis(300));
             }
@@ -675,6 +657,22 @@ fn main() {
         "wrote {}/e2e.md and {}/e2e.svg",
         o.out.display(),
         o.out.display()
+    );
+}
+
+/// One progress line per measurement, on stderr.
+fn log_run(rep: usize, w: &str, name: &str, r: &Run) {
+    eprintln!(
+        "rep {rep} {w:9} {name:13} rate {:10.1} p50 {:6.3} ms p99 {:6.3} ms cpu {:7.2}{}",
+        r.rate,
+        r.p50_ms,
+        r.p99_ms,
+        r.cpu,
+        if r.noise > 0.05 {
+            format!("  (other load on CPU {PROXY_CPU}: {:.0}%)", r.noise * 100.0)
+        } else {
+            String::new()
+        }
     );
 }
 
