@@ -215,6 +215,8 @@ pub struct Listener {
 pub struct Snapshot {
     pub pools: Vec<Arc<Pool>>,
     pub listeners: Vec<Arc<Listener>>,
+    /// How long a worker spins for completions before sleeping (`busy_poll`; reloadable).
+    pub busy_poll: Duration,
 }
 
 /// Backends per pool name: who is a member right now (draining ones included).
@@ -292,7 +294,11 @@ impl Snapshot {
                 })
             })
             .collect();
-        Snapshot { pools, listeners }
+        Snapshot {
+            pools,
+            listeners,
+            busy_poll: cfg.busy_poll.get_ref().get(),
+        }
     }
 
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {

@@ -30,10 +30,14 @@ pub struct Config {
     pub state_file: Option<PathBuf>,
     /// Size of one relay buffer, in bytes (the kernel fills it on recv).
     #[serde(default = "default_buffer_size")]
-    pub buffer_size: u32,
+    pub buffer_size: Spanned<u32>,
     /// Relay buffers per worker (a power of two, at most 32768).
     #[serde(default = "default_buffer_count")]
-    pub buffer_count: u32,
+    pub buffer_count: Spanned<u32>,
+    /// After each loop turn, a worker spins this long for more completions before it sleeps
+    /// (0: sleep at once). Like HAProxy's `busy-polling`, but bounded: an idle worker sleeps.
+    #[serde(default = "default_busy_poll")]
+    pub busy_poll: Spanned<Dur>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -210,11 +214,16 @@ fn default_shutdown_timeout() -> Dur {
 }
 /// 64 KiB: iperf3 through the proxy measured 0.59 CPU-s/GB with 64 KiB buffers against 0.70
 /// with 16 KiB, with no change in request/response cost (benches/e2e.rs).
-fn default_buffer_size() -> u32 {
-    64 * 1024
+fn default_buffer_size() -> Spanned<u32> {
+    Spanned::new(0..0, 64 * 1024)
 }
-fn default_buffer_count() -> u32 {
-    256
+fn default_buffer_count() -> Spanned<u32> {
+    Spanned::new(0..0, 256)
+}
+/// Off: spinning costs the proxy's own CPU for the load side's and the latency's gain; see
+/// "Busy polling" in README.md for when that is worth it.
+fn default_busy_poll() -> Spanned<Dur> {
+    Spanned::new(0..0, Dur(Duration::ZERO))
 }
 fn default_connect_timeout() -> Dur {
     Dur(Duration::from_secs(2))
@@ -292,6 +301,9 @@ fn default_expect_status() -> String {
 pub const MAX_RETRIES: u32 = 7;
 /// Largest weight: keeps round-robin schedules and hash rings small.
 pub const MAX_WEIGHT: u32 = 256;
+/// Longest `busy_poll`: past a millisecond a spin is a busy loop, not a wait for an event
+/// already on its way.
+pub const MAX_BUSY_POLL: Duration = Duration::from_millis(1);
 
 /// A duration written as `"250ms"`, `"2s"`, `"5m"`, `"1h"` (also `"us"`, and `"1m30s"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -459,22 +471,27 @@ impl Config {
                 "listeners: at least one [[listeners]] is needed".into(),
             ));
         }
-        if !(self.buffer_count.is_power_of_two() && (2..=32768).contains(&self.buffer_count)) {
+        let count = *self.buffer_count.get_ref();
+        if !(count.is_power_of_two() && (2..=32768).contains(&count)) {
             return Err((
-                None,
+                span(&self.buffer_count),
+                format!("{count} is not a power of two from 2 to 32768"),
+            ));
+        }
+        let busy = self.busy_poll.get_ref().get();
+        if busy > MAX_BUSY_POLL {
+            return Err((
+                span(&self.busy_poll),
                 format!(
-                    "buffer_count = {}: must be a power of two from 2 to 32768",
-                    self.buffer_count
+                    "{busy:?} is more than the {MAX_BUSY_POLL:?} allowed (it is a spin before each sleep, not a timer)"
                 ),
             ));
         }
-        if !(1024..=(1 << 20)).contains(&self.buffer_size) {
+        let size = *self.buffer_size.get_ref();
+        if !(1024..=(1 << 20)).contains(&size) {
             return Err((
-                None,
-                format!(
-                    "buffer_size = {}: must be from 1024 to 1048576 bytes",
-                    self.buffer_size
-                ),
+                span(&self.buffer_size),
+                format!("{size} is not from 1024 to 1048576 bytes"),
             ));
         }
         let mut names = HashSet::new();

@@ -77,6 +77,18 @@ fn bad_duration() {
 }
 
 #[test]
+fn worker_settings_out_of_range() {
+    let at_line_2 = |line: &str| GOOD.replace("workers = 1\n", &format!("workers = 1\n{line}\n"));
+    expect_error(&at_line_2("buffer_count = 3"), "buffer_count", 2);
+    expect_error(&at_line_2("buffer_size = 512"), "buffer_size", 2);
+    expect_error(&at_line_2("busy_poll = \"5ms\""), "busy_poll", 2);
+    expect_error(&at_line_2("busy_poll = \"fast\""), "busy_poll", 2);
+    let (code, out, err) = run("check", &at_line_2("busy_poll = \"50us\""));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("busy_poll = \"50us\""), "{out}");
+}
+
+#[test]
 fn unknown_pool() {
     expect_error(
         &GOOD.replace("pool = \"web\"", "pool = \"api\""),

@@ -467,6 +467,30 @@ fn a_tiny_buffer_pool_parks_and_resumes_without_losing_bytes() {
 }
 
 #[test]
+fn busy_polling_relays_intact_and_an_idle_worker_still_sleeps() {
+    let echo = TestBackend::echo();
+    let (p, lb) = single_pool(&[echo.addr], "", "workers = 1\nbusy_poll = \"1ms\"");
+    let handles: Vec<_> = (0..8u64)
+        .map(|i| {
+            std::thread::spawn(move || {
+                echo_intact(lb, 4 << 20, 4099, i + 7, &format!("connection {i}"))
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    // The spin is bounded: with no traffic the worker sleeps between its 100 ms ticks
+    // (each tick buys at most 1 ms of spinning), where an unbounded spin would burn the
+    // whole second.
+    std::thread::sleep(Duration::from_millis(200));
+    let before = cpu_ticks(p.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(p.pid()) - before;
+    assert!(used < 20, "used {used} ticks of CPU in an idle second");
+}
+
+#[test]
 fn clients_that_stop_reading_do_not_starve_the_others() {
     // A backend that floods every connection; its clients never read. Backpressure bounds
     // what each stalled direction holds (about 3 buffers), so a small pool (64 of 4 KiB)

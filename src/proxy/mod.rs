@@ -68,7 +68,10 @@ pub fn start(cfg: &Config, shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>, S
         sockets.push(bind(&snapshot)?);
     }
     let cpus = ring::sys::allowed_cpus();
-    let (count, size) = (cfg.buffer_count as u16, cfg.buffer_size);
+    let (count, size) = (
+        *cfg.buffer_count.get_ref() as u16,
+        *cfg.buffer_size.get_ref(),
+    );
     let pin = cfg.pin_workers;
     let (tx, rx) = std::sync::mpsc::channel();
     let mut handles = Vec::with_capacity(n);

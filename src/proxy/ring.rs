@@ -134,6 +134,8 @@ pub struct Ring {
     /// NO_IOWAIT where the kernel has it (an idle worker is waiting for the network, not
     /// for a disk; without it every worker's core shows as 100% iowait).
     enter_flags: u32,
+    /// `busy_poll`, in nanoseconds (0: sleep at once).
+    busy_poll_ns: u64,
 }
 
 impl Ring {
@@ -148,6 +150,7 @@ impl Ring {
         let uring = IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
+            .setup_taskrun_flag()
             .setup_cqsize(sq_entries * 4)
             .build(sq_entries)
             .or_else(|_| {
@@ -186,6 +189,7 @@ impl Ring {
             headers: Vec::new(),
             enter_fd: raw,
             enter_flags: abi::IORING_ENTER_GETEVENTS,
+            busy_poll_ns: 0,
         };
         // SAFETY: the entries mapping is page-aligned, holds `count` entries, and lives in
         // `ring` (dropped after the IoUring, which unregisters the group with it).
@@ -252,9 +256,51 @@ impl Ring {
         self.nstaged = 0;
     }
 
+    /// How long [`Ring::submit_and_wait`] spins before it sleeps (`busy_poll`).
+    pub fn set_busy_poll(&mut self, d: Duration) {
+        self.busy_poll_ns = d.as_nanos().min(u64::MAX as u128) as u64;
+    }
+
     /// Submits what is queued and waits for at least one completion.
+    ///
+    /// With `busy_poll` set and nothing ready, it submits, then spins on the CQ and on the
+    /// IORING_SQ_TASKRUN flag (the kernel sets it when task work waits to post completions,
+    /// DEFER_TASKRUN included) for up to that long before it sleeps. Why: a sleeping worker
+    /// is woken by whoever sends it data, and on a VM whose idle vCPU halts, that wake is
+    /// an IPI the *sender's* CPU pays for with a VM exit, and the halted vCPU takes long to
+    /// resume. A worker that is still spinning when the data comes needs no wake at all.
     pub fn submit_and_wait(&mut self) -> io::Result<()> {
         let to_submit = self.uring.submission().len() as u32;
+        if self.busy_poll_ns == 0 || self.work_ready() {
+            return self.enter(to_submit, 1);
+        }
+        if to_submit > 0 {
+            self.enter(to_submit, 0)?;
+        }
+        let start = std::time::Instant::now();
+        let mut turns = 0u32;
+        loop {
+            if self.work_ready() {
+                break;
+            }
+            turns = turns.wrapping_add(1);
+            // The clock is read every 16 turns: a vDSO call costs more than a look at the flags.
+            if turns.is_multiple_of(16) && start.elapsed().as_nanos() as u64 >= self.busy_poll_ns {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        self.enter(0, 1)
+    }
+
+    /// Completions are in the CQ, or task work waits to post some (IORING_SQ_TASKRUN).
+    fn work_ready(&mut self) -> bool {
+        self.uring.submission().taskrun() || !self.uring.completion().is_empty()
+    }
+
+    /// io_uring_enter(2): submits `to_submit` SQEs, runs pending task work, and waits until
+    /// `wait_nr` completions are in the CQ.
+    fn enter(&mut self, to_submit: u32, wait_nr: u32) -> io::Result<()> {
         // SAFETY: io_uring_enter with no argument pointer (size 0); `enter_fd` is this
         // ring's descriptor or, with REGISTERED_RING in the flags, its registered index.
         let r = unsafe {
@@ -262,7 +308,7 @@ impl Ring {
                 libc::SYS_io_uring_enter,
                 self.enter_fd,
                 to_submit,
-                1u32,
+                wait_nr,
                 self.enter_flags,
                 std::ptr::null::<libc::c_void>(),
                 0usize,

@@ -116,6 +116,8 @@ impl Worker {
     /// Runs until shutdown is requested and every connection has ended.
     pub fn run(mut self) -> std::io::Result<()> {
         self.ring.tick(TICK, conn::user_data(0, 0, Op::Tick));
+        self.ring
+            .set_busy_poll(self.shared.snapshot.load().busy_poll);
         for i in 0..self.listening.len() {
             self.arm_accept(i);
         }
@@ -772,6 +774,7 @@ impl Worker {
         }
         // Accepts paused for EMFILE or max_connections resume when they may.
         let snap = self.shared.snapshot.load();
+        self.ring.set_busy_poll(snap.busy_poll);
         for i in 0..self.listening.len() {
             let l = &self.listening[i];
             if l.state != AcceptState::Idle || self.now < l.paused_until {
