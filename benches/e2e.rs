@@ -15,7 +15,9 @@
 //! (iperf3 -P1/-P4) run each proxy alone, back to back; `rr-duel`/`conn-duel` run all the
 //! proxies at once on CPU 0, each under its own wrk, so that a CPU ratio compares them on the
 //! same machine at the same moment (see `duel`). For A/B runs of two builds, `--workloads
-//! rr-duel,conn-duel --only old,new,haproxy` is the quickest and steadiest.
+//! rr-duel,conn-duel --only old,new,haproxy` is the quickest and steadiest. `ringlb-busy` and
+//! `haproxy-busy` (rr and conn; `--no-busy` leaves them out) run the first build with
+//! `busy_poll = "50us"` against HAProxy with `busy-polling`.
 //! Needs: haproxy, nginx with libnginx-mod-stream, wrk, iperf3 (Debian packages).
 
 use std::collections::BTreeMap;
@@ -42,6 +44,8 @@ struct Opts {
     workloads: Vec<String>,
     /// Builds of ringlb to run, as (name, binary); default: this build, named "ringlb".
     ringlb: Vec<(String, String)>,
+    /// Also run the first build with `busy_poll` and HAProxy with `busy-polling` (rr, conn).
+    busy: bool,
 }
 
 fn opts() -> Opts {
@@ -55,6 +59,7 @@ fn opts() -> Opts {
             .map(String::from)
             .to_vec(),
         ringlb: Vec::new(),
+        busy: true,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -71,6 +76,11 @@ fn opts() -> Opts {
                 let v = val(i);
                 let (name, bin) = v.split_once('=').expect("--ringlb NAME=BINARY");
                 o.ringlb.push((name.to_string(), bin.to_string()));
+            }
+            "--no-busy" => {
+                o.busy = false;
+                i += 1;
+                continue;
             }
             _ => {
                 i += 1;
@@ -91,6 +101,12 @@ struct Target {
     name: &'static str,
     /// A build of ringlb (judged against the issue's targets).
     ringlb: bool,
+    /// Started with busy polling (ringlb's `busy_poll`, HAProxy's `busy-polling`): runs the
+    /// rr and conn workloads only, and is compared with the other busy target.
+    busy: bool,
+    /// Kept stopped (SIGSTOP) outside its own runs: it spins even when idle and would take
+    /// CPU 0 from the others.
+    paused: bool,
     http: u16,
     iperf: u16,
     idle: u16,
@@ -98,6 +114,20 @@ struct Target {
 }
 
 impl Target {
+    /// SIGCONT or SIGSTOP to a `paused` target (a no-op for the others).
+    fn hold(&self, run: bool) {
+        if self.paused {
+            for pid in self.pids() {
+                let _ = Command::new("kill")
+                    .args([if run { "-CONT" } else { "-STOP" }, &pid.to_string()])
+                    .status();
+            }
+            if run {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
     /// Pids whose CPU counts as the proxy's: the processes we started and their children.
     fn pids(&self) -> Vec<u32> {
         let mut pids: Vec<u32> = self.children.iter().map(|c| c.id()).collect();
@@ -209,13 +239,17 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 }
 
 /// Starts build `bin` of ringlb as target `name`; the `i`-th build gets its own ports.
-fn start_ringlb(dir: &Path, name: &str, bin: &str, i: usize) -> Target {
+/// `busy`: with `busy_poll = "50us"`.
+fn start_ringlb(dir: &Path, name: &str, bin: &str, i: usize, busy: bool) -> Target {
     let base: u16 = if i == 0 { 18001 } else { 18401 + 10 * i as u16 };
     let (http, iperf, idle) = (base, base + 1, base + 2);
     // RINGLB_BENCH_TOP: extra top-level settings to try (e.g. "buffer_size = 65536").
-    let top = std::env::var("RINGLB_BENCH_TOP")
+    let mut top = std::env::var("RINGLB_BENCH_TOP")
         .unwrap_or_default()
         .replace(';', "\n");
+    if busy {
+        top.push_str("\nbusy_poll = \"50us\"");
+    }
     let cfg = format!(
         "workers = 1\nshutdown_timeout = \"1s\"\n{top}\n\
          [[listeners]]\nname = \"http\"\nbind = \"127.0.0.1:{http}\"\npool = \"http\"\n\
@@ -238,6 +272,8 @@ fn start_ringlb(dir: &Path, name: &str, bin: &str, i: usize) -> Target {
         // Leaked once per build: target names live as long as the run.
         name: Box::leak(name.to_string().into_boxed_str()),
         ringlb: true,
+        busy,
+        paused: false,
         http,
         iperf,
         idle,
@@ -245,25 +281,34 @@ fn start_ringlb(dir: &Path, name: &str, bin: &str, i: usize) -> Target {
     }
 }
 
-fn start_haproxy(dir: &Path) -> Target {
+/// HAProxy, or with `busy` its `busy-polling` twin (kept stopped between its runs).
+fn start_haproxy(dir: &Path, busy: bool) -> Target {
+    let base: u16 = if busy { 18031 } else { 18011 };
+    let (http, iperf, idle) = (base, base + 1, base + 2);
     let cfg = format!(
-        "global\n  nbthread 1\n  maxconn 9500\n\
+        "global\n  nbthread 1\n  maxconn 9500\n{}\
          defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 5m\n  timeout server 5m\n\
-         listen http\n  bind 127.0.0.1:18011\n  server s 127.0.0.1:{BACKEND_HTTP}\n\
-         listen iperf\n  bind 127.0.0.1:18012\n  server s 127.0.0.1:{BACKEND_IPERF}\n\
-         listen idle\n  bind 127.0.0.1:18013\n  server s 127.0.0.1:{IDLE_BACKEND}\n"
+         listen http\n  bind 127.0.0.1:{http}\n  server s 127.0.0.1:{BACKEND_HTTP}\n\
+         listen iperf\n  bind 127.0.0.1:{iperf}\n  server s 127.0.0.1:{BACKEND_IPERF}\n\
+         listen idle\n  bind 127.0.0.1:{idle}\n  server s 127.0.0.1:{IDLE_BACKEND}\n",
+        if busy { "  busy-polling\n" } else { "" }
     );
-    let path = write(dir, "haproxy.cfg", &cfg);
+    let name = if busy { "haproxy-busy" } else { "haproxy" };
+    let path = write(dir, &format!("{name}.cfg"), &cfg);
     let c = spawn(PROXY_CPU, "haproxy", &["-f", &path, "-db"]);
-    wait_port(18011);
-    Target {
-        name: "haproxy",
+    wait_port(http);
+    let t = Target {
+        name,
         ringlb: false,
-        http: 18011,
-        iperf: 18012,
-        idle: 18013,
+        busy,
+        paused: busy,
+        http,
+        iperf,
+        idle: if busy { 0 } else { idle },
         children: vec![c],
-    }
+    };
+    t.hold(false);
+    t
 }
 
 fn start_nginx_stream(dir: &Path) -> Target {
@@ -286,6 +331,8 @@ fn start_nginx_stream(dir: &Path) -> Target {
     Target {
         name: "nginx-stream",
         ringlb: false,
+        busy: false,
+        paused: false,
         http: 18021,
         iperf: 18022,
         idle: 18023,
@@ -591,16 +638,30 @@ fn main() {
     let mut targets = vec![Target {
         name: "direct",
         ringlb: false,
+        busy: false,
+        paused: false,
         http: BACKEND_HTTP,
         iperf: BACKEND_IPERF,
         idle: 0,
         children: vec![],
     }];
     for (i, (name, bin)) in o.ringlb.iter().enumerate() {
-        targets.push(start_ringlb(dir.path(), name, bin, i));
+        targets.push(start_ringlb(dir.path(), name, bin, i, false));
     }
-    targets.push(start_haproxy(dir.path()));
+    targets.push(start_haproxy(dir.path(), false));
     targets.push(start_nginx_stream(dir.path()));
+    if o.busy {
+        let (name, bin) = &o.ringlb[0];
+        let n = o.ringlb.len();
+        targets.push(start_ringlb(
+            dir.path(),
+            &format!("{name}-busy"),
+            bin,
+            n,
+            true,
+        ));
+        targets.push(start_haproxy(dir.path(), true));
+    }
     if let Some(only) = &o.only {
         targets.retain(|t| t.name == "direct" || only.split(',').any(|x| x == t.name));
     }
@@ -609,7 +670,10 @@ fn main() {
     for rep in 0..o.reps {
         for &w in &workloads {
             if let Some(base) = w.strip_suffix("-duel") {
-                let proxies: Vec<&Target> = targets.iter().filter(|t| t.name != "direct").collect();
+                let proxies: Vec<&Target> = targets
+                    .iter()
+                    .filter(|t| t.name != "direct" && !t.busy)
+                    .collect();
                 let runs = duel(&proxies, o.secs, base == "conn");
                 for (t, r) in proxies.iter().zip(runs) {
                     log_run(rep, w, t.name, &r);
@@ -622,12 +686,17 @@ fn main() {
             // build in the later slot measured 2-7% more CPU per request in both orders.
             let n = targets.len();
             for t in (0..n).map(|k| &targets[(k + rep) % n]) {
+                if t.busy && !(w == "rr" || w == "conn") {
+                    continue;
+                }
+                t.hold(true);
                 let r = match w {
                     "rr" => wrk(t, t.http, o.secs, false),
                     "conn" => wrk(t, t.http, o.secs, true),
                     "bulk1" => iperf(t, t.iperf, o.secs, 1),
                     _ => iperf(t, t.iperf, o.secs, 4),
                 };
+                t.hold(false);
                 log_run(rep, w, t.name, &r);
                 results.entry((w, t.name)).or_default().push(r);
                 std::thread::sleep(Duration::from_millis(300));
@@ -719,7 +788,9 @@ fn report(
         "Ratios are medians of per-rep paired ratios (same rep, targets run back to back, in an order that rotates each rep).\n\n\
          `-duel` rows: the proxies run at the same time on CPU {PROXY_CPU}, each under its own wrk with an equal share of the \
          64 connections, so each rep compares them on the same machine at the same moment (no drift between back-to-back runs); \
-         their latency is not shown, as the proxies take turns on one core.\n"
+         their latency is not shown, as the proxies take turns on one core.\n\n\
+         `-busy` rows (rr and conn only): ringlb with `busy_poll = \"50us\"` and HAProxy with `busy-polling` \
+         (kept stopped outside its own runs, as it spins even when idle); their ratios compare them with each other.\n"
     );
     // "median [min-max] unit (ratio)"; `vs`: the target a ratio is taken against, and how
     // it is labelled.
@@ -743,7 +814,8 @@ fn report(
         };
         format!("{m:.prec$} [{lo:.prec$}-{hi:.prec$}]{unit}{rel}")
     };
-    let vs_haproxy = Some(("haproxy", ""));
+    // Busy-polling targets are compared with each other.
+    let vs_haproxy = |t: &Target| Some((if t.busy { "haproxy-busy" } else { "haproxy" }, ""));
     let _ = writeln!(
         s,
         "| workload | target | throughput | p50 ms | p99 ms | proxy CPU (vs HAProxy) |"
@@ -761,7 +833,11 @@ fn report(
             continue;
         }
         let duel = w.ends_with("-duel");
-        for t in targets.iter().filter(|t| !(duel && t.name == "direct")) {
+        // Targets a workload did not run (busy ones outside rr and conn) get no row.
+        for t in targets
+            .iter()
+            .filter(|t| results.contains_key(&(w, t.name)) || (t.name == "direct" && !duel))
+        {
             let lat = w == "rr" || w == "conn";
             let _ = writeln!(
                 s,
@@ -781,7 +857,7 @@ fn report(
                     "–".into()
                 },
                 if lat {
-                    cell(w, t.name, &|r| r.p99_ms, 3, "", vs_haproxy)
+                    cell(w, t.name, &|r| r.p99_ms, 3, "", vs_haproxy(t))
                 } else {
                     "–".into()
                 },
@@ -794,7 +870,7 @@ fn report(
                         &|r| r.cpu,
                         2,
                         &format!(" {cpu_unit}"),
-                        vs_haproxy,
+                        vs_haproxy(t),
                     )
                 },
             );
@@ -897,8 +973,26 @@ fn report(
     ];
     let verdict = |met: bool| if met { "met" } else { "not met" };
     let mut rows = Vec::new();
+    // A busy-polling build is judged against busy-polling HAProxy, and its p99 also against
+    // HAProxy as shipped (what a user switching from a default HAProxy would see).
+    let busy_goals = [(
+        "keep-alive p99 vs HAProxy without busy-polling",
+        "rr",
+        "haproxy",
+        p99,
+        0.85,
+        true,
+    )];
     for t in targets.iter().filter(|t| t.ringlb) {
-        for (what, w, base, f, target, below) in goals {
+        let extra: &[_] = if t.busy { &busy_goals } else { &[] };
+        for &(what, w, base, f, target, below) in goals.iter().chain(extra) {
+            let (base, what) = match (t.busy, base) {
+                (true, "haproxy") if !what.contains("without") => (
+                    "haproxy-busy",
+                    what.replace("HAProxy", "HAProxy busy-polling"),
+                ),
+                _ => (base, what.to_string()),
+            };
             if let Some((m, lo, hi)) = paired(results, w, t.name, base, &f) {
                 let cmp = if below { "≤" } else { "≥" };
                 let met = if below { m <= target } else { m >= target };
@@ -939,8 +1033,8 @@ fn chart(targets: &[Target], results: &BTreeMap<(&str, &str), Vec<Run>>) -> Stri
     ];
     let proxies: Vec<&str> = targets
         .iter()
+        .filter(|t| t.name != "direct" && !t.busy)
         .map(|t| t.name)
-        .filter(|n| *n != "direct")
         .collect();
     let colors = ["#d9480f", "#1971c2", "#2f9e44", "#862e9c"];
     let (w, h, left, top, bar) = (1000.0, 360.0, 60.0, 40.0, 30.0);

@@ -263,39 +263,37 @@ impl Ring {
 
     /// Submits what is queued and waits for at least one completion.
     ///
-    /// With `busy_poll` set and nothing ready, it submits, then spins on the CQ and on the
+    /// With `busy_poll` set, it submits without waiting, then spins on the CQ and on the
     /// IORING_SQ_TASKRUN flag (the kernel sets it when task work waits to post completions,
-    /// DEFER_TASKRUN included) for up to that long before it sleeps. Why: a sleeping worker
-    /// is woken by whoever sends it data, and on a VM whose idle vCPU halts, that wake is
-    /// an IPI the *sender's* CPU pays for with a VM exit, and the halted vCPU takes long to
-    /// resume. A worker that is still spinning when the data comes needs no wake at all.
+    /// DEFER_TASKRUN included) for up to that long, running the task work without sleeping
+    /// whenever the flag shows (not all of it posts a completion: a poll wake-up may just
+    /// re-arm), and sleeps only when the time is up. Why: a sleeping worker is woken by
+    /// whoever sends it data, and on a VM whose idle vCPU halts, that wake is an IPI the
+    /// *sender's* CPU pays for with a VM exit, and the halted vCPU takes long to resume. A
+    /// worker that is still spinning when the data comes needs no wake at all.
     pub fn submit_and_wait(&mut self) -> io::Result<()> {
         let to_submit = self.uring.submission().len() as u32;
-        if self.busy_poll_ns == 0 || self.work_ready() {
+        if self.busy_poll_ns == 0 {
             return self.enter(to_submit, 1);
         }
-        if to_submit > 0 {
-            self.enter(to_submit, 0)?;
-        }
+        self.enter(to_submit, 0)?;
         let start = std::time::Instant::now();
         let mut turns = 0u32;
         loop {
-            if self.work_ready() {
-                break;
+            if !self.uring.completion().is_empty() {
+                return Ok(());
+            }
+            if self.uring.submission().taskrun() {
+                self.enter(0, 0)?;
+                continue;
             }
             turns = turns.wrapping_add(1);
             // The clock is read every 16 turns: a vDSO call costs more than a look at the flags.
             if turns.is_multiple_of(16) && start.elapsed().as_nanos() as u64 >= self.busy_poll_ns {
-                break;
+                return self.enter(0, 1);
             }
             std::hint::spin_loop();
         }
-        self.enter(0, 1)
-    }
-
-    /// Completions are in the CQ, or task work waits to post some (IORING_SQ_TASKRUN).
-    fn work_ready(&mut self) -> bool {
-        self.uring.submission().taskrun() || !self.uring.completion().is_empty()
     }
 
     /// io_uring_enter(2): submits `to_submit` SQEs, runs pending task work, and waits until
