@@ -180,6 +180,21 @@ fn cpu_secs(pid: u32) -> f64 {
     (f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0)) / ticks_per_sec()
 }
 
+/// Function-call IPIs `cpu` has received (the `CAL` row of /proc/interrupts). On a VM whose
+/// idle vCPUs halt, that is mostly the wake-ups of a proxy that had gone to sleep, and each
+/// one costs its sender a VM exit.
+fn ipis(cpu: &str) -> f64 {
+    let col: usize = cpu.parse().unwrap_or(0);
+    std::fs::read_to_string("/proc/interrupts")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first() == Some(&"CAL:")).then(|| f.get(1 + col)?.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
 /// Busy seconds of one CPU (everything but idle and iowait), from /proc/stat.
 fn cpu_busy(cpu: &str) -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -375,6 +390,8 @@ struct Run {
     cpu: f64,
     /// Share of CPU 0 used by something other than the proxy.
     noise: f64,
+    /// IPIs CPU 0 received per request or connection (rr and conn).
+    ipis: f64,
 }
 
 fn parse_ms(s: &str) -> f64 {
@@ -389,18 +406,19 @@ fn parse_ms(s: &str) -> f64 {
     }
 }
 
-/// Runs `f` while measuring the proxy's CPU and CPU 0's other load.
-fn measured<T>(t: &Target, f: impl FnOnce() -> T) -> (T, f64, f64) {
+/// Runs `f` while measuring the proxy's CPU, CPU 0's other load and the IPIs it received.
+fn measured<T>(t: &Target, f: impl FnOnce() -> T) -> (T, f64, f64, f64) {
     let pids = t.pids();
     let cpu0: f64 = pids.iter().map(|&p| cpu_secs(p)).sum();
     let busy0 = cpu_busy(PROXY_CPU);
+    let ipis0 = ipis(PROXY_CPU);
     let start = Instant::now();
     let out = f();
     let wall = start.elapsed().as_secs_f64();
     let cpu = pids.iter().map(|&p| cpu_secs(p)).sum::<f64>() - cpu0;
     let busy = cpu_busy(PROXY_CPU) - busy0;
     let noise = ((busy - cpu) / wall).max(0.0);
-    (out, cpu, noise)
+    (out, cpu, noise, ipis(PROXY_CPU) - ipis0)
 }
 
 /// wrk on the load CPU: one thread, `conns` keep-alive connections, or a new connection per
@@ -417,8 +435,8 @@ fn wrk_cmd(port: u16, secs: u64, conns: usize, close: bool) -> Command {
     c
 }
 
-/// A `Run` from wrk's output and the proxy's CPU seconds over it.
-fn parse_wrk(text: &str, cpu: f64, noise: f64) -> Run {
+/// A `Run` from wrk's output, the proxy's CPU seconds and CPU 0's IPIs over it.
+fn parse_wrk(text: &str, cpu: f64, noise: f64, ipis: f64) -> Run {
     let mut r = Run {
         noise,
         ..Run::default()
@@ -436,13 +454,15 @@ fn parse_wrk(text: &str, cpu: f64, noise: f64) -> Run {
     }
     if total > 0.0 {
         r.cpu = cpu * 1e6 / total;
+        r.ipis = ipis / total;
     }
     r
 }
 
 fn wrk(t: &Target, port: u16, secs: u64, close: bool) -> Run {
-    let (out, cpu, noise) = measured(t, || wrk_cmd(port, secs, 64, close).output().expect("wrk"));
-    parse_wrk(&String::from_utf8_lossy(&out.stdout), cpu, noise)
+    let (out, cpu, noise, ipis) =
+        measured(t, || wrk_cmd(port, secs, 64, close).output().expect("wrk"));
+    parse_wrk(&String::from_utf8_lossy(&out.stdout), cpu, noise, ipis)
 }
 
 /// All `targets` at once on the proxy CPU, each under its own wrk (64 connections shared
@@ -479,12 +499,12 @@ fn duel(targets: &[&Target], secs: u64, close: bool) -> Vec<Run> {
     let noise = ((cpu_busy(PROXY_CPU) - busy0 - cpus.iter().sum::<f64>()) / wall).max(0.0);
     outs.iter()
         .zip(cpus)
-        .map(|(o, cpu)| parse_wrk(&String::from_utf8_lossy(&o.stdout), cpu, noise))
+        .map(|(o, cpu)| parse_wrk(&String::from_utf8_lossy(&o.stdout), cpu, noise, 0.0))
         .collect()
 }
 
 fn iperf(t: &Target, port: u16, secs: u64, streams: u32) -> Run {
-    let (out, cpu, noise) = measured(t, || {
+    let (out, cpu, noise, _) = measured(t, || {
         Command::new("taskset")
             .args([
                 "-c",
@@ -732,11 +752,12 @@ fn main() {
 /// One progress line per measurement, on stderr.
 fn log_run(rep: usize, w: &str, name: &str, r: &Run) {
     eprintln!(
-        "rep {rep} {w:9} {name:13} rate {:10.1} p50 {:6.3} ms p99 {:6.3} ms cpu {:7.2}{}",
+        "rep {rep} {w:9} {name:13} rate {:10.1} p50 {:6.3} ms p99 {:6.3} ms cpu {:7.2} ipis {:.3}{}",
         r.rate,
         r.p50_ms,
         r.p99_ms,
         r.cpu,
+        r.ipis,
         if r.noise > 0.05 {
             format!("  (other load on CPU {PROXY_CPU}: {:.0}%)", r.noise * 100.0)
         } else {
@@ -875,6 +896,26 @@ fn report(
                 },
             );
         }
+    }
+    // What a sleeping proxy costs the load side: see `ipis`.
+    let mut ipi_rows = String::new();
+    for (w, unit) in [("rr", "request"), ("conn", "connection")] {
+        for t in targets.iter().filter(|t| t.name != "direct") {
+            if results.contains_key(&(w, t.name)) {
+                let _ = writeln!(
+                    ipi_rows,
+                    "| {w} | {} | {} per {unit} |",
+                    t.name,
+                    cell(w, t.name, &|r| r.ipis, 3, "", None)
+                );
+            }
+        }
+    }
+    if !ipi_rows.is_empty() {
+        let _ = write!(
+            s,
+            "\n| workload | target | IPIs received by CPU {PROXY_CPU} (function calls: wake-ups of a sleeping proxy) |\n|---|---|---|\n{ipi_rows}"
+        );
     }
     let noisy: Vec<String> = results
         .iter()
