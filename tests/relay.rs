@@ -454,10 +454,15 @@ fn a_tiny_buffer_pool_parks_and_resumes_without_losing_bytes() {
         "",
         "workers = 1\nbuffer_size = 4096\nbuffer_count = 4",
     );
-    let handles: Vec<_> = (0..32u64)
+    echo_intact_concurrently(lb, 32, 1 << 20, 7919);
+}
+
+/// `n` connections at once, each through [`echo_intact`] with its own seed.
+fn echo_intact_concurrently(lb: SocketAddr, n: u64, total: usize, chunk: usize) {
+    let handles: Vec<_> = (0..n)
         .map(|i| {
             std::thread::spawn(move || {
-                echo_intact(lb, 1 << 20, 7919, i + 1, &format!("connection {i}"))
+                echo_intact(lb, total, chunk, i + 1, &format!("connection {i}"))
             })
         })
         .collect();
@@ -470,16 +475,7 @@ fn a_tiny_buffer_pool_parks_and_resumes_without_losing_bytes() {
 fn busy_polling_relays_intact_and_an_idle_worker_still_sleeps() {
     let echo = TestBackend::echo();
     let (p, lb) = single_pool(&[echo.addr], "", "workers = 1\nbusy_poll = \"1ms\"");
-    let handles: Vec<_> = (0..8u64)
-        .map(|i| {
-            std::thread::spawn(move || {
-                echo_intact(lb, 4 << 20, 4099, i + 7, &format!("connection {i}"))
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap();
-    }
+    echo_intact_concurrently(lb, 8, 4 << 20, 4099);
     // The spin is bounded: with no traffic the worker sleeps between its 100 ms ticks
     // (each tick buys at most 1 ms of spinning), where an unbounded spin would burn the
     // whole second.
