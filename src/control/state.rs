@@ -437,6 +437,18 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_publishes_a_new_busy_poll() {
+        use std::time::Duration;
+        let mut s = State::new(config(""), 1).unwrap();
+        assert_eq!(s.shared.snapshot.load().busy_poll, Duration::ZERO);
+        s.reload(config("busy_poll = \"50us\"")).unwrap();
+        assert_eq!(
+            s.shared.snapshot.load().busy_poll,
+            Duration::from_micros(50)
+        );
+    }
+
+    #[test]
     fn overlay_persists_and_restores() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("state.json");
