@@ -283,7 +283,7 @@ impl Snapshot {
                     connection_duration: metrics::histogram!("ringlb_connection_duration_seconds", "listener" => name.clone()),
                     name,
                     bind: lc.bind,
-                    backlog: lc.backlog,
+                    backlog: lc.backlog.get(),
                     connect_timeout: lc.connect_timeout.get(),
                     retries: *lc.retries.get_ref(),
                     idle_timeout: lc.idle_timeout.get(),
@@ -297,7 +297,7 @@ impl Snapshot {
         Snapshot {
             pools,
             listeners,
-            busy_poll: cfg.busy_poll.get_ref().get(),
+            busy_poll: cfg.busy_poll.get(),
         }
     }
 
@@ -316,6 +316,36 @@ pub struct Shared {
     /// Most connections the process can hold with its open-file limit (two descriptors
     /// each, some kept for everything else), like HAProxy's maxconn derived from ulimit -n.
     pub connection_budget: AtomicI64,
+    /// How the last reload went (for `/metrics`).
+    pub reloads: ReloadStatus,
+}
+
+/// The outcome of the last reload, as Prometheus' own `_config_last_reload_*` series put it.
+pub struct ReloadStatus {
+    /// 1 if the last reload applied (or none was tried).
+    pub last_successful: AtomicBool,
+    /// When the configuration in force was loaded (start, or the last good reload), in
+    /// seconds since the epoch.
+    pub last_success_time: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl ReloadStatus {
+    pub fn record(&self, ok: bool) {
+        self.last_successful.store(ok, Ordering::Relaxed);
+        if ok {
+            self.last_success_time.store(unix_now(), Ordering::Relaxed);
+        } else {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Shared {
@@ -327,6 +357,11 @@ impl Shared {
                 .map(|_| CachePadded::new(AtomicI64::new(0)))
                 .collect(),
             connection_budget: AtomicI64::new(i64::MAX),
+            reloads: ReloadStatus {
+                last_successful: AtomicBool::new(true),
+                last_success_time: AtomicU64::new(unix_now()),
+                failures: AtomicU64::new(0),
+            },
         })
     }
 

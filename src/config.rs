@@ -18,7 +18,7 @@ use toml::Spanned;
 pub struct Config {
     /// Worker threads; 0 means one per CPU the process may run on.
     #[serde(default)]
-    pub workers: usize,
+    pub workers: Num<0, MAX_WORKERS>,
     /// Pin worker `i` to the `i`-th CPU of the process's affinity set.
     #[serde(default = "default_true")]
     pub pin_workers: bool,
@@ -37,7 +37,7 @@ pub struct Config {
     /// After each loop turn, a worker spins this long for more completions before it sleeps
     /// (0: sleep at once). Like HAProxy's `busy-polling`, but bounded: an idle worker sleeps.
     #[serde(default = "default_busy_poll")]
-    pub busy_poll: Spanned<Dur>,
+    pub busy_poll: Dur<0, MAX_BUSY_POLL_US>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,12 +69,12 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     pub pool: Spanned<String>,
     #[serde(default = "default_connect_timeout")]
-    pub connect_timeout: Dur,
+    pub connect_timeout: Dur<US_MS, { 5 * US_MIN }>,
     /// Other backends tried when a connect fails.
     #[serde(default = "default_retries")]
     pub retries: Spanned<u32>,
     #[serde(default = "default_idle_timeout")]
-    pub idle_timeout: Dur,
+    pub idle_timeout: Dur<US_MS>,
     /// 0 = unlimited.
     #[serde(default)]
     pub max_connections: u32,
@@ -84,7 +84,7 @@ pub struct ListenerConfig {
     pub relay: Spanned<Relay>,
     /// Listen backlog (like HAProxy's `backlog`).
     #[serde(default = "default_backlog")]
-    pub backlog: u32,
+    pub backlog: Num<1, 65535>,
     /// TCP congestion control for client connections (e.g. "cubic"), set on the listening
     /// socket, which accepted connections inherit; unset = the system default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -173,13 +173,13 @@ pub struct HealthConfig {
     #[serde(default)]
     pub kind: HealthKind,
     #[serde(default = "default_health_interval")]
-    pub interval: Dur,
+    pub interval: Dur<{ 10 * US_MS }, US_DAY>,
     #[serde(default = "default_health_timeout")]
-    pub timeout: Dur,
+    pub timeout: Dur<US_MS, { 5 * US_MIN }>,
     #[serde(default = "default_rise")]
-    pub rise: u32,
+    pub rise: Num<1, 1000>,
     #[serde(default = "default_fall")]
-    pub fall: u32,
+    pub fall: Num<1, 1000>,
     #[serde(default = "default_health_path")]
     pub path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -222,10 +222,10 @@ fn default_buffer_count() -> Spanned<u32> {
 }
 /// Off: spinning costs the proxy's own CPU for the load side's and the latency's gain; see
 /// "Busy polling" in README.md for when that is worth it.
-fn default_busy_poll() -> Spanned<Dur> {
-    Spanned::new(0..0, Dur(Duration::ZERO))
+fn default_busy_poll() -> Dur<0, MAX_BUSY_POLL_US> {
+    Dur(Duration::ZERO)
 }
-fn default_connect_timeout() -> Dur {
+fn default_connect_timeout() -> Dur<US_MS, { 5 * US_MIN }> {
     Dur(Duration::from_secs(2))
 }
 fn default_retries() -> Spanned<u32> {
@@ -234,7 +234,7 @@ fn default_retries() -> Spanned<u32> {
 fn default_relay() -> Spanned<Relay> {
     Spanned::new(0..0, Relay::RecvSend)
 }
-fn default_idle_timeout() -> Dur {
+fn default_idle_timeout() -> Dur<US_MS> {
     Dur(Duration::from_secs(300))
 }
 
@@ -263,8 +263,8 @@ fn check_congestion(name: &str) -> Result<(), String> {
     })
 }
 
-fn default_backlog() -> u32 {
-    1024
+fn default_backlog() -> Num<1, 65535> {
+    Num(1024)
 }
 /// Points per unit of weight on a hash ring. 160 (ketama's number) left 10 equal backends at
 /// max/mean 1.12 over 10,000 keys; 1024 keeps them within 1.10 (see ring_hash's tests).
@@ -278,17 +278,17 @@ fn default_maglev_table_size() -> Spanned<u32> {
 fn default_weight() -> Spanned<u32> {
     Spanned::new(0..0, 1)
 }
-fn default_health_interval() -> Dur {
+fn default_health_interval() -> Dur<{ 10 * US_MS }, US_DAY> {
     Dur(Duration::from_secs(2))
 }
-fn default_health_timeout() -> Dur {
+fn default_health_timeout() -> Dur<US_MS, { 5 * US_MIN }> {
     Dur(Duration::from_secs(1))
 }
-fn default_rise() -> u32 {
-    2
+fn default_rise() -> Num<1, 1000> {
+    Num(2)
 }
-fn default_fall() -> u32 {
-    3
+fn default_fall() -> Num<1, 1000> {
+    Num(3)
 }
 fn default_health_path() -> String {
     "/health".into()
@@ -301,59 +301,138 @@ fn default_expect_status() -> String {
 pub const MAX_RETRIES: u32 = 7;
 /// Largest weight: keeps round-robin schedules and hash rings small.
 pub const MAX_WEIGHT: u32 = 256;
-/// Longest `busy_poll`: past a millisecond a spin is a busy loop, not a wait for an event
-/// already on its way.
-pub const MAX_BUSY_POLL: Duration = Duration::from_millis(1);
+/// Longest `busy_poll`, in µs: past a millisecond a spin is a busy loop, not a wait for an
+/// event already on its way.
+pub const MAX_BUSY_POLL_US: u64 = 1_000;
+/// Most worker threads (a worker per core; more would only share cores).
+pub const MAX_WORKERS: u64 = 1024;
+/// Most relay buffer memory per worker (`buffer_size × buffer_count`), pre-faulted at start.
+pub const MAX_BUFFER_BYTES: u64 = 1 << 30;
+/// Largest `balance_factor`: beyond it the bound on loads no longer bounds anything.
+pub const MAX_BALANCE_FACTOR: f64 = 100.0;
 
-/// A duration written as `"250ms"`, `"2s"`, `"5m"`, `"1h"` (also `"us"`, and `"1m30s"`).
+/// Bounds of durations, in microseconds (the unit of [`Dur`]'s range parameters).
+pub const US_MS: u64 = 1_000;
+pub const US_S: u64 = 1_000_000;
+pub const US_MIN: u64 = 60 * US_S;
+pub const US_H: u64 = 60 * US_MIN;
+pub const US_DAY: u64 = 24 * US_H;
+/// The longest duration any setting or request may name: 30 days. Every `Instant +
+/// Duration` ringlb computes from a setting stays far from overflowing with it.
+pub const MAX_DURATION_US: u64 = 30 * US_DAY;
+pub const MAX_DURATION: Duration = Duration::from_micros(MAX_DURATION_US);
+
+/// A duration written as `"250ms"`, `"2s"`, `"5m"`, `"1h"`, `"1d"` (also `"us"`, and
+/// `"1m30s"`), within `MIN_US..=MAX_US` microseconds. The range is part of the type, so a
+/// value out of range fails while the file is parsed and the error carries its line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dur(pub Duration);
+pub struct Dur<const MIN_US: u64 = 0, const MAX_US: u64 = MAX_DURATION_US>(pub Duration);
 
-impl Dur {
+impl<const MIN_US: u64, const MAX_US: u64> Dur<MIN_US, MAX_US> {
     pub fn get(self) -> Duration {
         self.0
     }
+    /// Parses and range-checks, with a message that gives the range.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let d = parse_duration(s)?;
+        check_range(d, MIN_US, MAX_US).map(Dur)
+    }
 }
 
-/// Parses `"250ms"`, `"2s"`, `"1m30s"`; a bare number is refused (which unit would it be?).
+/// `d` if it lies within `min_us..=max_us` microseconds, else an error that says the range.
+pub fn check_range(d: Duration, min_us: u64, max_us: u64) -> Result<Duration, String> {
+    let (lo, hi) = (Duration::from_micros(min_us), Duration::from_micros(max_us));
+    if d < lo || d > hi {
+        return Err(format!(
+            "{} is out of range: from {} to {}",
+            format_duration(d),
+            format_duration(lo),
+            format_duration(hi)
+        ));
+    }
+    Ok(d)
+}
+
+/// Parses `"250ms"`, `"2s"`, `"1m30s"`, `"1.5s"`; a bare number is refused (which unit would
+/// it be?). Exact to the nanosecond (no floating point), total: it returns an error for
+/// every string it cannot read, and for anything over [`MAX_DURATION`], never a panic.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let shown: String = s.chars().take(40).collect();
+    let shown = if shown.len() < s.len() {
+        format!("{shown}...")
+    } else {
+        shown
+    };
     let err = || {
         format!(
-            "invalid duration {s:?}: expected a number with a unit (us, ms, s, m, h), like \"250ms\" or \"2s\""
+            "invalid duration {shown:?}: expected a number with a unit (us, ms, s, m, h, d), like \"250ms\" or \"2s\""
+        )
+    };
+    let too_long = || {
+        format!(
+            "duration {shown:?} is longer than the {} allowed",
+            format_duration(MAX_DURATION)
         )
     };
     let mut rest = s.trim();
     if rest.is_empty() {
         return Err(err());
     }
-    let mut total = Duration::ZERO;
+    let max_ns = MAX_DURATION.as_nanos();
+    let mut total: u128 = 0;
     while !rest.is_empty() {
         let digits = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .ok_or_else(err)?;
-        if digits == 0 {
-            return Err(err());
-        }
-        let value: f64 = rest[..digits].parse().map_err(|_| err())?;
+        let number = &rest[..digits];
         rest = &rest[digits..];
         let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
+            .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "us" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
+        let unit_ns: u128 = match &rest[..unit_len] {
+            "us" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "d" => 86_400_000_000_000,
             _ => return Err(err()),
         };
         rest = &rest[unit_len..];
-        total += Duration::try_from_secs_f64(value * unit).map_err(|_| err())?;
+        let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+        if whole.is_empty() && frac.is_empty() || frac.contains('.') {
+            return Err(err());
+        }
+        // Digits past what could matter are refused rather than overflowed: any whole part
+        // longer than 20 digits is over the limit, any fraction past 15 digits is below a ns.
+        if whole.len() > 20 {
+            return Err(too_long());
+        }
+        let whole_v: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| err())?
+        };
+        let frac = &frac[..frac.len().min(15)];
+        let frac_ns: u128 = if frac.is_empty() {
+            0
+        } else {
+            let v: u128 = frac.parse().map_err(|_| err())?;
+            v * unit_ns / 10u128.pow(frac.len() as u32)
+        };
+        let part = whole_v
+            .checked_mul(unit_ns)
+            .and_then(|w| w.checked_add(frac_ns))
+            .ok_or_else(too_long)?;
+        total = total.checked_add(part).ok_or_else(too_long)?;
+        if total > max_ns {
+            return Err(too_long());
+        }
     }
-    Ok(total)
+    Ok(Duration::from_nanos(total as u64))
 }
 
-/// Writes a duration the way the config reads it back.
+/// Writes a duration the way the config reads it back (exact to the microsecond).
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if !d.subsec_nanos().is_multiple_of(1_000_000) {
@@ -370,7 +449,8 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 /// `#[serde(with = "crate::config::duration_serde")]` for a plain `Duration` field written
-/// as `"250ms"`, `"2s"`, `"5m"` (the scaler's config).
+/// as `"250ms"`, `"2s"`, `"5m"` (the scaler's config), up to [`MAX_DURATION`]. For a tighter
+/// range, `deserialize_with = "crate::config::duration_serde::within::<MIN_US, MAX_US, _>"`.
 pub mod duration_serde {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
@@ -380,20 +460,60 @@ pub mod duration_serde {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         super::parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
-}
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_duration(&s)
-            .map(Dur)
+    pub fn within<'de, const MIN_US: u64, const MAX_US: u64, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Duration, D::Error> {
+        super::Dur::<MIN_US, MAX_US>::parse(&String::deserialize(d)?)
+            .map(|d| d.0)
             .map_err(serde::de::Error::custom)
     }
 }
 
-impl Serialize for Dur {
+impl<'de, const MIN_US: u64, const MAX_US: u64> Deserialize<'de> for Dur<MIN_US, MAX_US> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl<const MIN_US: u64, const MAX_US: u64> Serialize for Dur<MIN_US, MAX_US> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format_duration(self.0))
+    }
+}
+
+/// A whole number within `MIN..=MAX`, checked while the file is parsed (so the error
+/// carries its line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Num<const MIN: u64, const MAX: u64>(pub u32);
+
+impl<const MIN: u64, const MAX: u64> fmt::Display for Num<MIN, MAX> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<const MIN: u64, const MAX: u64> Num<MIN, MAX> {
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Num<MIN, MAX> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = i64::deserialize(d)?;
+        if v < MIN as i64 || v > MAX as i64 {
+            return Err(serde::de::Error::custom(format!(
+                "{v} is out of range: from {MIN} to {MAX}"
+            )));
+        }
+        Ok(Num(v as u32))
+    }
+}
+
+impl<const MIN: u64, const MAX: u64> Serialize for Num<MIN, MAX> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(self.0)
     }
 }
 
@@ -456,7 +576,10 @@ impl Config {
         };
         let cfg: Config =
             toml::from_str(text).map_err(|e| at(e.span(), e.message().to_string()))?;
-        cfg.validate().map_err(|(span, msg)| at(span, msg))?;
+        cfg.validate().map_err(|(span, msg)| match span {
+            Some(_) => at(span, msg),
+            None => locate_key(file, text, msg),
+        })?;
         Ok(cfg)
     }
 
@@ -478,20 +601,21 @@ impl Config {
                 format!("{count} is not a power of two from 2 to 32768"),
             ));
         }
-        let busy = self.busy_poll.get_ref().get();
-        if busy > MAX_BUSY_POLL {
-            return Err((
-                span(&self.busy_poll),
-                format!(
-                    "{busy:?} is more than the {MAX_BUSY_POLL:?} allowed (it is a spin before each sleep, not a timer)"
-                ),
-            ));
-        }
         let size = *self.buffer_size.get_ref();
         if !(1024..=(1 << 20)).contains(&size) {
             return Err((
                 span(&self.buffer_size),
                 format!("{size} is not from 1024 to 1048576 bytes"),
+            ));
+        }
+        if size as u64 * count as u64 > MAX_BUFFER_BYTES {
+            return Err((
+                span(&self.buffer_size),
+                format!(
+                    "buffer_size {size} x buffer_count {count} is {} MiB per worker, more than the {} MiB allowed",
+                    size as u64 * count as u64 >> 20,
+                    MAX_BUFFER_BYTES >> 20
+                ),
             ));
         }
         let mut names = HashSet::new();
@@ -535,18 +659,6 @@ impl Config {
                 return Err((
                     span(&l.retries),
                     format!("listeners.retries: at most {MAX_RETRIES}"),
-                ));
-            }
-            if l.connect_timeout.0.is_zero() {
-                return Err((
-                    None,
-                    format!("listeners.connect_timeout: listener {name:?}: must be above 0"),
-                ));
-            }
-            if l.idle_timeout.0.is_zero() {
-                return Err((
-                    None,
-                    format!("listeners.idle_timeout: listener {name:?}: must be above 0"),
                 ));
             }
             if let Some(cc) = &l.tcp_congestion {
@@ -610,10 +722,12 @@ impl Config {
             }
             if let Some(f) = &p.balance_factor {
                 let v = *f.get_ref();
-                if v.is_nan() || v <= 1.0 {
+                if !(v > 1.0 && v <= MAX_BALANCE_FACTOR) {
                     return Err((
                         span(f),
-                        format!("pools.{pname}.balance_factor: {v} must be above 1.0 (e.g. 1.25)"),
+                        format!(
+                            "pools.{pname}.balance_factor: {v} must be above 1.0 and at most {MAX_BALANCE_FACTOR} (e.g. 1.25)"
+                        ),
                     ));
                 }
             }
@@ -622,24 +736,30 @@ impl Config {
                     .map_err(|m| (span(cc), format!("pools.{pname}.tcp_congestion: {m}")))?;
             }
             let h = &p.health;
-            if h.rise == 0 || h.fall == 0 {
-                return Err((
-                    None,
-                    format!("pools.{pname}.health: rise and fall must be at least 1"),
-                ));
+            if h.port == Some(0) {
+                return Err((None, format!("pools.{pname}.health.port: 0 is not a port")));
             }
-            if h.interval.0.is_zero() || h.timeout.0.is_zero() {
+            if let Some(host) = &h.host
+                && (host.is_empty()
+                    || host.len() > 255
+                    || host.chars().any(|c| c.is_control() || c == ' '))
+            {
                 return Err((
                     None,
-                    format!("pools.{pname}.health: interval and timeout must be above 0"),
+                    format!(
+                        "pools.{pname}.health.host: {host:?} is not a host name (1 to 255 characters, no spaces or control characters)"
+                    ),
                 ));
             }
             if h.kind == HealthKind::Http {
-                if !h.path.starts_with('/') {
+                if !h.path.starts_with('/')
+                    || h.path.len() > 2048
+                    || h.path.chars().any(|c| c.is_control() || c == ' ')
+                {
                     return Err((
                         None,
                         format!(
-                            "pools.{pname}.health.path: {:?} must start with '/'",
+                            "pools.{pname}.health.path: {:?} must start with '/', hold no spaces or control characters, and be at most 2048 bytes",
                             h.path
                         ),
                     ));
@@ -753,6 +873,30 @@ fn locate(
     }
 }
 
+/// An error found after parsing, whose message starts with the key it is about (`key: ...`
+/// or `section.key: ...`): located at the first line that sets that key, so that checks
+/// which see the whole document still give a line.
+pub fn locate_key(file: &str, text: &str, message: String) -> ConfigError {
+    let path = message.split([':', ' ']).next().unwrap_or("");
+    let key = path.rsplit('.').next().unwrap_or("");
+    let span = (!key.is_empty())
+        .then(|| {
+            let mut at = 0;
+            text.split_inclusive('\n').find_map(|line| {
+                let start = at;
+                at += line.len();
+                let t = line.trim_start();
+                let rest = t.strip_prefix(key)?;
+                rest.trim_start()
+                    .starts_with('=')
+                    .then(|| start + (line.len() - t.len()))
+                    .map(|s| s..s + key.len())
+            })
+        })
+        .flatten();
+    locate(file, text, span, message)
+}
+
 /// The last `key =` on `line` before `column` (1-based), if any.
 fn key_before(line: &str, column: usize) -> Option<&str> {
     let upto = &line[..(column.saturating_sub(1)).min(line.len())];
@@ -816,6 +960,132 @@ backends = [{ addr = "127.0.0.1:9001" }, { addr = "127.0.0.1:9002", weight = 2 }
             Duration::from_micros(5),
         ] {
             assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
+        }
+    }
+
+    #[test]
+    fn huge_and_overflowing_durations_are_errors_not_panics() {
+        // Each of these once panicked ("overflow when adding durations") or went through.
+        for s in [
+            "18446744073709551615s18446744073709551615s",
+            "9999999999999999999999h",
+            "584942417355y",
+            "31d",
+            "720h1s",
+            "99999999999999999999999999999999999999ms",
+            "1e9s",
+            "..s",
+            ".s",
+            "1..5s",
+            "1.5.5s",
+        ] {
+            assert!(parse_duration(s).is_err(), "{s:?} should be refused");
+        }
+        assert_eq!(parse_duration("30d").unwrap(), MAX_DURATION);
+        assert_eq!(parse_duration("720h").unwrap(), MAX_DURATION);
+        assert_eq!(parse_duration(".5s").unwrap(), Duration::from_millis(500));
+        assert_eq!(
+            parse_duration("0.000000001s").unwrap(),
+            Duration::from_nanos(1)
+        );
+        assert_eq!(
+            parse_duration("123456789us").unwrap(),
+            Duration::from_micros(123_456_789),
+            "exact, no floating point"
+        );
+        let e = Dur::<US_MS, { 5 * US_MIN }>::parse("6m").unwrap_err();
+        assert!(e.contains("from 1ms to 5m"), "{e}");
+        let long = "9".repeat(10_000) + "s";
+        let e = parse_duration(&long).unwrap_err();
+        assert!(e.len() < 200, "the message quotes a bounded prefix: {e}");
+    }
+
+    #[test]
+    fn ranges_are_checked_at_parse_time_with_a_line() {
+        let with =
+            |extra: &str| GOOD.replace("pool = \"web\"\n", &format!("pool = \"web\"\n{extra}\n"));
+        for (extra, key) in [
+            ("connect_timeout = \"6m\"", "connect_timeout"),
+            ("connect_timeout = \"0s\"", "connect_timeout"),
+            ("idle_timeout = \"31d\"", "idle_timeout"),
+            ("backlog = 0", "backlog"),
+            ("backlog = 70000", "backlog"),
+        ] {
+            let e = Config::parse("t", &with(extra)).unwrap_err();
+            assert_eq!(e.line, Some(6), "{extra}: {e}");
+            assert!(e.to_string().contains(key), "{extra}: {e}");
+        }
+        for (top, key) in [
+            ("workers = 5000", "workers"),
+            (
+                "shutdown_timeout = \"400000000000000s\"",
+                "shutdown_timeout",
+            ),
+            ("buffer_size = 1048576\nbuffer_count = 32768", "buffer_size"),
+        ] {
+            let e = Config::parse("t", &format!("{top}\n{GOOD}")).unwrap_err();
+            assert_eq!(e.line, Some(1), "{top}: {e}");
+            assert!(e.to_string().contains(key), "{top}: {e}");
+        }
+        let health = |h: &str| format!("{GOOD}\n[pools.web.health]\n{h}\n");
+        for (h, key) in [
+            ("rise = 0", "rise"),
+            ("fall = 100000", "fall"),
+            ("interval = \"1us\"", "interval"),
+            ("timeout = \"1h\"", "timeout"),
+            ("kind = \"http\"\npath = \"/a b\"", "path"),
+            ("host = \"a\\r\\nX-Injected: 1\"", "host"),
+        ] {
+            let e = Config::parse("t", &health(h)).unwrap_err();
+            assert!(e.line.is_some(), "{h}: {e}");
+            assert!(e.to_string().contains(key), "{h}: {e}");
+        }
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Total: any string gives a value or an error, never a panic, never past the limit.
+            #[test]
+            fn parse_duration_never_panics(s in "\\PC{0,40}") {
+                if let Ok(d) = parse_duration(&s) {
+                    prop_assert!(d <= MAX_DURATION);
+                }
+            }
+
+            /// Strings made of the parser's own alphabet reach its deeper branches.
+            #[test]
+            fn parse_duration_never_panics_on_its_alphabet(s in "[0-9.]{0,25}(us|ms|s|m|h|d|x)?([0-9.]{0,25}(us|ms|s|m|h|d))?") {
+                if let Ok(d) = parse_duration(&s) {
+                    prop_assert!(d <= MAX_DURATION);
+                }
+            }
+
+            /// Every value in range, to the microsecond, reads back as itself.
+            #[test]
+            fn every_duration_in_range_round_trips(us in 0..=MAX_DURATION_US) {
+                let d = Duration::from_micros(us);
+                prop_assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
+            }
+
+            #[test]
+            fn round_numbers_round_trip(n in 0u64..=720, unit in 0usize..4) {
+                let d = Duration::from_secs(n * [1, 60, 3600, 1][unit]) / [1, 1, 1, 1000][unit];
+                prop_assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
+            }
+
+            #[test]
+            fn bounded_numbers_are_checked(v in any::<i64>()) {
+                let text = format!("v = {v}");
+                #[derive(serde::Deserialize)]
+                struct T { #[allow(dead_code)] v: Num<1, 1000> }
+                let r: Result<T, _> = toml::from_str(&text);
+                prop_assert_eq!(r.is_ok(), (1..=1000).contains(&v));
+            }
         }
     }
 

@@ -108,6 +108,20 @@ pub fn install() -> Result<(), String> {
         Unit::Seconds,
         "Time to connect to a backend."
     );
+    describe_gauge!(
+        "ringlb_config_last_reload_successful",
+        "1 if the last reload applied (or none was tried), 0 if it was refused."
+    );
+    describe_gauge!(
+        "ringlb_config_last_reload_success_timestamp_seconds",
+        Unit::Seconds,
+        "When the configuration in force was loaded (start or last good reload)."
+    );
+    describe_counter!(
+        "ringlb_config_reload_failures_total",
+        "Reloads refused (a broken file, or one that needs a restart)."
+    );
+    describe_gauge!("ringlb_build_info", "1, labelled with the version.");
     describe_histogram!(
         "ringlb_connection_duration_seconds",
         Unit::Seconds,
@@ -157,6 +171,19 @@ pub fn render(shared: &Shared) -> String {
             gauge!("ringlb_backend_weight", "pool" => pool, "backend" => addr)
                 .set(b.weight() as f64);
         }
+    }
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let r = &shared.reloads;
+        gauge!("ringlb_config_last_reload_successful").set(if r.last_successful.load(Relaxed) {
+            1.0
+        } else {
+            0.0
+        });
+        gauge!("ringlb_config_last_reload_success_timestamp_seconds")
+            .set(r.last_success_time.load(Relaxed) as f64);
+        counter!("ringlb_config_reload_failures_total").absolute(r.failures.load(Relaxed));
+        gauge!("ringlb_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     }
     match HANDLE.get() {
         Some(h) => {

@@ -115,15 +115,35 @@ impl Server {
     }
 
     /// Re-reads the config file. Backends that stay keep their connections and counters.
+    /// The file is read and validated once (the same validation as `ringlb check`); a file
+    /// that fails it, or a panic while applying it, refuses the reload and keeps the running
+    /// configuration. Either way the outcome is counted for `/metrics`.
     pub fn reload(&mut self) -> Result<(), String> {
+        let result = self.try_reload();
+        self.shared.reloads.record(result.is_ok());
+        result
+    }
+
+    fn try_reload(&mut self) -> Result<(), String> {
         let path = self
             .path
             .as_ref()
             .ok_or("this balancer has no config file to reload")?;
-        self.control.reload(path)?;
-        if let Ok(c) = Config::load(path) {
-            self.shutdown_timeout = c.shutdown_timeout.get();
-        }
+        let config = Config::load(path).map_err(|e| e.to_string())?;
+        let shutdown_timeout = config.shutdown_timeout.get();
+        let control = self.control.clone();
+        // The last line of defence, not the first: validation is total, so this should never
+        // catch anything. If applying does panic, the reload is refused instead of the panic
+        // unwinding through the signal loop and taking every connection with it.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| control.apply(config))).map_err(
+            |p| {
+                format!(
+                    "applying the new configuration panicked: {}",
+                    panic_text(&*p)
+                )
+            },
+        )??;
+        self.shutdown_timeout = shutdown_timeout;
         Ok(())
     }
 
@@ -158,9 +178,9 @@ impl Server {
         self.shared.stopping.store(true, Ordering::Relaxed);
         let open = self.shared.open_connections();
         tracing::info!(open_connections = open, timeout = ?timeout, "stopping: no new connections; waiting for open ones");
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
         while !self.workers.iter().all(|h| h.is_finished()) {
-            if Instant::now() >= deadline {
+            if started.elapsed() >= timeout {
                 tracing::warn!(
                     open_connections = self.shared.open_connections(),
                     "shutdown_timeout passed: closing the rest"
@@ -171,6 +191,14 @@ impl Server {
         }
         tracing::info!("stopped");
     }
+}
+
+/// What a caught panic said.
+pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// `ringlb serve --config FILE`: returns the process exit code.

@@ -105,8 +105,8 @@ impl Control {
     pub fn remove_after_drain(&self, backend: Arc<Backend>, timeout: Duration) {
         let c = self.clone();
         self.runtime.spawn(async move {
-            let deadline = Instant::now() + timeout;
-            while backend.active() > 0 && Instant::now() < deadline {
+            let started = Instant::now();
+            while backend.active() > 0 && started.elapsed() < timeout {
                 tokio::time::sleep(POLL).await;
             }
             if backend.active() > 0 {
@@ -116,9 +116,8 @@ impl Control {
         });
     }
 
-    /// Re-reads the config file and applies it (see [`State::reload`]).
-    pub fn reload(&self, path: &std::path::Path) -> Result<(), String> {
-        let config = crate::config::Config::load(path).map_err(|e| e.to_string())?;
+    /// Applies a config that has passed validation (see [`State::reload`]).
+    pub fn apply(&self, config: crate::config::Config) -> Result<(), String> {
         let (joined, left) = self.lock().reload(config)?;
         for b in joined {
             self.watch(b);
@@ -156,7 +155,8 @@ impl Control {
                     .failures_in_row
                     .swap(0, std::sync::atomic::Ordering::Relaxed);
                 if failures > 0
-                    && let Some(v) = health.record_failures(failures, cfg.rise, cfg.fall)
+                    && let Some(v) =
+                        health.record_failures(failures, cfg.rise.get(), cfg.fall.get())
                 {
                     let reason = format!("{failures} connects in a row failed in the data plane");
                     self.lock().health_changed(&backend, v, &reason);
@@ -176,7 +176,7 @@ impl Control {
             let result = if outcome == Outcome::Ok { "ok" } else { "fail" };
             metrics::counter!("ringlb_health_checks_total", "pool" => pool, "backend" => label.clone(), "result" => result).increment(1);
             let ok = outcome == Outcome::Ok;
-            if let Some(v) = health.record(ok, cfg.rise, cfg.fall) {
+            if let Some(v) = health.record(ok, cfg.rise.get(), cfg.fall.get()) {
                 let reason = match &outcome {
                     Outcome::Ok => format!("{} checks in a row passed", cfg.rise),
                     Outcome::Fail(why) => {

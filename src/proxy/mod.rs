@@ -17,8 +17,8 @@ use std::thread::JoinHandle;
 
 /// How many workers a config asks for (0 = one per CPU this process may use).
 pub fn worker_count(cfg: &Config) -> usize {
-    if cfg.workers > 0 {
-        cfg.workers
+    if cfg.workers.get() > 0 {
+        cfg.workers.get() as usize
     } else {
         ring::sys::allowed_cpus().len().max(1)
     }
@@ -77,6 +77,7 @@ pub fn start(cfg: &Config, shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>, S
     let mut handles = Vec::with_capacity(n);
     for (id, socks) in sockets.into_iter().enumerate() {
         let shared = shared.clone();
+        let shared_for_exit = shared.clone();
         let tx = tx.clone();
         let cpu = if pin && !cpus.is_empty() {
             Some(cpus[id % cpus.len()])
@@ -99,9 +100,22 @@ pub fn start(cfg: &Config, shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>, S
                     }
                 };
                 let _ = tx.send(Ok(()));
-                if let Err(e) = worker.run() {
-                    tracing::error!(worker = id, error = %e, "worker stopped");
+                // A worker that ends before a stop was asked for leaves a balancer that cannot
+                // serve what its listener takes: end the process, loudly, so that a
+                // supervisor restarts it, rather than limp on.
+                let stopping = shared_for_exit.clone();
+                let why =
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run())) {
+                        Ok(Ok(())) => return,
+                        Ok(Err(e)) => format!("its ring failed: {e}"),
+                        Err(p) => format!("it panicked: {}", crate::server::panic_text(&*p)),
+                    };
+                if !stopping.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                    tracing::error!(worker = id, "worker {id} stopped, {why}; exiting (code 70)");
+                    eprintln!("ringlb: worker {id} stopped, {why}; exiting");
+                    std::process::exit(70);
                 }
+                tracing::error!(worker = id, "worker {id} stopped while stopping: {why}");
             })
             .map_err(|e| format!("cannot start worker thread: {e}"))?;
         handles.push(h);

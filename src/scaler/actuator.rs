@@ -27,7 +27,11 @@ pub enum ActuatorConfig {
         #[serde(default = "localhost")]
         host: IpAddr,
         /// SIGTERM, then SIGKILL after this long.
-        #[serde(default = "default_grace", with = "crate::config::duration_serde")]
+        #[serde(
+            default = "default_grace",
+            serialize_with = "crate::config::duration_serde::serialize",
+            deserialize_with = "crate::config::duration_serde::within::<0, { crate::config::US_H }, _>"
+        )]
         stop_grace: Duration,
     },
     Exec {

@@ -15,6 +15,7 @@ pub mod actuator;
 pub mod policy;
 pub mod source;
 
+use crate::config::{US_DAY, US_H, US_MS};
 use actuator::{Actuator, ActuatorConfig};
 use policy::{Capacity, Limits, Policy, PolicyConfig};
 use serde::{Deserialize, Serialize};
@@ -32,16 +33,28 @@ pub struct ScalerConfig {
     pub admin_url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
-    #[serde(default = "default_interval", with = "crate::config::duration_serde")]
+    #[serde(
+        default = "default_interval",
+        serialize_with = "crate::config::duration_serde::serialize",
+        deserialize_with = "crate::config::duration_serde::within::<{ 50 * US_MS }, { US_H }, _>"
+    )]
     pub interval: Duration,
     /// Where the scaler serves its own /metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
     pub min: u32,
     pub max: u32,
-    #[serde(default, with = "crate::config::duration_serde")]
+    #[serde(
+        default,
+        serialize_with = "crate::config::duration_serde::serialize",
+        deserialize_with = "crate::config::duration_serde::within::<{ 0 }, { US_DAY }, _>"
+    )]
     pub scale_out_cooldown: Duration,
-    #[serde(default, with = "crate::config::duration_serde")]
+    #[serde(
+        default,
+        serialize_with = "crate::config::duration_serde::serialize",
+        deserialize_with = "crate::config::duration_serde::within::<{ 0 }, { US_DAY }, _>"
+    )]
     pub scale_in_cooldown: Duration,
     /// How long a backend being scaled in may keep its connections.
     #[serde(default = "default_drain", with = "crate::config::duration_serde")]
@@ -68,6 +81,9 @@ pub enum ScaleInOrder {
     Newest,
 }
 
+/// Most backends one scaler may run for a pool (a bound on `max`).
+pub const MAX_BACKENDS: u32 = 1000;
+
 fn default_interval() -> Duration {
     Duration::from_secs(15)
 }
@@ -84,19 +100,19 @@ impl ScalerConfig {
 
     pub fn parse(file: &str, text: &str) -> Result<ScalerConfig, String> {
         let cfg: ScalerConfig = crate::config::parse_toml(file, text).map_err(|e| e.to_string())?;
-        let err = |m: String| format!("{file}: {m}");
+        let err = |m: String| crate::config::locate_key(file, text, m).to_string();
         if cfg.min > cfg.max {
-            return Err(err(format!("min ({}) is above max ({})", cfg.min, cfg.max)));
+            return Err(err(format!("min: {} is above max ({})", cfg.min, cfg.max)));
         }
-        if cfg.max == 0 {
-            return Err(err("max must be at least 1".into()));
-        }
-        if cfg.interval < Duration::from_millis(50) {
-            return Err(err("interval must be at least 50ms".into()));
+        if cfg.max == 0 || cfg.max > MAX_BACKENDS {
+            return Err(err(format!(
+                "max: {} is out of range: from 1 to {MAX_BACKENDS}",
+                cfg.max
+            )));
         }
         if !cfg.admin_url.starts_with("http://") {
             return Err(err(format!(
-                "admin_url {:?} must start with http://",
+                "admin_url: {:?} must start with http://",
                 cfg.admin_url
             )));
         }

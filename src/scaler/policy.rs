@@ -23,7 +23,8 @@ pub enum PolicyConfig {
         /// Scale in only to the highest recommendation of this window.
         #[serde(
             default = "default_stabilization",
-            with = "crate::config::duration_serde"
+            serialize_with = "crate::config::duration_serde::serialize",
+            deserialize_with = "crate::config::duration_serde::within::<0, { crate::config::US_DAY }, _>"
         )]
         scale_in_stabilization: Duration,
     },
@@ -44,6 +45,10 @@ pub enum PolicyConfig {
         scale_in: Option<SimpleRule>,
     },
 }
+
+/// Largest step adjustment either way (backends, or percent for
+/// `percent_change_in_capacity`).
+pub const MAX_ADJUSTMENT: u64 = 10_000;
 
 fn default_tolerance() -> f64 {
     0.1
@@ -96,18 +101,43 @@ impl PolicyConfig {
             PolicyConfig::TargetTracking {
                 target, tolerance, ..
             } => {
-                if target.is_nan() || *target <= 0.0 {
-                    return Err("policy.target must be above 0".into());
+                if !(target.is_finite() && *target > 0.0) {
+                    return Err(format!("policy.target: {target} must be a number above 0"));
                 }
                 if !(0.0..1.0).contains(tolerance) {
                     return Err("policy.tolerance must be in [0, 1)".into());
                 }
             }
-            PolicyConfig::Step { steps, .. } => {
+            PolicyConfig::Step {
+                steps,
+                threshold,
+                min_adjustment_magnitude,
+                ..
+            } => {
                 if steps.is_empty() {
                     return Err("policy.steps: at least one step is needed".into());
                 }
+                if !threshold.is_finite() {
+                    return Err(format!(
+                        "policy.threshold: {threshold} is not a finite number"
+                    ));
+                }
+                if *min_adjustment_magnitude > super::MAX_BACKENDS {
+                    return Err(format!(
+                        "policy.min_adjustment_magnitude: {min_adjustment_magnitude} is out of range: from 0 to {}",
+                        super::MAX_BACKENDS
+                    ));
+                }
                 for s in steps {
+                    if s.lower.is_some_and(|v| v.is_nan()) || s.upper.is_some_and(|v| v.is_nan()) {
+                        return Err("policy.steps: lower and upper must be numbers".into());
+                    }
+                    if s.adjustment.unsigned_abs() > MAX_ADJUSTMENT {
+                        return Err(format!(
+                            "policy.steps.adjustment: {} is out of range: from -{MAX_ADJUSTMENT} to {MAX_ADJUSTMENT}",
+                            s.adjustment
+                        ));
+                    }
                     let (lo, hi) = (
                         s.lower.unwrap_or(f64::NEG_INFINITY),
                         s.upper.unwrap_or(f64::INFINITY),
@@ -131,8 +161,24 @@ impl PolicyConfig {
                     return Err("policy: a simple policy needs scale_out, scale_in or both".into());
                 }
                 for r in scale_out.iter().chain(scale_in.iter()) {
-                    if r.periods == 0 || r.adjustment <= 0 {
-                        return Err("policy: periods and adjustment must be at least 1".into());
+                    if !r.threshold.is_finite() {
+                        return Err(format!(
+                            "policy.threshold: {} is not a finite number",
+                            r.threshold
+                        ));
+                    }
+                    if r.periods == 0 || r.periods > 1000 {
+                        return Err(format!(
+                            "policy.periods: {} is out of range: from 1 to 1000",
+                            r.periods
+                        ));
+                    }
+                    if r.adjustment <= 0 || r.adjustment > super::MAX_BACKENDS as i64 {
+                        return Err(format!(
+                            "policy.adjustment: {} is out of range: from 1 to {}",
+                            r.adjustment,
+                            super::MAX_BACKENDS
+                        ));
                     }
                 }
             }
