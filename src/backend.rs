@@ -92,6 +92,9 @@ pub struct Backend {
     state: AtomicU8,
     /// Removed from its pool: workers close the connections it still has.
     removed: AtomicBool,
+    /// The health checks' last verdict, kept while the state says draining, so that undoing
+    /// a drain restores what the checks see.
+    healthy: AtomicBool,
     pub stats: CachePadded<BackendStats>,
 }
 
@@ -104,6 +107,7 @@ impl Backend {
             weight: AtomicU32::new(weight),
             state: AtomicU8::new(state as u8),
             removed: AtomicBool::new(false),
+            healthy: AtomicBool::new(state == BackendState::Up),
             stats: CachePadded::new(BackendStats::default()),
         }
     }
@@ -125,6 +129,12 @@ impl Backend {
     #[inline]
     pub fn is_removed(&self) -> bool {
         self.removed.load(Ordering::Relaxed)
+    }
+    pub fn set_healthy(&self, v: bool) {
+        self.healthy.store(v, Ordering::Relaxed);
+    }
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
     }
     pub fn weight(&self) -> u32 {
         self.weight.load(Ordering::Relaxed)

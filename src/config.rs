@@ -751,7 +751,8 @@ impl Config {
                     ),
                 ));
             }
-            if h.kind == HealthKind::Http {
+            // Checked whatever the kind: a wrong value is wrong even where it is not used yet.
+            {
                 if !h.path.starts_with('/')
                     || h.path.len() > 2048
                     || h.path.chars().any(|c| c.is_control() || c == ' ')
@@ -779,6 +780,26 @@ impl Config {
             && a.bind == b.bind
             && a.backlog == b.backlog
             && a.tcp_congestion == b.tcp_congestion
+    }
+
+    /// The first setting outside the listeners that differs between `a` and `b` and is
+    /// read only at start, so that a reload would silently not apply it.
+    pub fn needs_restart(a: &Config, b: &Config) -> Option<&'static str> {
+        let addr = |c: &Config| c.admin.as_ref().map(|x| (x.listen, x.token_file.clone()));
+        [
+            (a.workers != b.workers, "workers"),
+            (a.pin_workers != b.pin_workers, "pin_workers"),
+            (a.buffer_size != b.buffer_size, "buffer_size"),
+            (a.buffer_count != b.buffer_count, "buffer_count"),
+            (a.state_file != b.state_file, "state_file"),
+            (
+                a.metrics.as_ref().map(|m| m.listen) != b.metrics.as_ref().map(|m| m.listen),
+                "[metrics] listen",
+            ),
+            (addr(a) != addr(b), "[admin] listen or token_file"),
+        ]
+        .into_iter()
+        .find_map(|(differs, what)| differs.then_some(what))
     }
 
     /// The effective configuration (defaults filled in), as TOML.

@@ -162,6 +162,13 @@ async fn drain(State(app): State<App>, Path((pool, addr)): Path<(String, String)
     }
 }
 
+async fn ready(State(app): State<App>, Path((pool, addr)): Path<(String, String)>) -> Response {
+    match app.control.lock().ready(&pool, &addr) {
+        Ok(b) => axum::Json(backend_json(&b)).into_response(),
+        Err(r) => refused(r),
+    }
+}
+
 async fn remove(
     State(app): State<App>,
     Path((pool, addr)): Path<(String, String)>,
@@ -170,7 +177,7 @@ async fn remove(
     if let Some(k) = q.keys().find(|k| k.as_str() != "drain_timeout") {
         return error(
             StatusCode::BAD_REQUEST,
-            format!("unknown query parameter {k:?}"),
+            format!("unknown query parameter {:?}", super::state::shown(k)),
         );
     }
     let timeout = match q.get("drain_timeout") {
@@ -182,10 +189,16 @@ async fn remove(
     };
     let removed = app.control.lock().remove(&pool, &addr);
     match removed {
-        Ok(b) => {
-            app.control.remove_after_drain(b.clone(), timeout);
+        Ok((b, departure)) => {
             let mut body = backend_json(&b);
-            body["drain_timeout"] = json!(crate::config::format_duration(timeout));
+            match departure {
+                Some(d) => {
+                    app.control.remove_after_drain(b.clone(), d, timeout);
+                    body["drain_timeout"] = json!(crate::config::format_duration(timeout));
+                }
+                // Already being deleted: that removal and its drain timeout go on.
+                None => body["already_removing"] = json!(true),
+            }
             (StatusCode::ACCEPTED, axum::Json(body)).into_response()
         }
         Err(r) => refused(r),
@@ -235,6 +248,7 @@ pub fn router(control: Control, token: Option<String>) -> Router {
         .route("/backends", get(list))
         .route("/pools/{pool}/backends", post(add))
         .route("/pools/{pool}/backends/{addr}/drain", post(drain))
+        .route("/pools/{pool}/backends/{addr}/ready", post(ready))
         .route("/pools/{pool}/backends/{addr}", delete(remove))
         .route("/pools/{pool}/backends/{addr}/weight", put(weight))
         .route("/healthz", get(healthz))

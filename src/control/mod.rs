@@ -101,18 +101,31 @@ impl Control {
     }
 
     /// Drains `backend`, then takes it out of its pool once it has no connections or
-    /// `timeout` has passed (its remaining connections are then closed).
-    pub fn remove_after_drain(&self, backend: Arc<Backend>, timeout: Duration) {
+    /// `timeout` has passed (its remaining connections are then closed), unless removal `d`
+    /// is called off meanwhile (a reload lists it again, or a DELETE replaces it).
+    pub fn remove_after_drain(
+        &self,
+        backend: Arc<Backend>,
+        d: state::Departure,
+        timeout: Duration,
+    ) {
         let c = self.clone();
         self.runtime.spawn(async move {
             let started = Instant::now();
             while backend.active() > 0 && started.elapsed() < timeout {
+                if !c.lock().still_leaving(&backend, d) {
+                    return;
+                }
                 tokio::time::sleep(POLL).await;
+            }
+            let mut s = c.lock();
+            if !s.still_leaving(&backend, d) {
+                return;
             }
             if backend.active() > 0 {
                 tracing::warn!(pool = %backend.pool, backend = %backend.addr, connections = backend.active(), "drain timeout passed: closing the remaining connections");
             }
-            c.lock().finish_removal(&backend);
+            s.finish_removal(&backend, d);
         });
     }
 
@@ -122,8 +135,8 @@ impl Control {
         for b in joined {
             self.watch(b);
         }
-        for b in left {
-            self.remove_after_drain(b, DEFAULT_DRAIN_TIMEOUT);
+        for (b, d) in left {
+            self.remove_after_drain(b, d, DEFAULT_DRAIN_TIMEOUT);
         }
         Ok(())
     }

@@ -15,23 +15,65 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// A runtime change to one backend, kept across restarts and reloads.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Change {
-    Add { weight: u32 },
+/// Whether the admin API made a backend a member, took it out, or left membership to the
+/// config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Membership {
+    /// As the file says (an entry that only sets the weight or the drain).
+    #[default]
+    #[serde(alias = "weight")]
+    Keep,
+    /// Added at runtime: a member whatever the file says.
+    Add,
+    /// Removed at runtime: not a member whatever the file says.
     Remove,
-    Weight { weight: u32 },
 }
 
-/// Runtime changes per pool and backend, applied on top of the config file.
+/// The admin API's last word on one backend. It wins over the config file, at start and at
+/// every reload, until the admin API says otherwise (as HAProxy's server-state file wins
+/// over its config). The rules, also in README.md ("Runtime state"):
+/// - POST adds: `add` with its weight (a member even if the file drops it later).
+/// - DELETE: `remove` (not a member even if the file lists it); once the drain has ended,
+///   the entry is dropped if the file does not list the backend, as it then says nothing.
+/// - PUT weight: the weight, whatever the file says (membership unchanged).
+/// - POST drain / ready: the drain flag, set or cleared; a draining backend comes back
+///   draining after a restart.
+/// - A reload drops the `keep` and `remove` entries of backends the new file does not
+///   list (they would say nothing), but never an `add`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    #[serde(default)]
+    pub op: Membership,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drained: bool,
+}
+
+impl Entry {
+    /// Says nothing the file does not: can be dropped.
+    fn is_empty(&self) -> bool {
+        self.op == Membership::Keep && self.weight.is_none() && !self.drained
+    }
+}
+
+/// Runtime changes per pool and backend, applied on top of the config file. Files written
+/// by earlier versions (`{"op": "add", "weight": 3}`, `{"op": "weight", ...}`,
+/// `{"op": "remove"}`) read as the same entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Overlay {
-    pub pools: BTreeMap<String, BTreeMap<SocketAddr, Change>>,
+    pub pools: BTreeMap<String, BTreeMap<SocketAddr, Entry>>,
 }
 
-/// What a reload changed: backends that joined (to check) and that left (to drain).
-pub type Reloaded = (Vec<Arc<Backend>>, Vec<Arc<Backend>>);
+/// What a reload changed: backends that joined (to check) and that left (to drain, then
+/// remove with the [`Departure`] given).
+pub type Reloaded = (Vec<Arc<Backend>>, Vec<(Arc<Backend>, Departure)>);
+
+/// Names one removal: [`State::finish_removal`] acts only for the removal still in force
+/// (a DELETE after a reload dropped the backend replaces the reload's removal and timer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Departure(u64);
 
 /// An admin request that cannot be applied, with the HTTP status it maps to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +83,14 @@ pub enum Refusal {
     Conflict(String),
     /// Persisting failed: nothing was changed.
     Internal(String),
+}
+
+/// At most the first 64 characters of a value a client sent, to quote in an error.
+pub fn shown(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
 }
 
 impl Refusal {
@@ -54,12 +104,24 @@ impl Refusal {
     }
 }
 
+/// Why a backend is on its way out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leaving {
+    /// DELETE through the admin API: goes through with whatever a reload says.
+    Deleted,
+    /// A reload's file no longer lists it: a later reload that lists it again keeps it.
+    Dropped,
+}
+
 pub struct State {
     pub config: Config,
     pub members: Members,
     overlay: Overlay,
     state_file: Option<PathBuf>,
     pub shared: Arc<Shared>,
+    /// Members being drained before they leave.
+    leaving: Vec<(Arc<Backend>, Leaving, Departure)>,
+    departures: u64,
 }
 
 impl Overlay {
@@ -85,68 +147,104 @@ impl Overlay {
             path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
         ));
         let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(text.as_bytes()).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, path).map_err(err)?;
+        let written = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if let Err(e) = written {
+            // A full disk leaves a partial temp file: take it away, the old file stands.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err(e));
+        }
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
         }
         Ok(())
     }
 
-    fn with(&self, pool: &str, addr: SocketAddr, change: Change) -> Overlay {
+    fn entry(&self, pool: &str, addr: SocketAddr) -> Entry {
+        self.pools
+            .get(pool)
+            .and_then(|p| p.get(&addr))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// This overlay with `pool`/`addr`'s entry replaced (an empty entry is dropped).
+    fn with(&self, pool: &str, addr: SocketAddr, e: Entry) -> Overlay {
         let mut o = self.clone();
-        let entry = o.pools.entry(pool.to_string()).or_default();
-        let merged = match (entry.get(&addr), change) {
-            // A backend added at runtime and removed again leaves no trace.
-            (Some(Change::Add { .. }), Change::Remove) => None,
-            // A new weight for a backend added at runtime stays an addition.
-            (Some(Change::Add { .. }), Change::Weight { weight }) => Some(Change::Add { weight }),
-            (_, c) => Some(c),
-        };
-        match merged {
-            Some(c) => {
-                entry.insert(addr, c);
-            }
-            None => {
-                entry.remove(&addr);
-            }
+        let list = o.pools.entry(pool.to_string()).or_default();
+        if e.is_empty() {
+            list.remove(&addr);
+        } else {
+            list.insert(addr, e);
         }
+        if list.is_empty() {
+            o.pools.remove(pool);
+        }
+        o
+    }
+
+    /// Without the entries that say nothing about `config`: `keep` and `remove` entries of
+    /// backends it does not list, and pools it does not have.
+    fn pruned(&self, config: &Config) -> Overlay {
+        let mut o = self.clone();
+        o.pools.retain(|name, list| {
+            let Some(pc) = config.pools.get(name) else {
+                return false;
+            };
+            list.retain(|addr, e| {
+                e.op == Membership::Add || pc.backends.get_ref().iter().any(|b| b.addr == *addr)
+            });
+            !list.is_empty()
+        });
         o
     }
 }
 
+/// Whether `config` lists `addr` in `pool`.
+fn listed(config: &Config, pool: &str, addr: SocketAddr) -> bool {
+    config
+        .pools
+        .get(pool)
+        .is_some_and(|p| p.backends.get_ref().iter().any(|b| b.addr == addr))
+}
+
 /// The members a config plus overlay give, reusing `existing` backends (same `Arc`) so their
-/// states, counters and connections carry on. Backends the overlay adds start `starting`.
+/// states, counters and connections carry on. Backends the overlay adds start `starting`;
+/// those it drains are draining.
 fn members_of(config: &Config, overlay: &Overlay, existing: &Members) -> Members {
     let mut out = Members::new();
     for (name, pc) in &config.pools {
         let old = existing.get(name);
-        let reuse = |addr: SocketAddr, weight: u32, fresh: BackendState| match old
-            .and_then(|o| o.iter().find(|b| b.addr == addr))
-        {
-            Some(b) => {
-                b.set_weight(weight);
-                b.clone()
-            }
-            None => Arc::new(Backend::new(name, addr, weight, fresh)),
-        };
         let changes = overlay.pools.get(name);
-        let mut list = Vec::new();
-        for bc in pc.backends.get_ref() {
-            let weight = match changes.and_then(|c| c.get(&bc.addr)) {
-                Some(Change::Remove) => continue,
-                Some(Change::Weight { weight }) | Some(Change::Add { weight }) => *weight,
-                None => *bc.weight.get_ref(),
+        let mut list: Vec<Arc<Backend>> = Vec::new();
+        let mut join = |addr: SocketAddr, weight: u32, fresh: BackendState, e: Option<&Entry>| {
+            let weight = e.and_then(|e| e.weight).unwrap_or(weight);
+            let b = match old.and_then(|o| o.iter().find(|b| b.addr == addr)) {
+                Some(b) => {
+                    b.set_weight(weight);
+                    b.clone()
+                }
+                None => Arc::new(Backend::new(name, addr, weight, fresh)),
             };
-            list.push(reuse(bc.addr, weight, BackendState::Up));
+            if e.is_some_and(|e| e.drained) {
+                b.set_state(BackendState::Draining);
+            }
+            list.push(b);
+        };
+        for bc in pc.backends.get_ref() {
+            let e = changes.and_then(|c| c.get(&bc.addr));
+            if e.is_some_and(|e| e.op == Membership::Remove) {
+                continue;
+            }
+            join(bc.addr, *bc.weight.get_ref(), BackendState::Up, e);
         }
-        for (addr, change) in changes.into_iter().flatten() {
-            if let Change::Add { weight } = change
-                && !list.iter().any(|b| b.addr == *addr)
-            {
-                list.push(reuse(*addr, *weight, BackendState::Starting));
+        for (addr, e) in changes.into_iter().flatten() {
+            if e.op == Membership::Add && !pc.backends.get_ref().iter().any(|b| b.addr == *addr) {
+                join(*addr, 1, BackendState::Starting, Some(e));
             }
         }
         out.insert(name.clone(), list);
@@ -169,6 +267,8 @@ impl State {
             members,
             overlay,
             shared,
+            leaving: Vec::new(),
+            departures: 0,
         })
     }
 
@@ -182,10 +282,17 @@ impl State {
         )));
     }
 
-    fn persist(&self, next: &Overlay) -> Result<(), Refusal> {
-        if let Some(p) = &self.state_file {
-            next.save(p).map_err(Refusal::Internal)?;
+    /// Writes `next` to the state file (if there is one) and makes it the overlay. Nothing is
+    /// changed if the write fails.
+    fn commit(&mut self, next: Overlay) -> Result<(), Refusal> {
+        if next == self.overlay {
+            return Ok(());
         }
+        if let Some(p) = &self.state_file {
+            next.save(p)
+                .map_err(|e| Refusal::Internal(format!("{e}; nothing was changed")))?;
+        }
+        self.overlay = next;
         Ok(())
     }
 
@@ -193,14 +300,43 @@ impl State {
         let list = self
             .members
             .get(pool)
-            .ok_or_else(|| Refusal::NotFound(format!("no pool {pool:?}")))?;
-        let addr: SocketAddr = addr
-            .parse()
-            .map_err(|_| Refusal::BadRequest(format!("{addr:?} is not an IP:port address")))?;
+            .ok_or_else(|| Refusal::NotFound(format!("no pool {:?}", shown(pool))))?;
+        let addr: SocketAddr = addr.parse().map_err(|_| {
+            Refusal::BadRequest(format!("{:?} is not an IP:port address", shown(addr)))
+        })?;
         list.iter()
             .find(|b| b.addr == addr)
             .cloned()
             .ok_or_else(|| Refusal::NotFound(format!("pool {pool:?} has no backend {addr}")))
+    }
+
+    fn leaving(&self, b: &Arc<Backend>) -> Option<Leaving> {
+        self.leaving
+            .iter()
+            .find(|(x, _, _)| Arc::ptr_eq(x, b))
+            .map(|(_, why, _)| *why)
+    }
+
+    /// Records that `b` is leaving, replacing any earlier removal of it.
+    fn depart(&mut self, b: &Arc<Backend>, why: Leaving) -> Departure {
+        self.departures += 1;
+        let d = Departure(self.departures);
+        self.leaving.retain(|(x, _, _)| !Arc::ptr_eq(x, b));
+        self.leaving.push((b.clone(), why, d));
+        d
+    }
+
+    /// Refuses a change to a backend that is on its way out.
+    fn not_leaving(&self, b: &Arc<Backend>) -> Result<(), Refusal> {
+        match self.leaving(b) {
+            Some(_) => Err(Refusal::Conflict(format!(
+                "pool {:?} backend {} is being removed (draining, {} connections left)",
+                b.pool,
+                b.addr,
+                b.active().max(0)
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Adds a backend; it starts `starting` and takes traffic after `rise` passing checks.
@@ -211,30 +347,32 @@ impl State {
         weight: Option<u32>,
     ) -> Result<Arc<Backend>, Refusal> {
         if !self.members.contains_key(pool) {
-            return Err(Refusal::NotFound(format!("no pool {pool:?}")));
+            return Err(Refusal::NotFound(format!("no pool {:?}", shown(pool))));
         }
-        let addr: SocketAddr = addr
-            .parse()
-            .map_err(|_| Refusal::BadRequest(format!("{addr:?} is not an IP:port address")))?;
+        let addr: SocketAddr = addr.parse().map_err(|_| {
+            Refusal::BadRequest(format!("{:?} is not an IP:port address", shown(addr)))
+        })?;
         if addr.port() == 0 || addr.ip().is_unspecified() {
             return Err(Refusal::BadRequest(format!(
                 "{addr} needs a real IP and a port"
             )));
         }
         let weight = weight.unwrap_or(1);
-        if weight == 0 || weight > MAX_WEIGHT {
-            return Err(Refusal::BadRequest(format!(
-                "weight {weight} is out of range 1..={MAX_WEIGHT}"
-            )));
+        check_weight(weight)?;
+        if let Some(b) = self.members[pool].iter().find(|b| b.addr == addr) {
+            return Err(match self.leaving(b) {
+                Some(_) => Refusal::Conflict(format!(
+                    "pool {pool:?} backend {addr} is still being removed: add it again once it is gone"
+                )),
+                None => Refusal::Conflict(format!("pool {pool:?} already has backend {addr}")),
+            });
         }
-        if self.members[pool].iter().any(|b| b.addr == addr) {
-            return Err(Refusal::Conflict(format!(
-                "pool {pool:?} already has backend {addr}"
-            )));
-        }
-        let next = self.overlay.with(pool, addr, Change::Add { weight });
-        self.persist(&next)?;
-        self.overlay = next;
+        let entry = Entry {
+            op: Membership::Add,
+            weight: Some(weight),
+            drained: false,
+        };
+        self.commit(self.overlay.with(pool, addr, entry))?;
         let b = Arc::new(Backend::new(pool, addr, weight, BackendState::Starting));
         self.members
             .get_mut(pool)
@@ -245,9 +383,16 @@ impl State {
         Ok(b)
     }
 
-    /// Stops new connections to a backend; existing ones continue.
+    /// Stops new connections to a backend; existing ones continue. Persisted: it comes back
+    /// draining after a restart, until [`State::ready`].
     pub fn drain(&mut self, pool: &str, addr: &str) -> Result<Arc<Backend>, Refusal> {
         let b = self.find(pool, addr)?;
+        if self.leaving(&b).is_some() {
+            return Ok(b); // already draining on its way out
+        }
+        let mut e = self.overlay.entry(pool, b.addr);
+        e.drained = true;
+        self.commit(self.overlay.with(pool, b.addr, e))?;
         if b.state() != BackendState::Draining {
             b.set_state(BackendState::Draining);
             self.publish();
@@ -256,21 +401,66 @@ impl State {
         Ok(b)
     }
 
-    /// Starts removing a backend: persisted as removed, drained now; the caller finishes the
-    /// removal with [`State::finish_removal`] once it has no connections (or time is up).
-    pub fn remove(&mut self, pool: &str, addr: &str) -> Result<Arc<Backend>, Refusal> {
+    /// Undoes a drain: the backend is routable again if its health checks pass.
+    pub fn ready(&mut self, pool: &str, addr: &str) -> Result<Arc<Backend>, Refusal> {
         let b = self.find(pool, addr)?;
-        let next = self.overlay.with(pool, b.addr, Change::Remove);
-        self.persist(&next)?;
-        self.overlay = next;
-        b.set_state(BackendState::Draining);
-        self.publish();
-        tracing::info!(pool, backend = %b.addr, active = b.active(), "backend removing: draining first");
+        self.not_leaving(&b)?;
+        let mut e = self.overlay.entry(pool, b.addr);
+        e.drained = false;
+        self.commit(self.overlay.with(pool, b.addr, e))?;
+        if b.state() == BackendState::Draining {
+            let next = if b.is_healthy() {
+                BackendState::Up
+            } else {
+                BackendState::Down
+            };
+            b.set_state(next);
+            self.publish();
+            tracing::info!(pool, backend = %b.addr, state = next.as_str(), "backend ready (drain undone)");
+        }
         Ok(b)
     }
 
-    /// Takes a drained backend out of its pool; connections it still has are closed.
-    pub fn finish_removal(&mut self, b: &Arc<Backend>) {
+    /// Starts removing a backend: persisted as removed, drained now; the caller finishes the
+    /// removal with [`State::finish_removal`] once it has no connections (or time is up).
+    /// A second DELETE of a backend already being deleted changes nothing and gives `None`:
+    /// the removal under way, with its own drain timeout, goes on.
+    pub fn remove(
+        &mut self,
+        pool: &str,
+        addr: &str,
+    ) -> Result<(Arc<Backend>, Option<Departure>), Refusal> {
+        let b = self.find(pool, addr)?;
+        if self.leaving(&b) == Some(Leaving::Deleted) {
+            return Ok((b, None));
+        }
+        let entry = Entry {
+            op: Membership::Remove,
+            ..Entry::default()
+        };
+        self.commit(self.overlay.with(pool, b.addr, entry))?;
+        let d = self.depart(&b, Leaving::Deleted);
+        b.set_state(BackendState::Draining);
+        self.publish();
+        tracing::info!(pool, backend = %b.addr, active = b.active(), "backend removing: draining first");
+        Ok((b, Some(d)))
+    }
+
+    /// Whether removal `d` of `b` is still the one in force.
+    pub fn still_leaving(&self, b: &Arc<Backend>, d: Departure) -> bool {
+        self.leaving
+            .iter()
+            .any(|(x, _, id)| Arc::ptr_eq(x, b) && *id == d)
+    }
+
+    /// Takes a drained backend out of its pool; connections it still has are closed. Does
+    /// nothing if removal `d` is no longer in force (a reload kept the backend, or a DELETE
+    /// replaced the removal).
+    pub fn finish_removal(&mut self, b: &Arc<Backend>, d: Departure) {
+        if !self.still_leaving(b, d) {
+            return;
+        }
+        self.leaving.retain(|(x, _, _)| !Arc::ptr_eq(x, b));
         if let Some(list) = self.members.get_mut(&b.pool) {
             let before = list.len();
             list.retain(|x| !Arc::ptr_eq(x, b));
@@ -278,6 +468,15 @@ impl State {
                 b.set_removed();
                 self.publish();
                 tracing::info!(pool = %b.pool, backend = %b.addr, remaining_connections = b.active(), "backend removed");
+            }
+        }
+        // Gone, and the file does not list it: the tombstone says nothing any more.
+        if !listed(&self.config, &b.pool, b.addr)
+            && self.overlay.entry(&b.pool, b.addr).op == Membership::Remove
+        {
+            let next = self.overlay.with(&b.pool, b.addr, Entry::default());
+            if let Err(e) = self.commit(next) {
+                tracing::warn!(pool = %b.pool, backend = %b.addr, error = e.message(), "cannot drop the removed backend's entry from the state file (harmless: the next reload drops it)");
             }
         }
     }
@@ -289,27 +488,29 @@ impl State {
         weight: u32,
     ) -> Result<Arc<Backend>, Refusal> {
         let b = self.find(pool, addr)?;
-        if weight == 0 || weight > MAX_WEIGHT {
-            return Err(Refusal::BadRequest(format!(
-                "weight {weight} is out of range 1..={MAX_WEIGHT}"
-            )));
-        }
-        let next = self.overlay.with(pool, b.addr, Change::Weight { weight });
-        self.persist(&next)?;
-        self.overlay = next;
+        check_weight(weight)?;
+        self.not_leaving(&b)?;
+        let mut e = self.overlay.entry(pool, b.addr);
+        e.weight = Some(weight);
+        self.commit(self.overlay.with(pool, b.addr, e))?;
         b.set_weight(weight);
         self.publish();
         tracing::info!(pool, backend = %b.addr, weight, "weight changed");
         Ok(b)
     }
 
-    /// A health verdict changed. Draining and removed backends keep their state.
+    /// A health verdict changed. Draining and removed backends keep their state (the verdict
+    /// is kept for when a drain is undone).
     pub fn health_changed(&mut self, b: &Arc<Backend>, healthy: bool, reason: &str) {
         let member = self
             .members
             .get(&b.pool)
             .is_some_and(|l| l.iter().any(|x| Arc::ptr_eq(x, b)));
-        if !member || b.state() == BackendState::Draining {
+        if !member {
+            return;
+        }
+        b.set_healthy(healthy);
+        if b.state() == BackendState::Draining {
             return;
         }
         let next = if healthy {
@@ -329,8 +530,9 @@ impl State {
         }
     }
 
-    /// Applies a new config. Listeners cannot change without a restart. Returns the backends
-    /// that joined (to check) and those that left (to drain, then remove).
+    /// Applies a new config over the runtime state (see [`Entry`] for the rules). Listeners,
+    /// and settings read only at start, cannot change without a restart. Returns the
+    /// backends that joined (to check) and those that left (to drain, then remove).
     pub fn reload(&mut self, config: Config) -> Result<Reloaded, String> {
         let same_listeners = config.listeners.len() == self.config.listeners.len()
             && config
@@ -343,38 +545,68 @@ impl State {
                 "listeners were added, removed, rebound or given another backlog or tcp_congestion: restart ringlb to apply that".into(),
             );
         }
-        let mut members = members_of(&config, &self.overlay, &self.members);
-        let mut joined = Vec::new();
-        for (pool, list) in &members {
-            for b in list {
-                let known = self
-                    .members
-                    .get(pool)
-                    .is_some_and(|l| l.iter().any(|x| Arc::ptr_eq(x, b)));
-                if !known {
-                    joined.push(b.clone());
-                }
+        if let Some(what) = Config::needs_restart(&self.config, &config) {
+            return Err(format!(
+                "{what} changed, which only a restart applies: restart ringlb, or put it back"
+            ));
+        }
+        // Everything below is decided before anything is changed; only then is it applied.
+        let overlay = self.overlay.pruned(&config);
+        if overlay != self.overlay {
+            if let Some(p) = &self.state_file {
+                overlay.save(p)?;
             }
         }
-        // Backends the new config drops stay, draining, until they are empty.
+        let mut members = members_of(&config, &overlay, &self.members);
+        let member_of = |m: &Members, b: &Arc<Backend>| {
+            m.get(&b.pool)
+                .is_some_and(|l| l.iter().any(|x| Arc::ptr_eq(x, b)))
+        };
+        let joined: Vec<Arc<Backend>> = members
+            .values()
+            .flatten()
+            .filter(|b| !member_of(&self.members, b))
+            .cloned()
+            .collect();
+        // A backend a reload dropped and this one lists again stays: its removal is off.
+        let mut leaving = Vec::new();
+        for (b, why, d) in std::mem::take(&mut self.leaving) {
+            if why == Leaving::Dropped && member_of(&members, &b) {
+                let state = if b.is_healthy() {
+                    BackendState::Up
+                } else {
+                    BackendState::Down
+                };
+                if b.state() == BackendState::Draining && !overlay.entry(&b.pool, b.addr).drained {
+                    b.set_state(state);
+                }
+                tracing::info!(pool = %b.pool, backend = %b.addr, "backend listed again: no longer leaving");
+                continue;
+            }
+            leaving.push((b, why, d));
+        }
+        // Backends the new config drops stay, draining, until they are empty. Those already
+        // leaving keep their own timer.
         let mut left = Vec::new();
-        for (pool, list) in &self.members {
-            for b in list {
-                let kept = members
-                    .get(pool)
-                    .is_some_and(|l| l.iter().any(|x| Arc::ptr_eq(x, b)));
-                if !kept {
-                    b.set_state(BackendState::Draining);
-                    if let Some(l) = members.get_mut(pool) {
-                        l.push(b.clone());
-                    } else {
-                        // The whole pool went away: nothing routes to it any more.
-                        b.set_removed();
-                    }
-                    left.push(b.clone());
-                }
+        for b in self.members.values().flatten() {
+            if member_of(&members, b) {
+                continue;
+            }
+            b.set_state(BackendState::Draining);
+            match members.get_mut(&b.pool) {
+                Some(l) => l.push(b.clone()),
+                // The whole pool went away: nothing routes to it any more.
+                None => b.set_removed(),
+            }
+            if !leaving.iter().any(|(x, _, _)| Arc::ptr_eq(x, b)) {
+                self.departures += 1;
+                let d = Departure(self.departures);
+                leaving.push((b.clone(), Leaving::Dropped, d));
+                left.push((b.clone(), d));
             }
         }
+        self.leaving = leaving;
+        self.overlay = overlay;
         self.members = members;
         self.config = config;
         self.publish();
@@ -389,6 +621,15 @@ impl State {
             .map(|(n, _)| n.clone())
             .collect()
     }
+}
+
+fn check_weight(weight: u32) -> Result<(), Refusal> {
+    if weight == 0 || weight > MAX_WEIGHT {
+        return Err(Refusal::BadRequest(format!(
+            "weight {weight} is out of range 1..={MAX_WEIGHT}"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -455,8 +696,8 @@ mod tests {
         let extra = format!("state_file = {:?}", file.display().to_string());
         let mut s = State::new(config(&extra), 1).unwrap();
         s.add("p", "127.0.0.1:9003", Some(3)).unwrap();
-        let b = s.remove("p", "127.0.0.1:9001").unwrap();
-        s.finish_removal(&b);
+        let (b, d) = s.remove("p", "127.0.0.1:9001").unwrap();
+        s.finish_removal(&b, d.unwrap());
         s.set_weight("p", "127.0.0.1:9002", 5).unwrap();
         let again = State::new(config(&extra), 1).unwrap();
         let got: Vec<(String, u32, BackendState)> = again.members["p"]
@@ -472,12 +713,144 @@ mod tests {
         );
         // Added then removed at runtime: no trace left.
         let mut s = again;
-        let b = s.remove("p", "127.0.0.1:9003").unwrap();
-        s.finish_removal(&b);
+        let (b, d) = s.remove("p", "127.0.0.1:9003").unwrap();
+        s.finish_removal(&b, d.unwrap());
         assert!(
             !Overlay::load(&file).unwrap().pools["p"]
                 .contains_key(&"127.0.0.1:9003".parse().unwrap())
         );
+    }
+
+    fn addrs(s: &State) -> Vec<(String, u32, BackendState)> {
+        s.members["p"]
+            .iter()
+            .map(|b| (b.addr.to_string(), b.weight(), b.state()))
+            .collect()
+    }
+
+    /// The issue's sequence: DELETE a backend the file lists, POST it again, DELETE it again,
+    /// then reload or restart. It once came back, because "added then removed" left no trace
+    /// even where the file lists the backend.
+    #[test]
+    fn delete_add_delete_of_a_listed_backend_stays_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state.json");
+        let extra = format!("state_file = {:?}", file.display().to_string());
+        let mut s = State::new(config(&extra), 1).unwrap();
+        let (b, d) = s.remove("p", "127.0.0.1:9001").unwrap();
+        s.finish_removal(&b, d.unwrap());
+        s.add("p", "127.0.0.1:9001", Some(2)).unwrap();
+        let (b, d) = s.remove("p", "127.0.0.1:9001").unwrap();
+        s.finish_removal(&b, d.unwrap());
+        s.reload(config(&extra)).unwrap();
+        assert_eq!(
+            addrs(&s),
+            vec![("127.0.0.1:9002".into(), 1, BackendState::Up)]
+        );
+        let again = State::new(config(&extra), 1).unwrap();
+        assert_eq!(
+            addrs(&again),
+            vec![("127.0.0.1:9002".into(), 1, BackendState::Up)]
+        );
+    }
+
+    #[test]
+    fn a_drain_survives_a_restart_and_a_reload_and_ready_undoes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state.json");
+        let extra = format!("state_file = {:?}", file.display().to_string());
+        let mut s = State::new(config(&extra), 1).unwrap();
+        s.drain("p", "127.0.0.1:9001").unwrap();
+        s.reload(config(&extra)).unwrap();
+        assert_eq!(
+            s.find("p", "127.0.0.1:9001").unwrap().state(),
+            BackendState::Draining
+        );
+        let mut s = State::new(config(&extra), 1).unwrap();
+        let b = s.find("p", "127.0.0.1:9001").unwrap();
+        assert_eq!(b.state(), BackendState::Draining);
+        // Checks pass while it drains; ready then makes it routable at once.
+        s.health_changed(&b, true, "test");
+        assert_eq!(b.state(), BackendState::Draining);
+        s.ready("p", "127.0.0.1:9001").unwrap();
+        assert_eq!(b.state(), BackendState::Up);
+        assert_eq!(
+            Overlay::load(&file).unwrap(),
+            Overlay::default(),
+            "nothing left to say"
+        );
+    }
+
+    #[test]
+    fn a_reload_keeps_a_delete_in_progress_and_drops_entries_that_say_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state.json");
+        let extra = format!("state_file = {:?}", file.display().to_string());
+        let mut s = State::new(config(&extra), 1).unwrap();
+        let (b, d) = s.remove("p", "127.0.0.1:9001").unwrap();
+        let d = d.unwrap();
+        s.set_weight("p", "127.0.0.1:9002", 4).unwrap();
+        assert!(matches!(
+            s.set_weight("p", "127.0.0.1:9001", 3),
+            Err(Refusal::Conflict(_))
+        ));
+        // The file edits the backend being deleted: the DELETE goes on.
+        let edited = config(&extra).to_toml().replace(
+            "addr = \"127.0.0.1:9001\"\nweight = 1",
+            "addr = \"127.0.0.1:9001\"\nweight = 9",
+        );
+        let edited = Config::parse("t", &edited).unwrap();
+        assert_eq!(edited.pools["p"].backends.get_ref()[0].weight.get_ref(), &9);
+        let (_, left) = s.reload(edited).unwrap();
+        assert!(left.is_empty(), "a DELETE in progress keeps its own timer");
+        assert!(s.still_leaving(&b, d));
+        assert_eq!(b.state(), BackendState::Draining);
+        s.finish_removal(&b, d);
+        assert_eq!(
+            addrs(&s),
+            vec![("127.0.0.1:9002".into(), 4, BackendState::Up)]
+        );
+        // A file without 9002 drops its weight entry; with it again, the file's weight rules.
+        let only_9001 = Config::parse(
+            "t",
+            &config(&extra).to_toml().replace(
+                "[[pools.p.backends]]\naddr = \"127.0.0.1:9002\"\nweight = 1\n",
+                "",
+            ),
+        )
+        .unwrap();
+        assert_eq!(only_9001.pools["p"].backends.get_ref().len(), 1);
+        let (_, left) = s.reload(only_9001).unwrap();
+        assert_eq!(left.len(), 1);
+        // Listed again before its drain ended: it stays, and is no longer leaving.
+        s.reload(config(&extra)).unwrap();
+        assert!(!s.still_leaving(&left[0].0, left[0].1));
+        assert_eq!(
+            addrs(&s),
+            vec![("127.0.0.1:9002".into(), 1, BackendState::Up)]
+        );
+        assert_eq!(
+            Overlay::load(&file).unwrap().pools["p"].len(),
+            1,
+            "only 9001's tombstone"
+        );
+    }
+
+    #[test]
+    fn state_files_of_earlier_versions_read_the_same() {
+        let old = r#"{"pools":{"p":{"127.0.0.1:9001":{"op":"remove"},"127.0.0.1:9002":{"op":"weight","weight":5},"127.0.0.1:9003":{"op":"add","weight":3}}}}"#;
+        let o: Overlay = serde_json::from_str(old).unwrap();
+        let p = &o.pools["p"];
+        assert_eq!(p[&"127.0.0.1:9001".parse().unwrap()].op, Membership::Remove);
+        assert_eq!(
+            p[&"127.0.0.1:9002".parse().unwrap()],
+            Entry {
+                op: Membership::Keep,
+                weight: Some(5),
+                drained: false
+            }
+        );
+        assert_eq!(p[&"127.0.0.1:9003".parse().unwrap()].op, Membership::Add);
     }
 
     #[test]

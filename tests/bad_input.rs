@@ -1,0 +1,425 @@
+//! Bad input as a careless operator writes it: a running balancer with held connections gets
+//! SIGHUP with each of many broken files, `ringlb check` refuses the same files, and admin
+//! requests with huge, empty and malformed values get a 400 and change nothing.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+/// The value of an unlabelled series in a scrape.
+fn metric(metrics: SocketAddr, name: &str) -> Option<f64> {
+    let (status, body) = http(metrics, "GET", "/metrics", None, None);
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn echo_once(s: &mut TcpStream, what: &[u8]) {
+    s.write_all(what).unwrap();
+    let mut buf = vec![0u8; what.len()];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(buf, what);
+}
+
+/// Broken variants of a good config: every one must be refused whole.
+fn broken_files(good: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut add = |name: &str, text: String| out.push((name.to_string(), text.into_bytes()));
+    let sub = |from: &str, to: &str| {
+        assert!(good.contains(from), "{from:?} is not in the base config");
+        good.replacen(from, to, 1)
+    };
+    let top = |line: &str| format!("{line}\n{good}");
+    let in_listener = |line: &str| sub("pool = \"p\"\n", &format!("pool = \"p\"\n{line}\n"));
+    let in_pool = |line: &str| sub("[pools.p]\n", &format!("[pools.p]\n{line}\n"));
+    let in_health = |line: &str| format!("{good}\n[pools.p.health]\n{line}\n");
+    add("empty", String::new());
+    add("only a comment", "# nothing here\n".into());
+    // Out of range, and sums that overflow.
+    for (k, v) in [
+        (
+            "shutdown_timeout",
+            "\"18446744073709551615s18446744073709551615s\"",
+        ),
+        ("shutdown_timeout", "\"31d\""),
+        ("shutdown_timeout", "\"99999999999999999999999h\""),
+        ("busy_poll", "\"2ms\""),
+        ("buffer_count", "3"),
+        ("buffer_count", "65536"),
+        ("buffer_size", "100"),
+        ("buffer_size", "4294967296"),
+        ("workers", "99999"),
+        ("workers", "-1"),
+    ] {
+        add(&format!("{k} = {v}"), top(&format!("{k} = {v}")));
+    }
+    for (k, v) in [
+        ("connect_timeout", "\"6m\""),
+        ("connect_timeout", "\"0s\""),
+        ("connect_timeout", "\"100000000000h\""),
+        ("idle_timeout", "\"31d\""),
+        ("idle_timeout", "\"0ms\""),
+        ("retries", "8"),
+        ("retries", "-1"),
+        ("backlog", "0"),
+        ("backlog", "1000000"),
+        ("max_connections", "-1"),
+        ("max_connections", "4294967296"),
+        ("proxy_protocol", "\"v3\""),
+        ("relay", "\"splice\""),
+        ("tcp_congestion", "\"no-such-cc\""),
+    ] {
+        add(
+            &format!("listener {k} = {v}"),
+            in_listener(&format!("{k} = {v}")),
+        );
+    }
+    for (k, v) in [
+        ("ring_points", "0"),
+        ("ring_points", "100000"),
+        ("maglev_table_size", "65536"),
+        ("balance_factor", "0.5"),
+        ("balance_factor", "inf"),
+        ("balance_factor", "nan"),
+        ("algorithm", "\"fastest\""),
+        ("hash_key", "\"mac\""),
+    ] {
+        add(&format!("pool {k} = {v}"), in_pool(&format!("{k} = {v}")));
+    }
+    for (k, v) in [
+        ("interval", "\"0s\""),
+        ("interval", "\"400d\""),
+        ("timeout", "\"1h\""),
+        ("rise", "0"),
+        ("fall", "100000"),
+        ("kind", "\"udp\""),
+        ("port", "0"),
+        ("port", "70000"),
+        ("expect_status", "\"600\""),
+        ("host", "\"a\\r\\nX-Injected: 1\""),
+    ] {
+        add(
+            &format!("health {k} = {v}"),
+            in_health(&format!("{k} = {v}")),
+        );
+    }
+    // Wrong types.
+    add("workers as a string", top("workers = \"two\""));
+    add("timeout as a number", in_listener("idle_timeout = 5"));
+    add("pool as a number", sub("pool = \"p\"", "pool = 3"));
+    add("weight as a string", sub("weight = 1", "weight = \"1\""));
+    add("weight 0", sub("weight = 1", "weight = 0"));
+    add("weight 257", sub("weight = 1", "weight = 257"));
+    add(
+        "weight huge",
+        sub("weight = 1", "weight = 99999999999999999999"),
+    );
+    add(
+        "backends as a string",
+        sub("backends = [", "backends = \"x\"\nold = ["),
+    );
+    // Unknown keys at every level.
+    add("unknown top key", top("wrokers = 2"));
+    add(
+        "unknown listener key",
+        in_listener("conect_timeout = \"1s\""),
+    );
+    add("unknown pool key", in_pool("algoritm = \"maglev\""));
+    add("unknown health key", in_health("intervall = \"1s\""));
+    add(
+        "unknown backend key",
+        sub("weight = 1", "weight = 1, wieght = 2"),
+    );
+    // References and structure.
+    add("unknown pool", sub("pool = \"p\"", "pool = \"q\""));
+    add("no backends", sub("backends = [", "backends = []\nold = ["));
+    add("port 0", sub(":", ":0#"));
+    add("duplicate key", in_listener("pool = \"p\""));
+    add("unclosed table", good.replacen("[pools.p]", "[pools.p", 1));
+    add(
+        "a listener that needs a restart",
+        sub("bind = \"127.0.0.1:", "bind = \"127.0.0.2:"),
+    );
+    add(
+        "a listener that needs a restart: admin",
+        sub("listen = \"127.0.0.1:", "listen = \"127.0.0.3:"),
+    );
+    add(
+        "a listener that needs a restart: workers",
+        sub("workers = 2", "workers = 1"),
+    );
+    add(
+        "a listener that needs a restart: buffers",
+        top("buffer_count = 128"),
+    );
+    add("garbage", "\u{0}\u{1}\u{2}[[[".into());
+    // Truncations: most cut a string, a table or an array open.
+    let bytes = good.as_bytes();
+    for k in 1..=12 {
+        let cut = bytes.len() * k / 13;
+        let text = String::from_utf8_lossy(&bytes[..cut]).into_owned();
+        if ringlb::config::Config::parse("t", &text).is_err() {
+            add(&format!("truncated at {cut}"), text);
+        }
+    }
+    // Invalid UTF-8, in a value and at the start.
+    let mut bad = good.as_bytes().to_vec();
+    let at = good.find("name = \"l\"").unwrap() + 8;
+    bad[at] = 0xff;
+    out.push(("invalid UTF-8 in a value".into(), bad));
+    out.push(("invalid UTF-8".into(), vec![0xc3, 0x28, 0xa0, 0xa1, 0xfe]));
+    out
+}
+
+#[test]
+fn sighup_with_each_broken_file_is_refused_and_nothing_stops() {
+    let backend = TestBackend::echo();
+    let (port, admin, metrics) = (free_port(), addr(free_port()), addr(free_port()));
+    let good = format!(
+        "workers = 2\nshutdown_timeout = \"5s\"\n[admin]\nlisten = \"{admin}\"\n[metrics]\nlisten = \"{metrics}\"\n{}[pools.p]\nbackends = [{{ addr = \"{}\", weight = 1 }}]\n",
+        listener_config("l", port, "p", ""),
+        backend.addr
+    );
+    let lb = Proxy::start(&good, addr(port));
+    wait_until(Duration::from_secs(10), || {
+        TcpStream::connect(admin).is_ok()
+    });
+    let mut held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let s = TcpStream::connect(addr(port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s
+        })
+        .collect();
+    let files = broken_files(&good);
+    assert!(files.len() >= 50, "only {} broken files", files.len());
+    assert_eq!(
+        metric(metrics, "ringlb_config_last_reload_successful"),
+        Some(1.0)
+    );
+    for (i, (name, bytes)) in files.iter().enumerate() {
+        // `ringlb check` and a reload share one validation: check refuses it too.
+        let path = lb.dir.path().join("candidate.toml");
+        std::fs::write(&path, bytes).unwrap();
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{name}: {err}");
+        // A listener change is a valid file that only a restart can apply: check accepts it.
+        let valid_for_a_restart = name.starts_with("a listener that needs a restart");
+        assert_eq!(
+            out.status.code(),
+            Some(if valid_for_a_restart { 0 } else { 1 }),
+            "check on {name}: {err}"
+        );
+        std::fs::write(&lb.config_path, bytes).unwrap();
+        lb.signal("HUP");
+        eprintln!("reload {i}: {name}");
+        wait_until(Duration::from_secs(5), || {
+            metric(metrics, "ringlb_config_reload_failures_total") == Some((i + 1) as f64)
+        });
+        assert_eq!(
+            metric(metrics, "ringlb_config_last_reload_successful"),
+            Some(0.0),
+            "{name}"
+        );
+        for (j, s) in held.iter_mut().enumerate() {
+            echo_once(s, format!("{name} {j}").as_bytes());
+        }
+        let mut fresh = TcpStream::connect(addr(port)).unwrap();
+        fresh
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        echo_once(&mut fresh, b"new connection");
+    }
+    // A good file afterwards applies.
+    std::fs::write(&lb.config_path, good.replace("weight = 1", "weight = 7")).unwrap();
+    lb.signal("HUP");
+    wait_until(Duration::from_secs(5), || {
+        http(admin, "GET", "/backends", None, None)
+            .1
+            .contains("\"weight\":7")
+    });
+    assert_eq!(
+        metric(metrics, "ringlb_config_last_reload_successful"),
+        Some(1.0)
+    );
+    for s in &mut held {
+        echo_once(s, b"still here");
+    }
+}
+
+#[test]
+fn admin_requests_with_huge_empty_and_malformed_values_get_400_and_change_nothing() {
+    let backend = TestBackend::echo();
+    let (port, admin) = (free_port(), addr(free_port()));
+    let cfg = format!(
+        "[admin]\nlisten = \"{admin}\"\n{}[pools.p]\nbackends = [{{ addr = \"{}\" }}]\n",
+        listener_config("l", port, "p", ""),
+        backend.addr
+    );
+    let _lb = Proxy::start(&cfg, addr(port));
+    wait_until(Duration::from_secs(10), || {
+        TcpStream::connect(admin).is_ok()
+    });
+    // What a refusal must not change (connection counts move with the start-up probe).
+    let view = || {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&http(admin, "GET", "/backends", None, None).1).unwrap();
+        for b in v["pools"][0]["backends"].as_array_mut().unwrap() {
+            b.as_object_mut().unwrap().remove("connections_total");
+        }
+        v
+    };
+    let before = view();
+    let b = backend.addr;
+    // Long enough to overflow anything, short enough for the request line (a longer URI
+    // gets 414, which is right too).
+    let long = "9".repeat(4_000);
+    let cases: Vec<(&str, String, Option<String>)> = vec![
+        (
+            "DELETE",
+            format!(
+                "/pools/p/backends/{b}?drain_timeout=18446744073709551615s18446744073709551615s"
+            ),
+            None,
+        ),
+        (
+            "DELETE",
+            format!("/pools/p/backends/{b}?drain_timeout=9999999999999999h"),
+            None,
+        ),
+        (
+            "DELETE",
+            format!("/pools/p/backends/{b}?drain_timeout=31d"),
+            None,
+        ),
+        (
+            "DELETE",
+            format!("/pools/p/backends/{b}?drain_timeout="),
+            None,
+        ),
+        (
+            "DELETE",
+            format!("/pools/p/backends/{b}?drain_timeout={long}s"),
+            None,
+        ),
+        (
+            "DELETE",
+            format!("/pools/p/backends/{b}?drain_timeout=-1s"),
+            None,
+        ),
+        (
+            "DELETE",
+            format!("/pools/p/backends/{b}?drain_timeout=5s&x=1"),
+            None,
+        ),
+        (
+            "PUT",
+            format!("/pools/p/backends/{b}/weight"),
+            Some("{\"weight\": 0}".into()),
+        ),
+        (
+            "PUT",
+            format!("/pools/p/backends/{b}/weight"),
+            Some("{\"weight\": 257}".into()),
+        ),
+        (
+            "PUT",
+            format!("/pools/p/backends/{b}/weight"),
+            Some("{\"weight\": 4294967296}".into()),
+        ),
+        (
+            "PUT",
+            format!("/pools/p/backends/{b}/weight"),
+            Some("{\"weight\": -1}".into()),
+        ),
+        (
+            "PUT",
+            format!("/pools/p/backends/{b}/weight"),
+            Some("{\"weight\": 1.5}".into()),
+        ),
+        (
+            "PUT",
+            format!("/pools/p/backends/{b}/weight"),
+            Some("{\"weight\": \"2\"}".into()),
+        ),
+        (
+            "PUT",
+            format!("/pools/p/backends/{b}/weight"),
+            Some(String::new()),
+        ),
+        (
+            "PUT",
+            format!("/pools/p/backends/{b}/weight"),
+            Some("{".into()),
+        ),
+        (
+            "PUT",
+            format!("/pools/p/backends/{b}/weight"),
+            Some(format!("{{\"weight\": {long}}}")),
+        ),
+        ("POST", "/pools/p/backends".into(), Some(String::new())),
+        (
+            "POST",
+            "/pools/p/backends".into(),
+            Some("{\"addr\": \"\"}".into()),
+        ),
+        (
+            "POST",
+            "/pools/p/backends".into(),
+            Some("{\"addr\": \"127.0.0.1:0\"}".into()),
+        ),
+        (
+            "POST",
+            "/pools/p/backends".into(),
+            Some("{\"addr\": \"0.0.0.0:80\"}".into()),
+        ),
+        (
+            "POST",
+            "/pools/p/backends".into(),
+            Some(format!("{{\"addr\": \"{long}\"}}")),
+        ),
+        (
+            "POST",
+            "/pools/p/backends".into(),
+            Some("{\"addr\": \"127.0.0.1:9\", \"weight\": 0}".into()),
+        ),
+        (
+            "POST",
+            "/pools/p/backends".into(),
+            Some("{\"addr\": \"127.0.0.1:9\", \"extra\": 1}".into()),
+        ),
+        ("POST", "/pools/p/backends".into(), Some("[]".into())),
+        (
+            "POST",
+            "/pools/p/backends/not-an-address/drain".into(),
+            None,
+        ),
+    ];
+    for (method, path, body) in &cases {
+        let (status, resp) = http(admin, method, path, body.as_deref(), None);
+        assert_eq!(
+            status,
+            400,
+            "{method} {}: {resp}",
+            &path[..path.len().min(120)]
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&resp).unwrap_or_else(|_| panic!("not JSON: {resp}"));
+        assert!(
+            v["error"]
+                .as_str()
+                .is_some_and(|e| !e.is_empty() && e.len() < 2000),
+            "{resp}"
+        );
+    }
+    assert_eq!(view(), before, "a refused request changed something");
+}
