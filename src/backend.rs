@@ -338,6 +338,7 @@ pub struct ReloadStatus {
     /// seconds since the epoch.
     pub last_success_time: AtomicU64,
     pub failures: AtomicU64,
+    pub successes: AtomicU64,
 }
 
 fn unix_now() -> u64 {
@@ -352,6 +353,7 @@ impl ReloadStatus {
         self.last_successful.store(ok, Ordering::Relaxed);
         if ok {
             self.last_success_time.store(unix_now(), Ordering::Relaxed);
+            self.successes.fetch_add(1, Ordering::Relaxed);
         } else {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
@@ -371,6 +373,7 @@ impl Shared {
                 last_successful: AtomicBool::new(true),
                 last_success_time: AtomicU64::new(unix_now()),
                 failures: AtomicU64::new(0),
+                successes: AtomicU64::new(0),
             },
         })
     }

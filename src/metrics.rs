@@ -121,6 +121,7 @@ pub fn install() -> Result<(), String> {
         "ringlb_config_reload_failures_total",
         "Reloads refused (a broken file, or one that needs a restart)."
     );
+    describe_counter!("ringlb_config_reloads_total", "Reloads that applied.");
     describe_gauge!("ringlb_build_info", "1, labelled with the version.");
     describe_histogram!(
         "ringlb_connection_duration_seconds",
@@ -183,6 +184,7 @@ pub fn render(shared: &Shared) -> String {
         gauge!("ringlb_config_last_reload_success_timestamp_seconds")
             .set(r.last_success_time.load(Relaxed) as f64);
         counter!("ringlb_config_reload_failures_total").absolute(r.failures.load(Relaxed));
+        counter!("ringlb_config_reloads_total").absolute(r.successes.load(Relaxed));
         gauge!("ringlb_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     }
     match HANDLE.get() {

@@ -423,3 +423,152 @@ fn admin_requests_with_huge_empty_and_malformed_values_get_400_and_change_nothin
     }
     assert_eq!(view(), before, "a refused request changed something");
 }
+
+/// Runs `sh -c script` inside the mount namespace of process `pid`.
+fn in_namespace_of(pid: u32, script: &str) -> std::process::Output {
+    Command::new("nsenter")
+        .args(["--target", &pid.to_string(), "--mount", "sh", "-c", script])
+        .output()
+        .expect("nsenter")
+}
+
+/// The state file's directory is a 64 KiB tmpfs in a mount namespace made for this test:
+/// filled up, then remounted read-only. Each time an admin change fails with a 5xx, and
+/// changes nothing, neither in memory (GET /backends) nor on disk (the state file).
+#[test]
+fn a_full_or_read_only_state_directory_refuses_admin_changes_and_changes_nothing() {
+    let backend = TestBackend::echo();
+    let other = TestBackend::echo();
+    let (port, admin) = (free_port(), addr(free_port()));
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("state");
+    std::fs::create_dir(&state_dir).unwrap();
+    let state_file = state_dir.join("state.json");
+    let cfg = format!(
+        "state_file = {:?}\n[admin]\nlisten = \"{admin}\"\n{}[pools.p]\nbackends = [{{ addr = \"{}\" }}]\n",
+        state_file.display().to_string(),
+        listener_config("l", port, "p", ""),
+        backend.addr
+    );
+    let cfg_path = dir.path().join("ringlb.toml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=64k tmpfs {} && exec {BIN} serve --config {}",
+        state_dir.display(),
+        cfg_path.display()
+    );
+    let mut child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("RINGLB_LOG", "warn")
+        .spawn()
+        .expect("unshare");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = child.id();
+    let _kill = Kill(&mut child);
+    wait_until(Duration::from_secs(10), || {
+        TcpStream::connect(admin).is_ok()
+    });
+    let state_path = state_file.display().to_string();
+    let on_disk = || {
+        String::from_utf8_lossy(
+            &in_namespace_of(pid, &format!("cat {state_path} 2>/dev/null")).stdout,
+        )
+        .into_owned()
+    };
+    // One change that lands, so the file has something to keep.
+    let (status, body) = http(
+        admin,
+        "PUT",
+        &format!("/pools/p/backends/{}/weight", backend.addr),
+        Some("{\"weight\": 2}"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let good_file = on_disk();
+    assert!(good_file.contains("\"weight\": 2"), "{good_file}");
+    let listing = || {
+        http(admin, "GET", "/backends", None, None)
+            .1
+            .replace("\"connections_total\":1", "\"connections_total\":0")
+    };
+    let before = listing();
+    let changes = [
+        (
+            "PUT",
+            format!("/pools/p/backends/{}/weight", backend.addr),
+            Some("{\"weight\": 3}".to_string()),
+        ),
+        (
+            "POST",
+            "/pools/p/backends".to_string(),
+            Some(format!("{{\"addr\": \"{}\"}}", other.addr)),
+        ),
+        (
+            "POST",
+            format!("/pools/p/backends/{}/drain", backend.addr),
+            None,
+        ),
+        (
+            "DELETE",
+            format!("/pools/p/backends/{}", backend.addr),
+            None,
+        ),
+    ];
+    let fill = format!(
+        "dd if=/dev/zero of={}/fill bs=4k count=64 2>/dev/null; true",
+        state_dir.display()
+    );
+    let unfill = format!("rm -f {}/fill", state_dir.display());
+    let read_only = format!("mount -o remount,ro {}", state_dir.display());
+    let read_write = format!("mount -o remount,rw {}", state_dir.display());
+    for (break_it, mend_it, what) in [
+        (&fill, &unfill, "full"),
+        (&read_only, &read_write, "read-only"),
+    ] {
+        let out = in_namespace_of(pid, break_it);
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for (method, path, body) in &changes {
+            let (status, resp) = http(admin, method, path, body.as_deref(), None);
+            assert!(
+                (500..600).contains(&status),
+                "{what}: {method} {path} gave {status}: {resp}"
+            );
+            assert!(resp.contains("state file"), "{resp}");
+            assert_eq!(
+                listing(),
+                before,
+                "{what}: {method} {path} changed the balancer"
+            );
+            assert_eq!(
+                on_disk(),
+                good_file,
+                "{what}: {method} {path} changed the file"
+            );
+        }
+        // Traffic is untouched.
+        let mut s = TcpStream::connect(addr(port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        echo_once(&mut s, what.as_bytes());
+        assert!(in_namespace_of(pid, mend_it).status.success());
+    }
+    // Mended: the same change lands.
+    let (status, body) = http(
+        admin,
+        "PUT",
+        &format!("/pools/p/backends/{}/weight", backend.addr),
+        Some("{\"weight\": 3}"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(on_disk().contains("\"weight\": 3"));
+}

@@ -40,7 +40,8 @@ pub enum Membership {
 /// - POST drain / ready: the drain flag, set or cleared; a draining backend comes back
 ///   draining after a restart.
 /// - A reload drops the `keep` and `remove` entries of backends the new file does not
-///   list (they would say nothing), but never an `add`.
+///   list (they would say nothing), but never an `add`, nor the `remove` of a DELETE whose
+///   drain is still under way.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     #[serde(default)]
@@ -188,15 +189,20 @@ impl Overlay {
     }
 
     /// Without the entries that say nothing about `config`: `keep` and `remove` entries of
-    /// backends it does not list, and pools it does not have.
-    fn pruned(&self, config: &Config) -> Overlay {
+    /// backends it does not list, and pools it does not have. The `remove` entry of a
+    /// backend whose DELETE is still draining (`deleting`) stays: a file that lists it again
+    /// before the drain ends must not bring it back.
+    fn pruned(&self, config: &Config, deleting: &[(String, SocketAddr)]) -> Overlay {
         let mut o = self.clone();
         o.pools.retain(|name, list| {
             let Some(pc) = config.pools.get(name) else {
                 return false;
             };
             list.retain(|addr, e| {
-                e.op == Membership::Add || pc.backends.get_ref().iter().any(|b| b.addr == *addr)
+                e.op == Membership::Add
+                    || pc.backends.get_ref().iter().any(|b| b.addr == *addr)
+                    || (e.op == Membership::Remove
+                        && deleting.iter().any(|(p, a)| p == name && a == addr))
             });
             !list.is_empty()
         });
@@ -551,7 +557,13 @@ impl State {
             ));
         }
         // Everything below is decided before anything is changed; only then is it applied.
-        let overlay = self.overlay.pruned(&config);
+        let deleting: Vec<(String, SocketAddr)> = self
+            .leaving
+            .iter()
+            .filter(|(_, why, _)| *why == Leaving::Deleted)
+            .map(|(b, _, _)| (b.pool.clone(), b.addr))
+            .collect();
+        let overlay = self.overlay.pruned(&config, &deleting);
         if overlay != self.overlay {
             if let Some(p) = &self.state_file {
                 overlay.save(p)?;
