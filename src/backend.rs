@@ -328,6 +328,11 @@ pub struct Shared {
     pub connection_budget: AtomicI64,
     /// How the last reload went (for `/metrics`).
     pub reloads: ReloadStatus,
+    /// Recvs that ended because the worker's buffer ring was empty (parked until buffers
+    /// come back).
+    pub buffer_ring_exhausted: AtomicU64,
+    /// Relay directions found unarmed by the tick's check and re-armed (a bug if ever > 0).
+    pub relay_repairs: AtomicU64,
 }
 
 /// The outcome of the last reload, as Prometheus' own `_config_last_reload_*` series put it.
@@ -369,6 +374,8 @@ impl Shared {
                 .map(|_| CachePadded::new(AtomicI64::new(0)))
                 .collect(),
             connection_budget: AtomicI64::new(i64::MAX),
+            buffer_ring_exhausted: AtomicU64::new(0),
+            relay_repairs: AtomicU64::new(0),
             reloads: ReloadStatus {
                 last_successful: AtomicBool::new(true),
                 last_success_time: AtomicU64::new(unix_now()),

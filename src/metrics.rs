@@ -122,6 +122,14 @@ pub fn install() -> Result<(), String> {
         "Reloads refused (a broken file, or one that needs a restart)."
     );
     describe_counter!("ringlb_config_reloads_total", "Reloads that applied.");
+    describe_counter!(
+        "ringlb_buffer_ring_exhausted_total",
+        "Recvs parked because the worker's relay buffers were all in use."
+    );
+    describe_counter!(
+        "ringlb_relay_repairs_total",
+        "Relay directions found unarmed and re-armed (should stay 0)."
+    );
     describe_gauge!("ringlb_build_info", "1, labelled with the version.");
     describe_histogram!(
         "ringlb_connection_duration_seconds",
@@ -185,6 +193,9 @@ pub fn render(shared: &Shared) -> String {
             .set(r.last_success_time.load(Relaxed) as f64);
         counter!("ringlb_config_reload_failures_total").absolute(r.failures.load(Relaxed));
         counter!("ringlb_config_reloads_total").absolute(r.successes.load(Relaxed));
+        counter!("ringlb_buffer_ring_exhausted_total")
+            .absolute(shared.buffer_ring_exhausted.load(Relaxed));
+        counter!("ringlb_relay_repairs_total").absolute(shared.relay_repairs.load(Relaxed));
         gauge!("ringlb_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     }
     match HANDLE.get() {

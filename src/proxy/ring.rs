@@ -25,6 +25,12 @@ const BGID: u16 = 0;
 const STAGED: usize = 256;
 /// Largest PROXY protocol header (v1 is at most 107 bytes, v2 with IPv6 52).
 pub const HEADER_MAX: usize = 112;
+/// Buffers' worth of bytes one arming of a multishot recv may take, where the kernel can cap
+/// it. Without a cap, a multishot recv on a socket with megabytes waiting fills buffer after
+/// buffer inside one io_uring_enter, before the worker sees a completion and can apply
+/// backpressure: 20 stalled clients of flooding backends took a 128-buffer pool whole and
+/// left echo connections on the same worker waiting (tests/relay_stress.rs).
+pub const RECV_CAP_BUFFERS: u32 = 2;
 /// Header slots are allocated in chunks of this many, on first use.
 const HEADER_CHUNK: usize = 64;
 
@@ -136,6 +142,21 @@ pub struct Ring {
     enter_flags: u32,
     /// `busy_poll`, in nanoseconds (0: sleep at once).
     busy_poll_ns: u64,
+    /// Bytes one arming of a multishot recv may take before it ends (the kernel's
+    /// multishot length cap, Linux 6.17+); 0 where the kernel lacks it.
+    recv_cap: u32,
+}
+
+/// Offset of `optlen` (a union with `file_index`) in a 64-byte SQE: for a multishot recv,
+/// the total bytes it may take before it ends (include/uapi/linux/io_uring.h).
+const SQE_OPTLEN: usize = 44;
+
+/// Sets a multishot recv's byte cap in its SQE.
+fn set_optlen(sqe: &mut squeue::Entry, v: u32) {
+    // SAFETY: `squeue::Entry` is `#[repr(C)]` around the 64-byte `io_uring_sqe`, so it is
+    // 64 plain bytes, and bytes 44..48 are the `optlen` / `file_index` union.
+    let raw = unsafe { &mut *(sqe as *mut squeue::Entry as *mut [u8; 64]) };
+    raw[SQE_OPTLEN..SQE_OPTLEN + 4].copy_from_slice(&v.to_ne_bytes());
 }
 
 impl Ring {
@@ -190,6 +211,7 @@ impl Ring {
             enter_fd: raw,
             enter_flags: abi::IORING_ENTER_GETEVENTS,
             busy_poll_ns: 0,
+            recv_cap: 0,
         };
         // SAFETY: the entries mapping is page-aligned, holds `count` entries, and lives in
         // `ring` (dropped after the IoUring, which unregisters the group with it).
@@ -230,7 +252,82 @@ impl Ring {
         if ring.uring.params().is_feature_no_iowait() {
             ring.enter_flags |= abi::IORING_ENTER_NO_IOWAIT;
         }
+        // RINGLB_RECV_CAP=0 turns the cap off (to compare, or on a kernel that misbehaves).
+        let wanted = std::env::var("RINGLB_RECV_CAP").map_or(true, |v| v != "0");
+        if wanted && ring.probe_recv_cap() {
+            ring.recv_cap = size.saturating_mul(RECV_CAP_BUFFERS);
+        }
         Ok(ring)
+    }
+
+    /// Whether this kernel caps a multishot recv at `optlen` bytes: one byte is written to
+    /// a socket pair and received with a cap of one byte. A kernel with the cap ends the
+    /// recv there (no MORE flag); one without it refuses the SQE (EINVAL), or, were it to
+    /// ignore the field, keeps the recv armed (then cancelled here).
+    fn probe_recv_cap(&mut self) -> bool {
+        let mut fds = [0i32; 2];
+        // SAFETY: socketpair writes two descriptors into `fds`, which has room for them.
+        if unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        } != 0
+        {
+            return false;
+        }
+        let byte = [1u8];
+        // SAFETY: `byte` is valid for one byte; fds[1] is ours.
+        let wrote = unsafe { libc::write(fds[1], byte.as_ptr() as *const libc::c_void, 1) };
+        const PROBE: u64 = u64::MAX;
+        let mut capped = false;
+        if wrote == 1 {
+            let mut sqe = opcode::RecvMulti::new(types::Fd(fds[0]), BGID)
+                .build()
+                .user_data(PROBE);
+            set_optlen(&mut sqe, 1);
+            self.push(sqe);
+            let mut out = Vec::new();
+            let mut armed = false;
+            for _ in 0..2 {
+                let queued = self.uring.submission().len() as u32;
+                if self.enter(queued, 1).is_err() {
+                    break;
+                }
+                self.drain(&mut out);
+                for c in &out {
+                    if c.user_data != PROBE {
+                        continue;
+                    }
+                    if let Some(bid) = c.buffer() {
+                        self.recycle(bid);
+                    }
+                    if c.result == 1 && !c.more() {
+                        capped = true;
+                    }
+                    armed = c.more();
+                }
+                if !armed {
+                    break;
+                }
+                // It ignored the cap and stays armed: cancel it, then wait for its end.
+                self.cancel(PROBE, PROBE - 1);
+            }
+            self.commit();
+        }
+        // SAFETY: both descriptors are ours and closed once.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        capped
+    }
+
+    /// Whether multishot recvs end after [`RECV_CAP_BUFFERS`] buffers' worth of bytes.
+    pub fn recv_capped(&self) -> bool {
+        self.recv_cap > 0
     }
 
     pub fn buffer_count(&self) -> u16 {
@@ -345,11 +442,16 @@ impl Ring {
         self.push(sqe);
     }
 
-    /// Multishot recv into the relay buffers.
+    /// Multishot recv into the relay buffers. Where the kernel caps multishot recvs, this
+    /// one ends (a completion without MORE) after [`RECV_CAP_BUFFERS`] buffers' worth of
+    /// bytes, so one connection can never take more than that from the shared ring at once.
     pub fn recv_multi(&mut self, fd: RawFd, user_data: u64) {
-        let sqe = opcode::RecvMulti::new(types::Fd(fd), BGID)
+        let mut sqe = opcode::RecvMulti::new(types::Fd(fd), BGID)
             .build()
             .user_data(user_data);
+        if self.recv_cap > 0 {
+            set_optlen(&mut sqe, self.recv_cap);
+        }
         self.push(sqe);
     }
 

@@ -508,16 +508,26 @@ impl Worker {
     }
 
     /// Arms a direction's recv again if it is idle, not at EOF, and its queue has room.
+    /// With capped recvs (each arming takes at most `ring::RECV_CAP_BUFFERS` buffers) a
+    /// direction re-arms while fewer than HIGH_WATER buffers wait, which keeps a recv under
+    /// way beside the send and bounds what it holds to HIGH_WATER - 1 + RECV_CAP_BUFFERS.
+    /// Without the cap it waits for an empty queue, and backpressure cancels the recv.
     fn rearm_if_ready(&mut self, slot: usize, dir: usize) {
+        let room = if self.ring.recv_capped() {
+            HIGH_WATER
+        } else {
+            LOW_WATER
+        };
         let c = self.conn(slot);
         let d = &c.dirs[dir];
-        if c.phase == Phase::Relaying && d.recv == Recv::Idle && !d.eof && d.queued < LOW_WATER {
+        if c.phase == Phase::Relaying && d.recv == Recv::Idle && !d.eof && d.queued < room {
             self.arm_recv(slot, dir);
         }
     }
 
     fn on_recv(&mut self, slot: usize, dir: usize, cqe: Cqe) {
         let more = cqe.more();
+        let capped = self.ring.recv_capped();
         let now = self.now;
         if !more {
             let c = self.conn(slot);
@@ -537,7 +547,11 @@ impl Worker {
                 self.send_head(slot, dir);
             }
             let c = self.conn(slot);
-            if more && c.dirs[dir].recv == Recv::Armed && c.dirs[dir].queued >= HIGH_WATER {
+            if more
+                && !capped
+                && c.dirs[dir].recv == Recv::Armed
+                && c.dirs[dir].queued >= HIGH_WATER
+            {
                 // Backpressure: the other side is not taking bytes as fast as they come.
                 c.dirs[dir].recv = Recv::Cancelling;
                 c.inflight += 1;
@@ -563,6 +577,7 @@ impl Worker {
                 self.finish_if_drained(slot, dir);
             }
             libc::ENOBUFS => {
+                self.shared.buffer_ring_exhausted.fetch_add(1, Relaxed);
                 self.conn(slot).dirs[dir].recv = Recv::Parked;
                 self.parked.push((slot as u32, self.gens[slot], dir as u8));
             }
@@ -661,26 +676,36 @@ impl Worker {
         sys::shutdown_write(c.dest(dir));
     }
 
-    /// Gives buffers back to connections parked on ENOBUFS once enough have returned.
+    /// Gives buffers back to connections parked on ENOBUFS, oldest first, as many as there
+    /// are free buffers (each re-armed recv takes at least one). Waiting for a larger share
+    /// to come back could wait for ever: directions whose readers have stalled keep theirs.
     fn wake_parked(&mut self) {
         if self.parked.is_empty() {
             return;
         }
-        let free = self.ring.buffer_count() as u32 - self.held;
-        if free < (self.ring.buffer_count() as u32 / 8).max(1) {
+        let mut free = (self.ring.buffer_count() as u32).saturating_sub(self.held);
+        if free == 0 {
             return;
         }
-        let parked = std::mem::take(&mut self.parked);
+        let mut parked = std::mem::take(&mut self.parked);
+        let mut woken = 0;
         for &(slot, gen_, dir) in &parked {
+            if free == 0 {
+                break;
+            }
+            woken += 1;
             let (slot, dir) = (slot as usize, dir as usize);
             let ok = matches!(&self.conns[slot], Some(c) if c.gen_ == gen_ && c.dirs[dir].recv == Recv::Parked);
             if ok {
                 self.conn(slot).dirs[dir].recv = Recv::Idle;
                 self.rearm_if_ready(slot, dir);
+                free -= 1;
             }
         }
+        parked.drain(..woken);
+        // Anything parked meanwhile (nothing is, in this loop) goes after those still waiting.
+        parked.append(&mut self.parked);
         self.parked = parked;
-        self.parked.clear();
     }
 
     // ---- closing ------------------------------------------------------------------------
@@ -755,6 +780,28 @@ impl Worker {
         self.live -= 1;
     }
 
+    /// The relay's invariant, checked every tick: a live direction is armed, being
+    /// cancelled, parked for buffers, held by backpressure (bytes queued or a send in
+    /// flight), or finished. One that is none of these would never read again: its peer
+    /// would wait for ever while its bytes sit unread in the kernel. A debug build stops on
+    /// it; a release build counts it (`ringlb_relay_repairs_total`), logs it, and re-arms.
+    fn check_directions(&mut self, slot: usize) {
+        let id = self.id;
+        for dir in [TO_BACKEND, TO_CLIENT] {
+            let d = self.conn(slot).dirs[dir];
+            let lost = d.recv == Recv::Idle && d.queued == 0 && !d.sending && !d.eof && !d.done;
+            if lost {
+                debug_assert!(
+                    false,
+                    "worker {id}: slot {slot} direction {dir} is neither armed, parked, held nor done: {d:?}"
+                );
+                tracing::error!(worker = id, slot, dir, state = ?d, "a relay direction was left unarmed: re-arming it");
+                self.shared.relay_repairs.fetch_add(1, Relaxed);
+                self.arm_recv(slot, dir);
+            }
+        }
+    }
+
     // ---- timer --------------------------------------------------------------------------
 
     fn on_tick(&mut self) {
@@ -800,6 +847,8 @@ impl Worker {
             if c.phase != Phase::Relaying {
                 continue;
             }
+            self.check_directions(slot);
+            let Some(c) = &self.conns[slot] else { continue };
             let idle_ms = (self.now - c.last_active) as u64 * tick_ms;
             if idle_ms >= c.listener.idle_timeout.as_millis() as u64 {
                 tracing::debug!(worker = self.id, slot, "idle timeout");
