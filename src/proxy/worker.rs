@@ -261,11 +261,10 @@ impl Worker {
             }
             return;
         }
+        // Accepted while stopping (the accept's cancel had not landed yet): the kernel
+        // completed this handshake and the client may have sent its request already, so it
+        // is served like the connections that came before, not closed unanswered.
         let fd = c.result;
-        if self.stopping {
-            sys::close(fd);
-            return;
-        }
         self.new_connection(li, fd);
         if self.listening[li].state == AcceptState::Idle
             && self.now >= self.listening[li].paused_until

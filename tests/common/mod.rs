@@ -131,17 +131,26 @@ pub struct Proxy {
 impl Proxy {
     /// Starts `ringlb serve` and waits (bounded) until `wait_for` accepts connections.
     pub fn start(config: &str, wait_for: SocketAddr) -> Proxy {
+        Self::start_with(config, wait_for, false)
+    }
+
+    /// The same, in a process group of its own (which [`Proxy::signal_group`] signals whole,
+    /// as a terminal's Ctrl-C does), when `own_group`.
+    pub fn start_with(config: &str, wait_for: SocketAddr, own_group: bool) -> Proxy {
+        use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("ringlb.toml");
         std::fs::write(&config_path, config).unwrap();
-        let child = Command::new(BIN)
-            .args(["serve", "--config"])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"])
             .arg(&config_path)
             .env("RINGLB_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start ringlb");
+            .stderr(Stdio::inherit());
+        if own_group {
+            cmd.process_group(0);
+        }
+        let child = cmd.spawn().expect("start ringlb");
         let p = Proxy {
             child,
             dir,
@@ -164,6 +173,16 @@ impl Proxy {
             .unwrap()
             .success();
         assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Sends `sig` to the whole process group (started with `own_group`), as Ctrl-C does.
+    pub fn signal_group(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), "--", &format!("-{}", self.pid())])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} -- -PGID failed");
     }
 
     /// Waits (bounded) for the process to exit; returns its exit code.
