@@ -437,6 +437,8 @@ pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if !d.subsec_nanos().is_multiple_of(1_000_000) {
         format!("{}us", d.as_micros())
+    } else if ms.is_multiple_of(86_400_000) && ms > 0 {
+        format!("{}d", ms / 86_400_000)
     } else if ms.is_multiple_of(3_600_000) && ms > 0 {
         format!("{}h", ms / 3_600_000)
     } else if ms.is_multiple_of(60_000) && ms > 0 {

@@ -25,12 +25,6 @@ const BGID: u16 = 0;
 const STAGED: usize = 256;
 /// Largest PROXY protocol header (v1 is at most 107 bytes, v2 with IPv6 52).
 pub const HEADER_MAX: usize = 112;
-/// Buffers' worth of bytes one arming of a multishot recv may take, where the kernel can cap
-/// it. Without a cap, a multishot recv on a socket with megabytes waiting fills buffer after
-/// buffer inside one io_uring_enter, before the worker sees a completion and can apply
-/// backpressure: 20 stalled clients of flooding backends took a 128-buffer pool whole and
-/// left echo connections on the same worker waiting (tests/relay_stress.rs).
-pub const RECV_CAP_BUFFERS: u32 = 2;
 /// Header slots are allocated in chunks of this many, on first use.
 const HEADER_CHUNK: usize = 64;
 
@@ -142,9 +136,8 @@ pub struct Ring {
     enter_flags: u32,
     /// `busy_poll`, in nanoseconds (0: sleep at once).
     busy_poll_ns: u64,
-    /// Bytes one arming of a multishot recv may take before it ends (the kernel's
-    /// multishot length cap, Linux 6.17+); 0 where the kernel lacks it.
-    recv_cap: u32,
+    /// The kernel can cap the bytes one arming of a multishot recv takes (Linux 6.17+).
+    recv_capped: bool,
 }
 
 /// Offset of `optlen` (a union with `file_index`) in a 64-byte SQE: for a multishot recv,
@@ -211,7 +204,7 @@ impl Ring {
             enter_fd: raw,
             enter_flags: abi::IORING_ENTER_GETEVENTS,
             busy_poll_ns: 0,
-            recv_cap: 0,
+            recv_capped: false,
         };
         // SAFETY: the entries mapping is page-aligned, holds `count` entries, and lives in
         // `ring` (dropped after the IoUring, which unregisters the group with it).
@@ -254,9 +247,7 @@ impl Ring {
         }
         // RINGLB_RECV_CAP=0 turns the cap off (to compare, or on a kernel that misbehaves).
         let wanted = std::env::var("RINGLB_RECV_CAP").map_or(true, |v| v != "0");
-        if wanted && ring.probe_recv_cap() {
-            ring.recv_cap = size.saturating_mul(RECV_CAP_BUFFERS);
-        }
+        ring.recv_capped = wanted && ring.probe_recv_cap();
         Ok(ring)
     }
 
@@ -325,9 +316,9 @@ impl Ring {
         capped
     }
 
-    /// Whether multishot recvs end after [`RECV_CAP_BUFFERS`] buffers' worth of bytes.
+    /// Whether multishot recvs end at the cap [`Ring::recv_multi`] is given.
     pub fn recv_capped(&self) -> bool {
-        self.recv_cap > 0
+        self.recv_capped
     }
 
     pub fn buffer_count(&self) -> u16 {
@@ -443,14 +434,14 @@ impl Ring {
     }
 
     /// Multishot recv into the relay buffers. Where the kernel caps multishot recvs, this
-    /// one ends (a completion without MORE) after [`RECV_CAP_BUFFERS`] buffers' worth of
-    /// bytes, so one connection can never take more than that from the shared ring at once.
-    pub fn recv_multi(&mut self, fd: RawFd, user_data: u64) {
+    /// one ends (a completion without MORE) after `cap_buffers` buffers' worth of bytes, so
+    /// one connection never takes more than that from the shared ring at once.
+    pub fn recv_multi(&mut self, fd: RawFd, user_data: u64, cap_buffers: u32) {
         let mut sqe = opcode::RecvMulti::new(types::Fd(fd), BGID)
             .build()
             .user_data(user_data);
-        if self.recv_cap > 0 {
-            set_optlen(&mut sqe, self.recv_cap);
+        if self.recv_capped {
+            set_optlen(&mut sqe, self.size.saturating_mul(cap_buffers.max(1)));
         }
         self.push(sqe);
     }

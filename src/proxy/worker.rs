@@ -32,6 +32,9 @@ pub const TICK: Duration = Duration::from_millis(100);
 const HIGH_WATER: u16 = 2;
 /// ...and below which it is armed again.
 const LOW_WATER: u16 = 1;
+/// Fewest and most buffers one arming of a (capped) multishot recv may take.
+const RECV_CAP_MIN: u32 = 2;
+const RECV_CAP_MAX: u32 = 32;
 /// Ticks to wait before accepting again after EMFILE/ENFILE.
 const ACCEPT_PAUSE_TICKS: u32 = 2;
 /// Bytes a direction relays before they are folded into the backend's shared counters.
@@ -499,17 +502,23 @@ impl Worker {
 
     fn arm_recv(&mut self, slot: usize, dir: usize) {
         let ud = self.ud(slot, Op::recv(dir));
+        // Where the kernel caps multishot recvs: this arming may take an eighth of the
+        // buffers free now (2 to 32). A bulk stream then re-arms every 2 MiB, which costs
+        // nothing measurable, while a burst can never take the pool: each one leaves at
+        // least 7/8 of what was free, so dozens of stalled readers still leave buffers for
+        // everyone else, and as the pool fills the bursts shrink to 2 buffers.
+        let free = (self.ring.buffer_count() as u32).saturating_sub(self.held);
+        let cap = (free / 8).clamp(RECV_CAP_MIN, RECV_CAP_MAX);
         let c = self.conn(slot);
         let fd = c.source(dir);
         c.dirs[dir].recv = Recv::Armed;
         c.inflight += 1;
-        self.ring.recv_multi(fd, ud);
+        self.ring.recv_multi(fd, ud, cap);
     }
 
     /// Arms a direction's recv again if it is idle, not at EOF, and its queue has room.
-    /// With capped recvs (each arming takes at most `ring::RECV_CAP_BUFFERS` buffers) a
-    /// direction re-arms while fewer than HIGH_WATER buffers wait, which keeps a recv under
-    /// way beside the send and bounds what it holds to HIGH_WATER - 1 + RECV_CAP_BUFFERS.
+    /// With capped recvs (see [`Worker::arm_recv`]) a direction re-arms while fewer than
+    /// HIGH_WATER buffers wait, which keeps a recv under way beside the send.
     /// Without the cap it waits for an empty queue, and backpressure cancels the recv.
     fn rearm_if_ready(&mut self, slot: usize, dir: usize) {
         let room = if self.ring.recv_capped() {

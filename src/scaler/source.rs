@@ -81,21 +81,8 @@ pub async fn http(
         s.read_to_end(&mut resp)
             .await
             .map_err(|e| format!("{url}: {e}"))?;
-        let text = String::from_utf8_lossy(&resp).to_string();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("{url}: not an HTTP response"))?;
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_string()
-        };
+        let (status, body) =
+            parse_response(&resp).ok_or_else(|| format!("{url}: not an HTTP response"))?;
         Ok((status, body))
     };
     tokio::time::timeout(timeout, work)
@@ -103,15 +90,50 @@ pub async fn http(
         .map_err(|_| format!("{url}: no answer within {timeout:?}"))?
 }
 
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+/// Status and body of a whole HTTP/1.1 response. The body is de-chunked as bytes, before
+/// it is read as UTF-8: a chunk boundary may fall inside a character.
+fn parse_response(resp: &[u8]) -> Option<(u16, String)> {
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n");
+    let (head, body) = match split {
+        Some(i) => (&resp[..i], &resp[i + 4..]),
+        None => (resp, &[][..]),
+    };
+    let head = String::from_utf8_lossy(head);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())?;
+    let chunked = head.lines().any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("transfer-encoding")
+                && v.to_ascii_lowercase().contains("chunked")
+        })
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_vec()
+    };
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Joins the chunks of a chunked body (chunk extensions after `;` are ignored); stops at
+/// the last chunk or at anything malformed.
+fn dechunk(mut s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = s.windows(2).position(|w| w == b"\r\n") {
+        let line = String::from_utf8_lossy(&s[..eol]);
+        let size = line.split(';').next().unwrap_or("").trim();
+        let Ok(n) = usize::from_str_radix(size, 16) else {
+            break;
+        };
+        let rest = &s[eol + 2..];
         if n == 0 || rest.len() < n {
             break;
         }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
+        out.extend_from_slice(&rest[..n]);
+        s = &rest[n..];
+        s = s.strip_prefix(b"\r\n").unwrap_or(s);
     }
     out
 }
@@ -124,38 +146,125 @@ pub struct Sample {
     pub value: f64,
 }
 
-/// Parses the Prometheus text format (enough of it for ringlb's own metrics).
+/// Parses the Prometheus text exposition format: `name{label="value",...} value
+/// [timestamp]`, with `\\`, `\"` and `\n` escapes in label values. Comments, blank lines
+/// and lines it cannot read are skipped (a reading that needs them then reports it missing);
+/// it never panics, whatever the text (fuzzed in the tests below).
 pub fn parse_text(text: &str) -> Vec<Sample> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (series, value) = match line.rsplit_once(' ') {
-            Some(x) => x,
-            None => continue,
-        };
-        let Ok(value) = value.parse::<f64>() else {
-            continue;
-        };
-        let (name, labels) = match series.split_once('{') {
-            Some((n, l)) => (n, l.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        let mut map = HashMap::new();
-        for kv in labels.split("\",").filter(|s| !s.is_empty()) {
-            if let Some((k, v)) = kv.split_once('=') {
-                map.insert(k.trim().to_string(), v.trim().trim_matches('"').to_string());
-            }
-        }
-        out.push(Sample {
-            name: name.to_string(),
-            labels: map,
-            value,
-        });
+    text.lines().filter_map(parse_sample).collect()
+}
+
+fn parse_sample(line: &str) -> Option<Sample> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
     }
-    out
+    let name_end = line
+        .find(|c: char| c == '{' || c.is_whitespace())
+        .unwrap_or(line.len());
+    let name = &line[..name_end];
+    if name.is_empty() {
+        return None;
+    }
+    let mut rest = &line[name_end..];
+    let mut labels = HashMap::new();
+    if let Some(r) = rest.strip_prefix('{') {
+        let (parsed, after) = parse_labels(r)?;
+        labels = parsed;
+        rest = after;
+    }
+    let mut fields = rest.split_whitespace();
+    let value = match fields.next()? {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse::<f64>().ok()?,
+    };
+    // An optional timestamp (integer milliseconds), then nothing.
+    if let Some(ts) = fields.next() {
+        ts.parse::<i64>().ok()?;
+    }
+    if fields.next().is_some() {
+        return None;
+    }
+    Some(Sample {
+        name: name.to_string(),
+        labels,
+        value,
+    })
+}
+
+/// Labels after the opening `{`, up to and including the closing `}`; returns what follows.
+fn parse_labels(mut s: &str) -> Option<(HashMap<String, String>, &str)> {
+    let mut map = HashMap::new();
+    loop {
+        s = s.trim_start();
+        if let Some(r) = s.strip_prefix('}') {
+            return Some((map, r));
+        }
+        let eq = s.find('=')?;
+        let key = s[..eq].trim();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return None;
+        }
+        s = s[eq + 1..].trim_start().strip_prefix('"')?;
+        let mut value = String::new();
+        let mut chars = s.char_indices();
+        let end = loop {
+            let (i, c) = chars.next()?;
+            match c {
+                '"' => break i,
+                '\\' => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    other => value.push(other),
+                },
+                c => value.push(c),
+            }
+        };
+        map.insert(key.to_string(), value);
+        s = s[end + 1..].trim_start();
+        if let Some(r) = s.strip_prefix(',') {
+            s = r;
+        }
+    }
+}
+
+/// The one number a PromQL instant query answered (`/api/v1/query`): the first series of a
+/// vector, or a scalar. No series, a missing value, or NaN/infinity is an error, never 0.
+pub fn parse_promql(body: &str) -> Result<f64, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| format!("Prometheus: bad JSON: {e}"))?;
+    if let Some(status) = v["status"].as_str()
+        && status != "success"
+    {
+        return Err(format!(
+            "Prometheus: status {status:?}: {}",
+            v["error"].as_str().unwrap_or("")
+        ));
+    }
+    let result = &v["data"]["result"];
+    let raw = match v["data"]["resultType"].as_str() {
+        Some("scalar") => result.get(1).and_then(|x| x.as_str()),
+        _ => {
+            let first = result
+                .as_array()
+                .and_then(|r| r.first())
+                .ok_or("Prometheus: the query returned no series")?;
+            first["value"][1].as_str()
+        }
+    }
+    .ok_or("Prometheus: no value in the result")?;
+    let value = raw.parse::<f64>().map_err(|_| {
+        format!(
+            "Prometheus: {:?} is not a number",
+            raw.chars().take(40).collect::<String>()
+        )
+    })?;
+    if !value.is_finite() {
+        return Err(format!(
+            "Prometheus: the query answered {raw}, not a reading"
+        ));
+    }
+    Ok(value)
 }
 
 /// Percent-encodes a query parameter.
@@ -207,19 +316,7 @@ impl Source {
                 if status != 200 {
                     return Err(format!("Prometheus answered {status}: {body}"));
                 }
-                let v: serde_json::Value = serde_json::from_str(&body)
-                    .map_err(|e| format!("Prometheus: bad JSON: {e}"))?;
-                let result = &v["data"]["result"];
-                let first = result
-                    .as_array()
-                    .and_then(|r| r.first())
-                    .ok_or("Prometheus: the query returned no series")?;
-                let raw = first["value"][1]
-                    .as_str()
-                    .or_else(|| result.get(1).and_then(|x| x.as_str()))
-                    .ok_or("Prometheus: no value in the result")?;
-                raw.parse::<f64>()
-                    .map_err(|_| format!("Prometheus: {raw:?} is not a number"))?
+                parse_promql(&body)?
             }
             SourceConfig::Lb {
                 metrics_url,
@@ -372,6 +469,142 @@ mod tests {
         assert_eq!(s[1].value, 7.0);
         assert_eq!(s[2].name, "plain");
         assert_eq!(encode("sum(rate(x[1m]))"), "sum%28rate%28x%5B1m%5D%29%29");
-        assert_eq!(dechunk("5\r\nhello\r\n0\r\n\r\n"), "hello");
+        assert_eq!(dechunk(b"5\r\nhello\r\n0\r\n\r\n"), b"hello");
+    }
+
+    #[test]
+    fn a_chunk_boundary_inside_a_character_and_chunk_extensions_parse() {
+        // "é" is two bytes; the first chunk ends between them. This once panicked.
+        let resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;name=x\r\na\xc3\r\n2\r\n\xa9b\r\n0\r\n\r\n";
+        assert_eq!(parse_response(resp), Some((200, "aéb".to_string())));
+        assert_eq!(parse_response(b"garbage"), None);
+    }
+
+    #[test]
+    fn promql_answers() {
+        let vector = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1.5,"42.5"]}]}}"#;
+        assert_eq!(parse_promql(vector), Ok(42.5));
+        let scalar = r#"{"status":"success","data":{"resultType":"scalar","result":[1.5,"7"]}}"#;
+        assert_eq!(parse_promql(scalar), Ok(7.0));
+        for bad in [
+            r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#,
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"value":[1,"NaN"]}]}}"#,
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"value":[1,"+Inf"]}]}}"#,
+            r#"{"status":"error","error":"bad query"}"#,
+            "",
+            "null",
+        ] {
+            assert!(parse_promql(bad).is_err(), "{bad}");
+        }
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn escape(v: &str) -> String {
+            v.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n")
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            #[test]
+            fn parse_text_never_panics(text in "\\PC{0,300}") {
+                let _ = parse_text(&text);
+            }
+
+            #[test]
+            fn parse_text_never_panics_on_its_alphabet(text in "[a-z_{}=\",\\\\ \n0-9.eE+-]{0,200}") {
+                let _ = parse_text(&text);
+            }
+
+            /// The exposition format written by a generator reads back as what it wrote.
+            #[test]
+            fn exposition_round_trips(
+                samples in prop::collection::vec((
+                    "[a-zA-Z_:][a-zA-Z0-9_:]{0,20}",
+                    prop::collection::btree_map("[a-zA-Z_][a-zA-Z0-9_]{0,10}", "\\PC{0,20}", 0..4),
+                    any::<f64>().prop_filter("finite", |v| v.is_finite()),
+                    prop::option::of(any::<i64>()),
+                ), 0..10)
+            ) {
+                let mut text = String::from("# HELP x y\n");
+                for (name, labels, value, ts) in &samples {
+                    text.push_str(name);
+                    if !labels.is_empty() {
+                        let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+                        text.push_str(&format!("{{{}}}", l.join(",")));
+                    }
+                    text.push_str(&format!(" {value:?}"));
+                    if let Some(ts) = ts {
+                        text.push_str(&format!(" {ts}"));
+                    }
+                    text.push('\n');
+                }
+                let got = parse_text(&text);
+                prop_assert_eq!(got.len(), samples.len(), "{}", text);
+                for (g, (name, labels, value, _)) in got.iter().zip(&samples) {
+                    prop_assert_eq!(&g.name, name);
+                    prop_assert_eq!(g.value, *value);
+                    let want: HashMap<String, String> = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                    prop_assert_eq!(&g.labels, &want);
+                }
+            }
+
+            #[test]
+            fn parse_promql_never_panics(body in "\\PC{0,200}") {
+                let _ = parse_promql(&body);
+            }
+
+            /// Arbitrary JSON in the shapes Prometheus answers with: a value or an error,
+            /// and never a non-finite value.
+            #[test]
+            fn parse_promql_is_total_on_json(
+                kind in prop::sample::select(vec!["vector", "scalar", "matrix", "string", ""]),
+                raw in prop::sample::select(vec!["1", "-0.5", "NaN", "+Inf", "-Inf", "", "x", "1e308", "1e400"]),
+                shape in 0usize..4,
+            ) {
+                let result = match shape {
+                    0 => format!(r#"[{{"metric":{{}},"value":[1,"{raw}"]}}]"#),
+                    1 => format!(r#"[1,"{raw}"]"#),
+                    2 => "[]".to_string(),
+                    _ => format!(r#"{{"value":"{raw}"}}"#),
+                };
+                let body = format!(r#"{{"status":"success","data":{{"resultType":"{kind}","result":{result}}}}}"#);
+                if let Ok(v) = parse_promql(&body) {
+                    prop_assert!(v.is_finite());
+                }
+            }
+
+            #[test]
+            fn http_responses_never_panic(resp in prop::collection::vec(any::<u8>(), 0..300)) {
+                let _ = parse_response(&resp);
+                let mut chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                chunked.extend_from_slice(&resp);
+                let _ = parse_response(&chunked);
+            }
+
+            /// Any body, cut into chunks anywhere (inside characters too), reads back whole.
+            #[test]
+            fn chunked_bodies_reassemble(body in "\\PC{0,100}", cuts in prop::collection::vec(1usize..20, 0..10)) {
+                let bytes = body.as_bytes();
+                let mut wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                let mut at: usize = 0;
+                for c in cuts.iter().chain(std::iter::once(&usize::MAX)) {
+                    let end = at.saturating_add(*c).min(bytes.len());
+                    if end > at {
+                        wire.extend_from_slice(format!("{:x}\r\n", end - at).as_bytes());
+                        wire.extend_from_slice(&bytes[at..end]);
+                        wire.extend_from_slice(b"\r\n");
+                    }
+                    at = end;
+                }
+                wire.extend_from_slice(b"0\r\n\r\n");
+                prop_assert_eq!(parse_response(&wire), Some((200, body.clone())));
+            }
+        }
     }
 }
