@@ -856,7 +856,7 @@ fn locate(
 ) -> ConfigError {
     let (line, column, source_line) = match span {
         Some(r) if r.start <= text.len() => {
-            let before = &text[..r.start];
+            let before = &text[..floor_char_boundary(text, r.start)];
             let line = before.matches('\n').count() + 1;
             let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
             let line_end = text[line_start..]
@@ -865,7 +865,7 @@ fn locate(
                 .unwrap_or(text.len());
             (
                 Some(line),
-                Some(r.start - line_start + 1),
+                Some(before.len() - line_start + 1),
                 Some(text[line_start..line_end].trim_end().to_string()),
             )
         }
@@ -920,14 +920,26 @@ pub fn locate_key(file: &str, text: &str, message: String) -> ConfigError {
     locate(file, text, span, message)
 }
 
+/// The largest index at most `i` that starts a character of `s` (an error's span can point
+/// into a multi-byte character; slicing there would panic: found by tests/fuzz.rs).
+fn floor_char_boundary(s: &str, i: usize) -> usize {
+    let mut i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
 /// The last `key =` on `line` before `column` (1-based), if any.
 fn key_before(line: &str, column: usize) -> Option<&str> {
-    let upto = &line[..(column.saturating_sub(1)).min(line.len())];
+    let upto = &line[..floor_char_boundary(line, column.saturating_sub(1))];
     let eq = upto.rfind('=')?;
     let before = upto[..eq].trim_end();
     let start = before
-        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'))
-        .map(|i| i + 1)
+        .char_indices()
+        .rev()
+        .find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'))
+        .map(|(i, c)| i + c.len_utf8())
         .unwrap_or(0);
     let key = &before[start..];
     (!key.is_empty()).then_some(key)
@@ -1109,6 +1121,24 @@ backends = [{ addr = "127.0.0.1:9001" }, { addr = "127.0.0.1:9002", weight = 2 }
                 let r: Result<T, _> = toml::from_str(&text);
                 prop_assert_eq!(r.is_ok(), (1..=1000).contains(&v));
             }
+        }
+    }
+
+    /// Found by tests/fuzz.rs: an error span inside a multi-byte character panicked while
+    /// the error was being located (a reload of such a file killed the balancer).
+    #[test]
+    fn errors_in_files_with_multibyte_characters_are_located_without_a_panic() {
+        for text in [
+            "\u{fffd}B",
+            "j\u{fffd}\u{fffd}\u{fffd}B",
+            "workers = \"é\"",
+            "é = 1",
+            "[pools.é]\nx = 1",
+            "é\u{fffd}= 1 2",
+            "x\u{fffd} = \u{fffd}",
+        ] {
+            let e = Config::parse("t", text).unwrap_err();
+            assert!(!e.message.is_empty());
         }
     }
 
