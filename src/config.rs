@@ -615,7 +615,7 @@ impl Config {
                 span(&self.buffer_size),
                 format!(
                     "buffer_size {size} x buffer_count {count} is {} MiB per worker, more than the {} MiB allowed",
-                    size as u64 * count as u64 >> 20,
+                    (size as u64 * count as u64) >> 20,
                     MAX_BUFFER_BYTES >> 20
                 ),
             ));

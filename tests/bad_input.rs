@@ -5,18 +5,9 @@
 mod common;
 use common::*;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
-
-/// The value of an unlabelled series in a scrape.
-fn metric(metrics: SocketAddr, name: &str) -> Option<f64> {
-    let (status, body) = http(metrics, "GET", "/metrics", None, None);
-    assert_eq!(status, 200);
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-}
 
 fn echo_once(s: &mut TcpStream, what: &[u8]) {
     s.write_all(what).unwrap();
@@ -198,7 +189,7 @@ fn sighup_with_each_broken_file_is_refused_and_nothing_stops() {
     let files = broken_files(&good);
     assert!(files.len() >= 50, "only {} broken files", files.len());
     assert_eq!(
-        metric(metrics, "ringlb_config_last_reload_successful"),
+        unlabelled_metric(metrics, "ringlb_config_last_reload_successful"),
         Some(1.0)
     );
     for (i, (name, bytes)) in files.iter().enumerate() {
@@ -223,10 +214,11 @@ fn sighup_with_each_broken_file_is_refused_and_nothing_stops() {
         lb.signal("HUP");
         eprintln!("reload {i}: {name}");
         wait_until(Duration::from_secs(5), || {
-            metric(metrics, "ringlb_config_reload_failures_total") == Some((i + 1) as f64)
+            unlabelled_metric(metrics, "ringlb_config_reload_failures_total")
+                == Some((i + 1) as f64)
         });
         assert_eq!(
-            metric(metrics, "ringlb_config_last_reload_successful"),
+            unlabelled_metric(metrics, "ringlb_config_last_reload_successful"),
             Some(0.0),
             "{name}"
         );
@@ -248,7 +240,7 @@ fn sighup_with_each_broken_file_is_refused_and_nothing_stops() {
             .contains("\"weight\":7")
     });
     assert_eq!(
-        metric(metrics, "ringlb_config_last_reload_successful"),
+        unlabelled_metric(metrics, "ringlb_config_last_reload_successful"),
         Some(1.0)
     );
     for s in &mut held {

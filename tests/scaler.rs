@@ -140,12 +140,7 @@ impl Drop for Scaler {
 
 /// (address, state, active connections) of every backend of pool p.
 fn pool(admin: SocketAddr) -> Vec<(SocketAddr, String, i64)> {
-    let (status, body) = http(admin, "GET", "/backends", None, None);
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["pools"][0]["backends"]
-        .as_array()
-        .unwrap()
+    first_pool_backends(admin)
         .iter()
         .map(|b| {
             (

@@ -250,11 +250,7 @@ impl Harness {
         });
     }
     fn reloads(&self) -> f64 {
-        let body = http(self.metrics, "GET", "/metrics", None, None).1;
-        body.lines()
-            .find_map(|l| l.strip_prefix("ringlb_config_reloads_total "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
+        unlabelled_metric(self.metrics, "ringlb_config_reloads_total").unwrap_or(0.0)
     }
     fn reload(&mut self, file: &BTreeMap<usize, u32>) {
         let before = self.reloads();
@@ -291,12 +287,7 @@ impl Harness {
     }
     /// `GET /backends` as (index -> (weight, draining)).
     fn observed(&self) -> BTreeMap<usize, (u32, bool)> {
-        let (status, body) = http(self.admin, "GET", "/backends", None, None);
-        assert_eq!(status, 200, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        v["pools"][0]["backends"]
-            .as_array()
-            .unwrap()
+        first_pool_backends(self.admin)
             .iter()
             .map(|b| {
                 let i = self.index_of(b["addr"].as_str().unwrap());
@@ -339,10 +330,45 @@ impl Harness {
     }
 }
 
+/// POST drain (`on`) or ready to backend `i`, and what the model expects of it: 404 for a
+/// stranger; for a backend on its way out, a drain changes nothing (202) and ready is
+/// refused (409); otherwise the drain flag is set or cleared.
+fn set_drained(
+    h: &Harness,
+    m: &mut Model,
+    i: usize,
+    on: bool,
+    at: (usize, &Step),
+) -> Result<(), TestCaseError> {
+    let verb = if on { "drain" } else { "ready" };
+    let got = h.call(
+        "POST",
+        &format!("/pools/p/backends/{}/{verb}", h.backends[i].addr),
+        None,
+    );
+    let (n, s) = at;
+    match m.members.get(&i).cloned() {
+        None => prop_assert_eq!(got, 404, "step {}: {:?}", n, s),
+        Some(x) if x.leaving.is_some() => {
+            prop_assert_eq!(got, if on { 202 } else { 409 }, "step {}: {:?}", n, s)
+        }
+        Some(_) => {
+            prop_assert_eq!(got, if on { 202 } else { 200 }, "step {}: {:?}", n, s);
+            let mut e = m.entry(i);
+            e.drained = on;
+            m.set_entry(i, e);
+            m.members.get_mut(&i).unwrap().draining = on;
+        }
+    }
+    Ok(())
+}
+
 fn run_sequence(steps: &[Step]) -> Result<(), TestCaseError> {
     let mut h = Harness::new();
-    let mut m = Model::default();
-    m.file = [(0usize, 1u32), (1, 1)].into_iter().collect();
+    let mut m = Model {
+        file: [(0usize, 1u32), (1, 1)].into_iter().collect(),
+        ..Model::default()
+    };
     h.start(&m.file);
     m.members = m.members_of();
     for (n, s) in steps.iter().enumerate() {
@@ -398,38 +424,8 @@ fn run_sequence(steps: &[Step]) -> Result<(), TestCaseError> {
                     }
                 }
             }
-            Step::Drain(i) => {
-                let got = h.call("POST", &format!("/pools/p/backends/{}/drain", a(*i)), None);
-                match member(&m, *i) {
-                    None => prop_assert_eq!(got, 404, "step {}: {:?}", n, s),
-                    Some(x) if x.leaving.is_some() => {
-                        prop_assert_eq!(got, 202, "step {}: {:?}", n, s)
-                    }
-                    Some(_) => {
-                        prop_assert_eq!(got, 202, "step {}: {:?}", n, s);
-                        let mut e = m.entry(*i);
-                        e.drained = true;
-                        m.set_entry(*i, e);
-                        m.members.get_mut(i).unwrap().draining = true;
-                    }
-                }
-            }
-            Step::Ready(i) => {
-                let got = h.call("POST", &format!("/pools/p/backends/{}/ready", a(*i)), None);
-                match member(&m, *i) {
-                    None => prop_assert_eq!(got, 404, "step {}: {:?}", n, s),
-                    Some(x) if x.leaving.is_some() => {
-                        prop_assert_eq!(got, 409, "step {}: {:?}", n, s)
-                    }
-                    Some(_) => {
-                        prop_assert_eq!(got, 200, "step {}: {:?}", n, s);
-                        let mut e = m.entry(*i);
-                        e.drained = false;
-                        m.set_entry(*i, e);
-                        m.members.get_mut(i).unwrap().draining = false;
-                    }
-                }
-            }
+            Step::Drain(i) => set_drained(&h, &mut m, *i, true, (n, s))?,
+            Step::Ready(i) => set_drained(&h, &mut m, *i, false, (n, s))?,
             Step::Delete { i, hold } => {
                 if *hold && member(&m, *i).is_some_and(|x| !x.draining) && h.hold(*i) {
                     *m.held.entry(*i).or_default() += 1;

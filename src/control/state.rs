@@ -564,10 +564,10 @@ impl State {
             .map(|(b, _, _)| (b.pool.clone(), b.addr))
             .collect();
         let overlay = self.overlay.pruned(&config, &deleting);
-        if overlay != self.overlay {
-            if let Some(p) = &self.state_file {
-                overlay.save(p)?;
-            }
+        if overlay != self.overlay
+            && let Some(p) = &self.state_file
+        {
+            overlay.save(p)?;
         }
         let mut members = members_of(&config, &overlay, &self.members);
         let member_of = |m: &Members, b: &Arc<Backend>| {

@@ -359,3 +359,23 @@ impl HttpBackend {
         HttpBackend { addr, health }
     }
 }
+
+/// The backends of the first pool, as `GET /backends` lists them.
+pub fn first_pool_backends(admin: SocketAddr) -> Vec<serde_json::Value> {
+    let (status, body) = http(admin, "GET", "/backends", None, None);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["pools"][0]["backends"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The value of an unlabelled series in a scrape of `metrics`, if it is there.
+pub fn unlabelled_metric(metrics: SocketAddr, name: &str) -> Option<f64> {
+    let (status, body) = http(metrics, "GET", "/metrics", None, None);
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
