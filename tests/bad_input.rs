@@ -564,3 +564,109 @@ fn a_full_or_read_only_state_directory_refuses_admin_changes_and_changes_nothing
     assert_eq!(status, 200, "{body}");
     assert!(on_disk().contains("\"weight\": 3"));
 }
+
+/// Starts the debug binary with a fault injected (RINGLB_FAULT_*), stderr captured.
+fn start_with_fault(fault: &str, config: &str, dir: &std::path::Path) -> std::process::Child {
+    let path = dir.join("ringlb.toml");
+    std::fs::write(&path, config).unwrap();
+    Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RINGLB_LOG", "warn")
+        .env(fault, "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// A worker that panics ends the process with a clear line and exit 70, rather than leave
+/// a balancer whose listener takes connections that nobody serves.
+#[test]
+fn a_worker_that_panics_ends_the_process_with_exit_70() {
+    let backend = TestBackend::echo();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "workers = 2\n{}{}",
+        listener_config("l", port, "p", ""),
+        pool_config("p", "round_robin", &[(backend.addr, 1)], "")
+    );
+    let mut child = start_with_fault("RINGLB_FAULT_WORKER_PANIC", &cfg, dir.path());
+    let mut status = None;
+    for _ in 0..500 {
+        if let Some(s) = child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let Some(status) = status else {
+        let _ = child.kill();
+        panic!("the balancer kept running with a dead worker");
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(70), "{err}");
+    assert!(
+        err.contains("stopped, it panicked: injected fault"),
+        "{err}"
+    );
+}
+
+/// The reload's last line of defence: a panic while applying a (valid) file is caught, the
+/// reload refused and counted, and the balancer and its connections carry on.
+#[test]
+fn a_panic_while_applying_a_reload_refuses_it_and_nothing_stops() {
+    let backend = TestBackend::echo();
+    let (port, metrics) = (free_port(), addr(free_port()));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "[metrics]\nlisten = \"{metrics}\"\n{}{}",
+        listener_config("l", port, "p", ""),
+        pool_config("p", "round_robin", &[(backend.addr, 1)], "")
+    );
+    let mut child = start_with_fault("RINGLB_FAULT_RELOAD_PANIC", &cfg, dir.path());
+    wait_until(Duration::from_secs(10), || {
+        TcpStream::connect(metrics).is_ok()
+    });
+    let mut held = TcpStream::connect(addr(port)).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    echo_once(&mut held, b"before");
+    std::fs::write(
+        dir.path().join("ringlb.toml"),
+        cfg.replace("weight = 1", "weight = 2"),
+    )
+    .unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_until(Duration::from_secs(5), || {
+        unlabelled_metric(metrics, "ringlb_config_reload_failures_total") == Some(1.0)
+    });
+    assert_eq!(child.try_wait().unwrap(), None, "the balancer died");
+    echo_once(&mut held, b"after");
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        err.contains("applying the new configuration panicked: injected fault"),
+        "{err}"
+    );
+}

@@ -131,6 +131,11 @@ impl Control {
 
     /// Applies a config that has passed validation (see [`State::reload`]).
     pub fn apply(&self, config: crate::config::Config) -> Result<(), String> {
+        // Fault injection for the test of the reload's last line of defence (debug only).
+        #[cfg(debug_assertions)]
+        if std::env::var_os("RINGLB_FAULT_RELOAD_PANIC").is_some() {
+            panic!("injected fault: RINGLB_FAULT_RELOAD_PANIC");
+        }
         let (joined, left) = self.lock().reload(config)?;
         for b in joined {
             self.watch(b);

@@ -229,16 +229,29 @@ fn members_of(config: &Config, overlay: &Overlay, existing: &Members) -> Members
         let mut list: Vec<Arc<Backend>> = Vec::new();
         let mut join = |addr: SocketAddr, weight: u32, fresh: BackendState, e: Option<&Entry>| {
             let weight = e.and_then(|e| e.weight).unwrap_or(weight);
+            let drained = e.is_some_and(|e| e.drained);
             let b = match old.and_then(|o| o.iter().find(|b| b.addr == addr)) {
                 Some(b) => {
                     b.set_weight(weight);
+                    if drained {
+                        b.set_state(BackendState::Draining);
+                    }
                     b.clone()
                 }
-                None => Arc::new(Backend::new(name, addr, weight, fresh)),
+                // A new backend restored draining has no verdict yet: its checks start from
+                // unhealthy, as its `healthy` flag does, so that `ready` before they pass
+                // gives `down`, not an unchecked `up`.
+                None => Arc::new(Backend::new(
+                    name,
+                    addr,
+                    weight,
+                    if drained {
+                        BackendState::Draining
+                    } else {
+                        fresh
+                    },
+                )),
             };
-            if e.is_some_and(|e| e.drained) {
-                b.set_state(BackendState::Draining);
-            }
             list.push(b);
         };
         for bc in pc.backends.get_ref() {
@@ -781,6 +794,7 @@ mod tests {
         let mut s = State::new(config(&extra), 1).unwrap();
         let b = s.find("p", "127.0.0.1:9001").unwrap();
         assert_eq!(b.state(), BackendState::Draining);
+        assert!(!b.is_healthy(), "restored draining: no verdict yet");
         // Checks pass while it drains; ready then makes it routable at once.
         s.health_changed(&b, true, "test");
         assert_eq!(b.state(), BackendState::Draining);

@@ -503,10 +503,12 @@ impl Worker {
     fn arm_recv(&mut self, slot: usize, dir: usize) {
         let ud = self.ud(slot, Op::recv(dir));
         // Where the kernel caps multishot recvs: this arming may take an eighth of the
-        // buffers free now (2 to 32). A bulk stream then re-arms every 2 MiB, which costs
-        // nothing measurable, while a burst can never take the pool: each one leaves at
-        // least 7/8 of what was free, so dozens of stalled readers still leave buffers for
-        // everyone else, and as the pool fills the bursts shrink to 2 buffers.
+        // buffers free now (2 to 32). Backpressure (the cancel at HIGH_WATER) still paces a
+        // stream whose reader keeps up; the cap bounds what lands before the cancel does.
+        // Without it one socket with megabytes waiting fills buffer after buffer within a
+        // single io_uring_enter. With it a burst leaves at least 7/8 of what was free, so
+        // dozens of stalled readers still leave buffers for everyone else, and as the pool
+        // fills the bursts shrink to 2 buffers.
         let free = (self.ring.buffer_count() as u32).saturating_sub(self.held);
         let cap = (free / 8).clamp(RECV_CAP_MIN, RECV_CAP_MAX);
         let c = self.conn(slot);
@@ -517,25 +519,16 @@ impl Worker {
     }
 
     /// Arms a direction's recv again if it is idle, not at EOF, and its queue has room.
-    /// With capped recvs (see [`Worker::arm_recv`]) a direction re-arms while fewer than
-    /// HIGH_WATER buffers wait, which keeps a recv under way beside the send.
-    /// Without the cap it waits for an empty queue, and backpressure cancels the recv.
     fn rearm_if_ready(&mut self, slot: usize, dir: usize) {
-        let room = if self.ring.recv_capped() {
-            HIGH_WATER
-        } else {
-            LOW_WATER
-        };
         let c = self.conn(slot);
         let d = &c.dirs[dir];
-        if c.phase == Phase::Relaying && d.recv == Recv::Idle && !d.eof && d.queued < room {
+        if c.phase == Phase::Relaying && d.recv == Recv::Idle && !d.eof && d.queued < LOW_WATER {
             self.arm_recv(slot, dir);
         }
     }
 
     fn on_recv(&mut self, slot: usize, dir: usize, cqe: Cqe) {
         let more = cqe.more();
-        let capped = self.ring.recv_capped();
         let now = self.now;
         if !more {
             let c = self.conn(slot);
@@ -555,11 +548,7 @@ impl Worker {
                 self.send_head(slot, dir);
             }
             let c = self.conn(slot);
-            if more
-                && !capped
-                && c.dirs[dir].recv == Recv::Armed
-                && c.dirs[dir].queued >= HIGH_WATER
-            {
+            if more && c.dirs[dir].recv == Recv::Armed && c.dirs[dir].queued >= HIGH_WATER {
                 // Backpressure: the other side is not taking bytes as fast as they come.
                 c.dirs[dir].recv = Recv::Cancelling;
                 c.inflight += 1;
@@ -814,6 +803,11 @@ impl Worker {
 
     fn on_tick(&mut self) {
         self.now += 1;
+        // Fault injection for the tests of what a worker's death does (debug builds only).
+        #[cfg(debug_assertions)]
+        if self.now == 3 && std::env::var_os("RINGLB_FAULT_WORKER_PANIC").is_some() {
+            panic!("injected fault: RINGLB_FAULT_WORKER_PANIC");
+        }
         if self.now.is_multiple_of(10) {
             self.accept_warned = 0;
         }
