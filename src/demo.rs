@@ -183,7 +183,8 @@ interval = "1s"
 min = 1
 max = 6
 drain_timeout = "30s"
-stop_backends_on_exit = true
+# Stopped by the demo itself, after the balancer has drained (see the end of run_autoscale).
+stop_backends_on_exit = false
 
 [source]
 kind = "lb"
@@ -213,7 +214,7 @@ stop_grace = "2s"
             .expect("runtime");
         rt.block_on(scaler.run(async {
             let _ = stop_rx.await;
-        }));
+        }))
     });
     println!(
         "ringlb demo --autoscale: balancer on {listen}, metrics on http://{metrics}/metrics, admin on http://{admin}/backends"
@@ -293,9 +294,19 @@ stop_grace = "2s"
             );
         }
     });
-    let result = server.run_until_stopped();
+    // Ctrl-C reaches this process, not the backends (their own process groups). The order
+    // keeps every connection whole: the load's clients close theirs; the scaler stops, so
+    // that it replaces nothing; the balancer drains (up to shutdown_timeout); only then are
+    // the backends stopped.
+    let mut server = server;
+    let result = server.wait_for_stop();
     stop.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(());
-    let _ = scaler_thread.join();
+    let scaler = scaler_thread.join();
+    let timeout = server.shutdown_timeout();
+    server.stop(timeout);
+    if let Ok(mut s) = scaler {
+        s.stop_backends();
+    }
     result
 }

@@ -149,6 +149,20 @@ impl Server {
 
     /// Waits for signals until SIGTERM/SIGINT, then drains and returns.
     pub fn run_until_stopped(mut self) -> Result<(), String> {
+        self.wait_for_stop()?;
+        let timeout = self.shutdown_timeout;
+        self.stop(timeout);
+        Ok(())
+    }
+
+    /// The graceful stop budget now in force (`shutdown_timeout`, reloadable).
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.shutdown_timeout
+    }
+
+    /// Handles SIGHUP (reloads) until SIGTERM or SIGINT arrives; returns without stopping
+    /// anything, so that a caller can stop what it runs beside the balancer first.
+    pub fn wait_for_stop(&mut self) -> Result<(), String> {
         let mut signals = std::mem::replace(
             &mut self.signals,
             signal_hook::iterator::Signals::new([] as [i32; 0]).map_err(|e| e.to_string())?,
@@ -167,8 +181,6 @@ impl Server {
             }
             break;
         }
-        let timeout = self.shutdown_timeout;
-        self.stop(timeout);
         Ok(())
     }
 

@@ -48,6 +48,32 @@ struct Scaler {
     _dir: tempfile::TempDir,
 }
 
+/// How a test scaler differs from the default one.
+struct Opts<'a> {
+    metrics_url: Option<&'a str>,
+    /// Lines added at the top of the config (e.g. `state_file = ...`).
+    top: String,
+    /// The `{port}` command template (default: `ringlb backend`).
+    command: Option<String>,
+    /// Started in a process group of its own, as a shell starts a foreground job.
+    own_group: bool,
+    stop_backends_on_exit: bool,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Default for Opts<'_> {
+    fn default() -> Self {
+        Opts {
+            metrics_url: None,
+            top: String::new(),
+            command: None,
+            own_group: false,
+            stop_backends_on_exit: true,
+            dir: None,
+        }
+    }
+}
+
 impl Scaler {
     /// A scaler for pool p of `b`, launching backends on 20 ports from `first_port`,
     /// reading the balancer's metrics (or `metrics_url`).
@@ -58,21 +84,40 @@ impl Scaler {
         min: u32,
         max: u32,
     ) -> Scaler {
-        let metrics_url = metrics_url
+        Self::start_with(
+            b,
+            first_port,
+            min,
+            max,
+            Opts {
+                metrics_url,
+                ..Opts::default()
+            },
+        )
+    }
+
+    fn start_with(b: &Balancer, first_port: u16, min: u32, max: u32, o: Opts) -> Scaler {
+        use std::os::unix::process::CommandExt;
+        let metrics_url = o
+            .metrics_url
             .map(str::to_string)
             .unwrap_or_else(|| format!("http://{}/metrics", b.metrics));
         let ports = (first_port, first_port + 19);
-        let dir = tempfile::tempdir().unwrap();
+        let dir = o.dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
         let metrics = addr(free_port());
+        let command = o
+            .command
+            .unwrap_or_else(|| format!("{BIN} backend --port {{port}}"));
         let cfg = format!(
-            r#"pool = "p"
+            r#"{top}
+pool = "p"
 admin_url = "http://{admin}"
 interval = "300ms"
 listen = "{metrics}"
 min = {min}
 max = {max}
 drain_timeout = "60s"
-stop_backends_on_exit = true
+stop_backends_on_exit = {stop}
 
 [source]
 kind = "lb"
@@ -85,25 +130,29 @@ scale_in_stabilization = "1500ms"
 
 [actuator]
 kind = "process"
-command = "{BIN} backend --port {{port}}"
+command = "{command}"
 ports = "{}-{}"
 stop_grace = "2s"
 "#,
             ports.0,
             ports.1,
-            admin = b.admin
+            admin = b.admin,
+            top = o.top,
+            stop = o.stop_backends_on_exit,
         );
         let path = dir.path().join("scaler.toml");
         std::fs::write(&path, cfg).unwrap();
         let log = dir.path().join("scaler.log");
-        let child = Command::new(BIN)
-            .args(["scale", "--config"])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["scale", "--config"])
             .arg(&path)
             .env("RINGLB_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+            .stderr(std::fs::File::create(&log).unwrap());
+        if o.own_group {
+            cmd.process_group(0);
+        }
+        let child = cmd.spawn().unwrap();
         wait_until(Duration::from_secs(10), || {
             TcpStream::connect(metrics).is_ok()
         });
@@ -453,4 +502,177 @@ fn bad_scaler_configs_exit_1() {
         assert!(err.contains(needle), "{needle}: {err}");
     }
     let _ = std::io::stdout().flush();
+}
+
+/// Ctrl-C on a scaler (SIGINT to its whole process group) with `stop_backends_on_exit =
+/// false`: the backends it launched are in groups of their own, so they keep serving and
+/// every held connection keeps working; a restarted scaler adopts them from its state file
+/// (same count, no duplicates) and later scales them in cleanly.
+#[test]
+fn ctrl_c_on_the_scaler_cuts_nothing_and_a_restarted_scaler_adopts_its_backends() {
+    let b = balancer();
+    // Only launched backends take traffic: the held connections then all reach them.
+    let (st, body) = http(
+        b.admin,
+        "POST",
+        &format!("/pools/p/backends/{}/drain", b.static_addr),
+        None,
+        None,
+    );
+    assert_eq!(st, 202, "{body}");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("launched.json");
+    let top = format!("state_file = {:?}", state.display().to_string());
+    let first = Scaler::start_with(
+        &b,
+        31100,
+        2,
+        2,
+        Opts {
+            top: top.clone(),
+            own_group: true,
+            stop_backends_on_exit: false,
+            ..Opts::default()
+        },
+    );
+    wait_until(Duration::from_secs(15), || up_count(b.admin) == 2);
+    let launched: Vec<SocketAddr> = pool(b.admin)
+        .into_iter()
+        .filter(|(_, s, _)| s == "up")
+        .map(|(a, _, _)| a)
+        .collect();
+    let mut held: Vec<TcpStream> = hold(b.lb, 4);
+    for s in &mut held {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        request(s).unwrap();
+    }
+    // Ctrl-C: SIGINT to the scaler's whole process group.
+    let mut first = first;
+    let pgid = first.child.id();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", "--", &format!("-{pgid}")])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = first.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the scaler did not exit on SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}: {}", first.log());
+    assert!(
+        first.log().contains("leaving launched backends running"),
+        "{}",
+        first.log()
+    );
+    // Nothing was cut: the backends still serve, every held connection still works.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(up_count(b.admin), 2, "{:?}", pool(b.admin));
+    for (i, s) in held.iter_mut().enumerate() {
+        request(s).unwrap_or_else(|e| panic!("held connection {i} after Ctrl-C: {e}"));
+    }
+    for a in &launched {
+        assert!(backend_pid(a.port()).is_some(), "{a} died with the scaler");
+    }
+    // A new scaler with the same state file adopts both: no duplicates.
+    let second = Scaler::start_with(
+        &b,
+        31100,
+        1,
+        2,
+        Opts {
+            top,
+            dir: Some(dir),
+            ..Opts::default()
+        },
+    );
+    wait_until(Duration::from_secs(10), || {
+        second.log().matches("adopted a backend").count() == 2
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !second.log().contains("launched backend process"),
+        "launched a duplicate: {}",
+        second.log()
+    );
+    assert_eq!(pool(b.admin).len(), 3, "{:?}", pool(b.admin));
+    // And later scales them in, draining: with the held connections gone, to min 1.
+    for (i, s) in held.iter_mut().enumerate() {
+        request(s).unwrap_or_else(|e| panic!("held connection {i} with the new scaler: {e}"));
+    }
+    drop(held);
+    wait_until(Duration::from_secs(20), || {
+        pool(b.admin)
+            .iter()
+            .filter(|(a, _, _)| *a != b.static_addr)
+            .count()
+            == 1
+    });
+    let gone: Vec<&SocketAddr> = launched
+        .iter()
+        .filter(|a| !pool(b.admin).iter().any(|(x, _, _)| x == *a))
+        .collect();
+    assert_eq!(gone.len(), 1);
+    wait_until(Duration::from_secs(10), || {
+        backend_pid(gone[0].port()).is_none()
+    });
+    assert!(
+        second.log().contains("scaling in: draining"),
+        "{}",
+        second.log()
+    );
+}
+
+/// A backend command that never becomes healthy is deregistered after `startup_timeout`,
+/// stopped and replaced (with a backoff); once the command works, the pool reaches its
+/// desired count.
+#[test]
+fn a_backend_that_never_becomes_healthy_is_replaced_after_startup_timeout() {
+    let b = balancer();
+    let dir = tempfile::tempdir().unwrap();
+    // The first two launches only sleep (never listen: checks fail, it stays starting);
+    // later ones are real backends.
+    let count = dir.path().join("launches");
+    let script = dir.path().join("backend.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nn=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}\nif [ $n -le 2 ]; then exec sleep 60; fi\nexec {BIN} backend --port $1\n",
+            c = count.display()
+        ),
+    )
+    .unwrap();
+    let s = Scaler::start_with(
+        &b,
+        31140,
+        2,
+        2,
+        Opts {
+            top: "startup_timeout = \"1s\"".into(),
+            command: Some(format!("sh {} {{port}}", script.display())),
+            dir: Some(dir),
+            ..Opts::default()
+        },
+    );
+    wait_until(Duration::from_secs(30), || up_count(b.admin) == 2);
+    let log = s.log();
+    assert!(log.contains("backend never became healthy"), "{log}");
+    assert!(
+        scaler_metric(s.metrics, "ringlb_scaler_startup_failures_total", None) >= 2.0,
+        "{log}"
+    );
+    // Nothing starting is left behind.
+    assert!(
+        pool(b.admin).iter().all(|(_, st, _)| st == "up"),
+        "{:?}",
+        pool(b.admin)
+    );
 }

@@ -7,12 +7,20 @@
 //!   (the desired count) and prints the new backend's `IP:PORT` as its last line; `down` runs
 //!   with `{addr}` and `{count}` once that backend has drained.
 //!
+//! Launched processes run in a process group of their own, so a signal to the scaler's
+//! terminal or unit (Ctrl-C sends SIGINT to the whole foreground group) never reaches them;
+//! they are stopped by signalling their group with kill(2). With a `state_file`, what was
+//! launched (address, pid, the process's start time from /proc) is written after every
+//! change, and a restarted scaler adopts the processes that still run, checking the start
+//! time so that a reused pid is never taken for one of ours.
+//!
 //! Owns: child processes and commands. Must not touch: the balancer (mod.rs registers and
 //! deregisters through the admin API).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -66,11 +74,86 @@ pub fn port_range(s: &str) -> Result<(u16, u16), String> {
     Ok((a, b))
 }
 
+/// A backend process: a child of this scaler, or one a previous scaler launched and this
+/// one adopted (not our child: it cannot be waited for, only watched through /proc).
+pub enum Proc {
+    Child(Child),
+    Adopted { pid: u32, start: u64 },
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        match self {
+            Proc::Child(c) => c.id(),
+            Proc::Adopted { pid, .. } => *pid,
+        }
+    }
+
+    /// How it ended, if it has (a child is reaped here).
+    fn exited(&mut self) -> Option<String> {
+        match self {
+            Proc::Child(c) => match c.try_wait() {
+                Ok(Some(status)) => Some(status.to_string()),
+                Ok(None) => None,
+                Err(e) => Some(e.to_string()),
+            },
+            Proc::Adopted { pid, start } => (start_time(*pid) != Some(*start))
+                .then(|| "exited (adopted: status unknown)".into()),
+        }
+    }
+
+    /// Signals the process's whole group (it leads one: see `launch`).
+    fn signal(&self, sig: i32) {
+        let pid = self.pid() as i32;
+        // SAFETY: kill(2) takes no pointers; a negative pid names the process group.
+        let r = unsafe { libc::kill(-pid, sig) };
+        if r != 0 {
+            // SAFETY: as above, the process alone.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+
+    /// SIGKILL, and reap it if it is our child.
+    fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        if let Proc::Child(c) = self {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A process's start time (field 22 of /proc/PID/stat, in clock ticks since boot); `None` if
+/// there is no such process, or it is a zombie. With the pid it names one process for good:
+/// a pid the kernel reuses comes with another start time.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: split after it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// One entry of the scaler's state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Launched {
+    pub addr: SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<u64>,
+    /// Deleted from the balancer and draining: stopped once the balancer lets it go.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
+}
+
 pub struct Actuator {
     cfg: ActuatorConfig,
-    children: BTreeMap<SocketAddr, Child>,
-    /// Children being stopped: SIGKILL at the deadline.
-    stopping: Vec<(Child, Instant)>,
+    children: BTreeMap<SocketAddr, Proc>,
+    /// Processes being stopped: SIGKILL at the deadline.
+    stopping: Vec<(Proc, Instant)>,
     /// Where the next port search starts: ports are used in turn, so a backend that just
     /// died is not replaced on its own port while the balancer may still list it.
     next_port: u16,
@@ -102,7 +185,7 @@ impl Actuator {
 
     /// Pids of the running backend processes.
     pub fn pids(&self) -> Vec<u32> {
-        self.children.values().map(|c| c.id()).collect()
+        self.children.values().map(|c| c.pid()).collect()
     }
 
     /// Makes one backend; returns its address. `count` is the desired total (for `exec`).
@@ -130,13 +213,16 @@ impl Actuator {
                 let cmd = command
                     .replace("{port}", &port.to_string())
                     .replace("{host}", &host.to_string());
+                // A process group of its own: Ctrl-C on the scaler's terminal (SIGINT to the
+                // foreground group) or a signal to the scaler's unit must not reach it.
                 let child = Command::new("sh")
                     .args(["-c", &format!("exec {cmd}")])
                     .stdin(Stdio::null())
+                    .process_group(0)
                     .spawn()
                     .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
                 tracing::info!(backend = %addr, pid = child.id(), command = %cmd, "launched backend process");
-                self.children.insert(addr, child);
+                self.children.insert(addr, Proc::Child(child));
                 self.order.push(addr);
                 Ok(addr)
             }
@@ -184,10 +270,8 @@ impl Actuator {
         match &self.cfg {
             ActuatorConfig::Process { stop_grace, .. } => {
                 if let Some(child) = self.children.remove(&addr) {
-                    tracing::info!(backend = %addr, pid = child.id(), "stopping backend process (SIGTERM)");
-                    let _ = Command::new("kill")
-                        .args(["-TERM", &child.id().to_string()])
-                        .status();
+                    tracing::info!(backend = %addr, pid = child.pid(), "stopping backend process (SIGTERM to its group)");
+                    child.signal(libc::SIGTERM);
                     self.stopping.push((child, Instant::now() + *stop_grace));
                 }
             }
@@ -219,27 +303,25 @@ impl Actuator {
     pub fn tick(&mut self) -> Vec<SocketAddr> {
         let now = Instant::now();
         self.stopping
-            .retain_mut(|(child, deadline)| match child.try_wait() {
-                Ok(Some(_)) => false,
-                _ if now >= *deadline => {
-                    tracing::warn!(pid = child.id(), "backend ignored SIGTERM: SIGKILL");
-                    let _ = child.kill();
-                    let _ = child.wait();
+            .retain_mut(|(child, deadline)| match child.exited() {
+                Some(_) => false,
+                None if now >= *deadline => {
+                    tracing::warn!(pid = child.pid(), "backend ignored SIGTERM: SIGKILL");
+                    child.kill();
                     false
                 }
-                _ => true,
+                None => true,
             });
-        let dead: Vec<SocketAddr> = self
-            .children
-            .iter_mut()
-            .filter_map(|(a, c)| matches!(c.try_wait(), Ok(Some(_))).then_some(*a))
-            .collect();
+        let mut dead = Vec::new();
+        for (a, c) in self.children.iter_mut() {
+            if let Some(status) = c.exited() {
+                tracing::warn!(backend = %a, %status, "backend process exited on its own");
+                dead.push(*a);
+            }
+        }
         for a in &dead {
             self.order.retain(|x| x != a);
-            if let Some(mut c) = self.children.remove(a) {
-                let status = c.wait().map(|s| s.to_string()).unwrap_or_default();
-                tracing::warn!(backend = %a, %status, "backend process exited on its own");
-            }
+            self.children.remove(a);
         }
         dead
     }
@@ -256,10 +338,79 @@ impl Actuator {
             std::thread::sleep(Duration::from_millis(50));
         }
         for (mut c, _) in self.stopping.drain(..) {
-            let _ = c.kill();
-            let _ = c.wait();
+            c.kill();
         }
     }
+
+    /// What this actuator made and still runs, for the state file (`draining` marks those
+    /// given).
+    pub fn launched(&self, draining: &[SocketAddr]) -> Vec<Launched> {
+        self.order
+            .iter()
+            .map(|a| {
+                let pid = self.children.get(a).map(|c| c.pid());
+                Launched {
+                    addr: *a,
+                    pid,
+                    start: pid.and_then(start_time),
+                    draining: draining.contains(a),
+                }
+            })
+            .collect()
+    }
+
+    /// Takes over what a previous scaler launched: processes that still run with the same
+    /// start time (a reused pid never matches), and exec backends by address. Returns those
+    /// taken.
+    pub fn adopt(&mut self, list: &[Launched]) -> Vec<Launched> {
+        let mut taken = Vec::new();
+        for l in list {
+            if self.order.contains(&l.addr) {
+                continue;
+            }
+            match (&self.cfg, l.pid, l.start) {
+                (ActuatorConfig::Process { .. }, Some(pid), Some(start)) => {
+                    if start_time(pid) != Some(start) {
+                        tracing::info!(backend = %l.addr, pid, "not adopted: that process is gone (or its pid was reused)");
+                        continue;
+                    }
+                    self.children.insert(l.addr, Proc::Adopted { pid, start });
+                }
+                (ActuatorConfig::Exec { .. }, None, _) => {}
+                _ => continue,
+            }
+            tracing::info!(backend = %l.addr, pid = ?l.pid, draining = l.draining, "adopted a backend a previous scaler launched");
+            self.order.push(l.addr);
+            taken.push(l.clone());
+        }
+        taken
+    }
+}
+
+/// Reads the scaler's state file (missing: empty).
+pub fn load_launched(path: &std::path::Path) -> Result<Vec<Launched>, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Writes the scaler's state file atomically (temp file, fsync, rename).
+pub fn save_launched(path: &std::path::Path, list: &[Launched]) -> Result<(), String> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let text = serde_json::to_string_pretty(list).map_err(|e| e.to_string())?;
+    let r = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    r.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot write {}: {e}", path.display())
+    })
 }
 
 #[cfg(test)]
@@ -295,17 +446,39 @@ mod tests {
         );
         assert!(a.tick().is_empty());
         let pid = a.pids()[0];
+        // Its own process group, led by it.
+        // SAFETY: getpgid(2) takes no pointers.
+        assert_eq!(unsafe { libc::getpgid(pid as i32) }, pid as i32);
+        let listed = a.launched(&[]);
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].start, start_time(pid));
+        // A second actuator adopts it; a stale entry (another start time) is refused.
+        let mut b = Actuator::new(a.cfg.clone()).unwrap();
+        let mut stale = listed[0].clone();
+        stale.start = stale.start.map(|s| s + 1);
+        stale.addr = SocketAddr::new(localhost(), port.wrapping_add(1));
+        assert_eq!(b.adopt(&[stale]).len(), 0, "a reused pid is not ours");
+        assert_eq!(b.adopt(&listed).len(), 1);
+        assert_eq!(b.pids(), vec![pid]);
         Command::new("kill")
             .args(["-KILL", &pid.to_string()])
             .status()
             .unwrap();
         let t = Instant::now();
-        let mut dead = Vec::new();
-        while dead.is_empty() && t.elapsed() < Duration::from_secs(5) {
-            dead = a.tick();
+        while b.tick().is_empty() && t.elapsed() < Duration::from_secs(5) {
+            // The adopted copy notices through /proc once the child is reaped below.
+            let _ = a.tick();
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(dead, vec![addr]);
-        assert!(a.owned().is_empty());
+        assert!(
+            b.owned().is_empty(),
+            "the adopted process's exit was noticed"
+        );
+        let t = Instant::now();
+        while a.tick().is_empty() && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(a.owned().is_empty(), "the child's exit was noticed");
+        let _ = addr;
     }
 }

@@ -15,7 +15,7 @@ pub mod actuator;
 pub mod policy;
 pub mod source;
 
-use crate::config::{US_DAY, US_H, US_MS};
+use crate::config::{US_DAY, US_H, US_MS, US_S};
 use actuator::{Actuator, ActuatorConfig};
 use policy::{Capacity, Limits, Policy, PolicyConfig};
 use serde::{Deserialize, Serialize};
@@ -63,6 +63,18 @@ pub struct ScalerConfig {
     /// keep serving, so a scaler restart never cuts a connection).
     #[serde(default)]
     pub stop_backends_on_exit: bool,
+    /// Where the scaler keeps what it launched (address, pid, start time, draining), so that
+    /// a restarted scaler adopts those backends instead of launching duplicates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<PathBuf>,
+    /// A backend still `starting` after this long is deregistered, stopped and replaced
+    /// (after repeated failures, launches back off).
+    #[serde(
+        default = "default_startup_timeout",
+        serialize_with = "crate::config::duration_serde::serialize",
+        deserialize_with = "crate::config::duration_serde::within::<{ US_S }, US_DAY, _>"
+    )]
+    pub startup_timeout: Duration,
     /// Which of our backends goes first on scale-in: the one with the fewest active
     /// connections (default), or the newest (for a StatefulSet, whose scale-down always
     /// removes the highest ordinal).
@@ -90,6 +102,11 @@ fn default_interval() -> Duration {
 fn default_drain() -> Duration {
     Duration::from_secs(300)
 }
+fn default_startup_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+/// Longest wait between launches after startup failures in a row (doubling from `interval`).
+const MAX_LAUNCH_BACKOFF: Duration = Duration::from_secs(300);
 
 impl ScalerConfig {
     pub fn load(path: &std::path::Path) -> Result<ScalerConfig, String> {
@@ -133,6 +150,13 @@ pub struct Scaler {
     desired: Option<u32>,
     /// Backends deleted with a drain: stopped once the balancer no longer lists them.
     draining: Vec<SocketAddr>,
+    /// When each backend we launched was registered (for `startup_timeout`).
+    registered_at: std::collections::HashMap<SocketAddr, Instant>,
+    /// Startup failures in a row, and no launch before this (backoff).
+    startup_failures: u32,
+    launch_not_before: Option<Instant>,
+    /// What the state file holds now (written when it changes).
+    saved: Vec<actuator::Launched>,
 }
 
 impl Scaler {
@@ -152,15 +176,69 @@ impl Scaler {
             scale_out_cooldown: cfg.scale_out_cooldown,
             scale_in_cooldown: cfg.scale_in_cooldown,
         };
-        Ok(Scaler {
+        let mut actuator = Actuator::new(cfg.actuator.clone())?;
+        let mut draining = Vec::new();
+        let mut saved = Vec::new();
+        if let Some(path) = &cfg.state_file {
+            let list = actuator::load_launched(path)?;
+            let taken = actuator.adopt(&list);
+            draining = taken
+                .iter()
+                .filter(|l| l.draining)
+                .map(|l| l.addr)
+                .collect();
+            saved = list;
+        }
+        let now = Instant::now();
+        let registered_at = actuator.owned().into_iter().map(|a| (a, now)).collect();
+        let mut scaler = Scaler {
             policy: Policy::new(cfg.policy.clone(), limits),
             source: Source::new(cfg.source.clone()),
-            actuator: Actuator::new(cfg.actuator.clone())?,
+            actuator,
             token,
             desired: None,
-            draining: Vec::new(),
+            draining,
+            registered_at,
+            startup_failures: 0,
+            launch_not_before: None,
+            saved,
             cfg,
-        })
+        };
+        scaler.save_state();
+        Ok(scaler)
+    }
+
+    /// Writes what we launched to the state file, if it changed.
+    fn save_state(&mut self) {
+        let Some(path) = self.cfg.state_file.clone() else {
+            return;
+        };
+        let now = self.actuator.launched(&self.draining);
+        if now == self.saved {
+            return;
+        }
+        match actuator::save_launched(&path, &now) {
+            Ok(()) => self.saved = now,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write the scaler's state file: a restart would not adopt the newest backends")
+            }
+        }
+    }
+
+    async fn admin_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, String), String> {
+        source::http(
+            &self.admin(path),
+            method,
+            body,
+            self.token.as_deref(),
+            Duration::from_secs(5),
+        )
+        .await
     }
 
     fn admin(&self, path: &str) -> String {
@@ -214,9 +292,75 @@ impl Scaler {
             .collect();
         for a in gone {
             self.draining.retain(|x| *x != a);
+            self.registered_at.remove(&a);
             let count = self.desired.unwrap_or(0);
             self.actuator.stop(a, count);
         }
+        // Ours but not listed (adopted after a balancer restart without state, say): register.
+        for a in self.actuator.owned() {
+            if !listed(&a) && !self.draining.contains(&a) {
+                let body = format!("{{\"addr\": \"{a}\", \"weight\": 1}}");
+                match self
+                    .admin_call("POST", &format!("/pools/{pool}/backends"), Some(&body))
+                    .await
+                {
+                    Ok((201, _)) => {
+                        tracing::info!(pool = %pool, backend = %a, "registered a backend of ours the balancer did not list")
+                    }
+                    Ok((status, body)) => {
+                        tracing::warn!(pool = %pool, backend = %a, status, body = %body.trim(), "cannot register a backend of ours")
+                    }
+                    Err(e) => {
+                        tracing::warn!(pool = %pool, backend = %a, error = %e, "cannot register a backend of ours")
+                    }
+                }
+                self.registered_at.insert(a, Instant::now());
+            }
+        }
+        // Still `starting` past startup_timeout: out, stopped, replaced below (with backoff).
+        let now = Instant::now();
+        let stuck: Vec<SocketAddr> = backends
+            .iter()
+            .filter(|b| b.state == "starting")
+            .filter_map(|b| b.addr.parse().ok())
+            .filter(|a| {
+                self.registered_at
+                    .get(a)
+                    .is_some_and(|t| now.duration_since(*t) >= self.cfg.startup_timeout)
+            })
+            .collect();
+        for a in &stuck {
+            let _ = self
+                .admin_call(
+                    "DELETE",
+                    &format!("/pools/{pool}/backends/{a}?drain_timeout=0s"),
+                    None,
+                )
+                .await;
+            self.registered_at.remove(a);
+            self.actuator.stop(*a, self.desired.unwrap_or(0));
+            self.startup_failures += 1;
+            let backoff = (self.cfg.interval * 2u32.saturating_pow(self.startup_failures.min(16)))
+                .min(MAX_LAUNCH_BACKOFF);
+            self.launch_not_before = Some(now + backoff);
+            metrics::counter!("ringlb_scaler_startup_failures_total", "pool" => pool.clone())
+                .increment(1);
+            tracing::warn!(pool = %pool, backend = %a, startup_timeout = %crate::config::format_duration(self.cfg.startup_timeout), failures_in_a_row = self.startup_failures, next_launch_in = ?backoff, "backend never became healthy: deregistered and stopped; it will be replaced");
+        }
+        // A backend of ours that came up ends the run of startup failures.
+        if backends.iter().any(|b| {
+            b.state == "up"
+                && b.addr
+                    .parse()
+                    .is_ok_and(|a| self.registered_at.contains_key(&a))
+        }) && stuck.is_empty()
+        {
+            self.startup_failures = 0;
+        }
+        let backends: Vec<BackendView> = backends
+            .into_iter()
+            .filter(|b| !b.addr.parse().is_ok_and(|a: SocketAddr| stuck.contains(&a)))
+            .collect();
         let in_service = backends.iter().filter(|b| b.state == "up").count() as u32;
         let pending = backends.iter().filter(|b| b.state == "starting").count() as u32;
         let observed = in_service + pending;
@@ -264,12 +408,19 @@ impl Scaler {
         self.desired = Some(desired);
         self.reconcile(&backends, observed, desired).await;
         self.export(observed, desired);
+        self.save_state();
     }
 
     async fn reconcile(&mut self, backends: &[BackendView], observed: u32, desired: u32) {
         let pool = self.cfg.pool.clone();
         let token = self.token.clone();
         if observed < desired {
+            if let Some(t) = self.launch_not_before
+                && Instant::now() < t
+            {
+                tracing::warn!(pool = %pool, observed, desired, failures_in_a_row = self.startup_failures, "holding launches: backing off after backends that never became healthy");
+                return;
+            }
             let present: Vec<SocketAddr> = backends
                 .iter()
                 .filter_map(|b| b.addr.parse().ok())
@@ -294,6 +445,7 @@ impl Scaler {
                 .await
                 {
                     Ok((201, _)) => {
+                        self.registered_at.insert(addr, Instant::now());
                         tracing::info!(pool = %pool, backend = %addr, "registered (starting until its checks pass)")
                     }
                     Ok((status, body)) => {
@@ -361,8 +513,9 @@ impl Scaler {
         }
     }
 
-    /// Runs until SIGTERM/SIGINT (or `stop` resolves).
-    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
+    /// Runs until SIGTERM/SIGINT (or `stop` resolves); gives itself back, so that a caller
+    /// can stop the backends later (the demo does, after the balancer has drained).
+    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) -> Scaler {
         let mut tick = tokio::time::interval(self.cfg.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(stop);
@@ -373,11 +526,20 @@ impl Scaler {
             }
         }
         if self.cfg.stop_backends_on_exit {
-            tracing::info!("stopping the backends this scaler launched");
-            self.actuator.shutdown();
+            self.stop_backends();
         } else if !self.actuator.owned().is_empty() {
-            tracing::info!(backends = ?self.actuator.owned(), "leaving launched backends running");
+            self.save_state();
+            tracing::info!(backends = ?self.actuator.owned(), state_file = ?self.cfg.state_file, "leaving launched backends running (their own process groups: the signal did not reach them)");
         }
+        self
+    }
+
+    /// Stops every backend this scaler launched (and forgets them in the state file).
+    pub fn stop_backends(&mut self) {
+        tracing::info!("stopping the backends this scaler launched");
+        self.actuator.shutdown();
+        self.draining.clear();
+        self.save_state();
     }
 }
 
@@ -445,7 +607,7 @@ pub fn main(path: &std::path::Path) -> i32 {
             return 1;
         }
         crate::notify::notify("READY=1");
-        scaler.run(terminated()).await;
+        let _ = scaler.run(terminated()).await;
         crate::notify::notify("STOPPING=1");
         0
     })
@@ -464,6 +626,10 @@ pub fn serve_metrics(l: std::net::TcpListener) -> Result<(), String> {
     metrics::describe_counter!(
         "ringlb_scaler_decisions_total",
         "Evaluations, by direction (out, in, none, hold)."
+    );
+    metrics::describe_counter!(
+        "ringlb_scaler_startup_failures_total",
+        "Backends removed because they were still starting after startup_timeout."
     );
     l.set_nonblocking(true).map_err(|e| e.to_string())?;
     let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
