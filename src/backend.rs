@@ -95,6 +95,9 @@ pub struct Backend {
     /// The health checks' last verdict, kept while the state says draining, so that undoing
     /// a drain restores what the checks see.
     healthy: AtomicBool,
+    /// Scale-in protection asked for through the admin API: until this Unix time (seconds;
+    /// 0 = none). Read by the scaler through `GET /backends`; routing ignores it.
+    protected_until: AtomicU64,
     pub stats: CachePadded<BackendStats>,
 }
 
@@ -108,6 +111,7 @@ impl Backend {
             state: AtomicU8::new(state as u8),
             removed: AtomicBool::new(false),
             healthy: AtomicBool::new(state == BackendState::Up),
+            protected_until: AtomicU64::new(0),
             stats: CachePadded::new(BackendStats::default()),
         }
     }
@@ -129,6 +133,16 @@ impl Backend {
     #[inline]
     pub fn is_removed(&self) -> bool {
         self.removed.load(Ordering::Relaxed)
+    }
+    /// Protected from scale-in until this Unix time (0: not protected).
+    pub fn set_protected_until(&self, t: u64) {
+        self.protected_until.store(t, Ordering::Relaxed);
+    }
+    /// Seconds of scale-in protection left, if any.
+    pub fn protection_left(&self) -> Option<u64> {
+        let until = self.protected_until.load(Ordering::Relaxed);
+        let now = unix_now();
+        (until > now).then(|| until - now)
     }
     pub fn set_healthy(&self, v: bool) {
         self.healthy.store(v, Ordering::Relaxed);
@@ -346,7 +360,7 @@ pub struct ReloadStatus {
     pub successes: AtomicU64,
 }
 
-fn unix_now() -> u64 {
+pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

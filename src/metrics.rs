@@ -97,6 +97,10 @@ pub fn install() -> Result<(), String> {
     );
     describe_gauge!("ringlb_backend_state", "1 for the backend's current state.");
     describe_gauge!("ringlb_backend_weight", "The backend's weight.");
+    describe_gauge!(
+        "ringlb_backend_protected",
+        "1 while the backend has scale-in protection (admin API, ECS task protection semantics)."
+    );
     describe_counter!("ringlb_health_checks_total", "Health probes, by result.");
     describe_histogram!(
         "ringlb_health_check_duration_seconds",
@@ -177,6 +181,12 @@ pub fn render(shared: &Shared) -> String {
                 gauge!("ringlb_backend_state", "pool" => pool.clone(), "backend" => addr.clone(), "state" => st.as_str())
                     .set(if st == state { 1.0 } else { 0.0 });
             }
+            gauge!("ringlb_backend_protected", "pool" => pool.clone(), "backend" => addr.clone())
+                .set(if b.protection_left().is_some() {
+                    1.0
+                } else {
+                    0.0
+                });
             gauge!("ringlb_backend_weight", "pool" => pool, "backend" => addr)
                 .set(b.weight() as f64);
         }

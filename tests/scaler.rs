@@ -676,3 +676,116 @@ fn a_backend_that_never_becomes_healthy_is_replaced_after_startup_timeout() {
         pool(b.admin)
     );
 }
+
+/// Scale-in protection a backend asks for (ECS task scale-in protection): a protected
+/// backend is never chosen for scale-in, even holding no connections; when its protection
+/// expires, it is.
+#[test]
+fn a_protected_backend_is_not_scaled_in_until_its_protection_expires() {
+    let b = balancer();
+    let (st, body) = http(
+        b.admin,
+        "POST",
+        &format!("/pools/p/backends/{}/drain", b.static_addr),
+        None,
+        None,
+    );
+    assert_eq!(st, 202, "{body}");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("launched.json");
+    let top = format!("state_file = {:?}", state.display().to_string());
+    // Two backends, left running when this first scaler stops.
+    let mut first = Scaler::start_with(
+        &b,
+        31180,
+        2,
+        2,
+        Opts {
+            top: top.clone(),
+            stop_backends_on_exit: false,
+            ..Opts::default()
+        },
+    );
+    wait_until(Duration::from_secs(15), || up_count(b.admin) == 2);
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &first.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_until(Duration::from_secs(10), || {
+        first.child.try_wait().unwrap().is_some()
+    });
+    let ours: Vec<SocketAddr> = pool(b.admin)
+        .into_iter()
+        .filter(|(a, _, _)| *a != b.static_addr)
+        .map(|(a, _, _)| a)
+        .collect();
+    let (protected, other) = (ours[0], ours[1]);
+    let path = format!("/pools/p/backends/{protected}/protection");
+    let (st, body) = http(
+        b.admin,
+        "PUT",
+        &path,
+        Some("{\"enabled\": true, \"expires_in\": \"4s\"}"),
+        None,
+    );
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["enabled"], true, "{body}");
+    let (st, body) = http(
+        b.admin,
+        "PUT",
+        &path,
+        Some("{\"enabled\": true, \"expires_in\": \"49h\"}"),
+        None,
+    );
+    assert_eq!(st, 400, "{body}");
+    // No load and min 0: the scaler wants none of ours. The unprotected one goes first...
+    let second = Scaler::start_with(
+        &b,
+        31180,
+        0,
+        2,
+        Opts {
+            top,
+            dir: Some(dir),
+            ..Opts::default()
+        },
+    );
+    wait_until(Duration::from_secs(10), || {
+        !pool(b.admin).iter().any(|(a, _, _)| *a == other)
+    });
+    // ...the protected one stays while its protection lasts, and the scaler says why...
+    wait_until(Duration::from_secs(5), || {
+        second.log().contains("protected from scale-in")
+    });
+    let v: serde_json::Value =
+        serde_json::from_str(&http(b.admin, "GET", &path, None, None).1).unwrap();
+    if v["enabled"] == true {
+        assert!(
+            pool(b.admin)
+                .iter()
+                .any(|(a, s, _)| *a == protected && s == "up"),
+            "{:?}",
+            pool(b.admin)
+        );
+    }
+    // ...and goes once it has expired.
+    wait_until(Duration::from_secs(15), || {
+        !pool(b.admin).iter().any(|(a, _, _)| *a == protected)
+    });
+    let v: serde_json::Value = serde_json::from_str(
+        &http(
+            b.admin,
+            "GET",
+            &format!("/pools/p/backends/{}/protection", b.static_addr),
+            None,
+            None,
+        )
+        .1,
+    )
+    .unwrap();
+    assert_eq!(v["enabled"], false);
+}

@@ -49,6 +49,20 @@ fn backend_json(b: &Backend) -> Value {
         "state": b.state().as_str(),
         "active_connections": b.active().max(0),
         "connections_total": b.stats.connections.load(Relaxed),
+        "protected": b.protection_left().is_some(),
+        "protection_expires_in": b.protection_left(),
+    })
+}
+
+/// A backend's scale-in protection, as `GET`/`PUT .../protection` answer it.
+fn protection_json(b: &Backend) -> Value {
+    let left = b.protection_left();
+    json!({
+        "pool": b.pool,
+        "addr": b.addr.to_string(),
+        "enabled": left.is_some(),
+        "expires_in": left.map(|s| crate::config::format_duration(std::time::Duration::from_secs(s))),
+        "expires_at": left.map(|s| crate::backend::unix_now() + s),
     })
 }
 
@@ -131,6 +145,13 @@ struct WeightBody {
     weight: u32,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProtectionBody {
+    enabled: bool,
+    expires_in: Option<String>,
+}
+
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Box<Response>> {
     serde_json::from_slice(body).map_err(|e| {
         Box::new(error(
@@ -158,6 +179,41 @@ async fn add(State(app): State<App>, Path(pool): Path<String>, body: Bytes) -> R
 async fn drain(State(app): State<App>, Path((pool, addr)): Path<(String, String)>) -> Response {
     match app.control.lock().drain(&pool, &addr) {
         Ok(b) => (StatusCode::ACCEPTED, axum::Json(backend_json(&b))).into_response(),
+        Err(r) => refused(r),
+    }
+}
+
+async fn get_protection(
+    State(app): State<App>,
+    Path((pool, addr)): Path<(String, String)>,
+) -> Response {
+    let found = app.control.lock().backend(&pool, &addr);
+    match found {
+        Ok(b) => axum::Json(protection_json(&b)).into_response(),
+        Err(r) => refused(r),
+    }
+}
+
+async fn put_protection(
+    State(app): State<App>,
+    Path((pool, addr)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let req: ProtectionBody = match parse(&body) {
+        Ok(r) => r,
+        Err(e) => return *e,
+    };
+    let expires_in = match req.expires_in.as_deref().map(crate::config::parse_duration) {
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("expires_in: {e}")),
+        None => None,
+    };
+    let set = app
+        .control
+        .lock()
+        .protect(&pool, &addr, req.enabled, expires_in);
+    match set {
+        Ok((b, _)) => axum::Json(protection_json(&b)).into_response(),
         Err(r) => refused(r),
     }
 }
@@ -249,6 +305,10 @@ pub fn router(control: Control, token: Option<String>) -> Router {
         .route("/pools/{pool}/backends", post(add))
         .route("/pools/{pool}/backends/{addr}/drain", post(drain))
         .route("/pools/{pool}/backends/{addr}/ready", post(ready))
+        .route(
+            "/pools/{pool}/backends/{addr}/protection",
+            get(get_protection).put(put_protection),
+        )
         .route("/pools/{pool}/backends/{addr}", delete(remove))
         .route("/pools/{pool}/backends/{addr}/weight", put(weight))
         .route("/healthz", get(healthz))

@@ -50,14 +50,31 @@ pub struct Entry {
     pub weight: Option<u32>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drained: bool,
+    /// Scale-in protection until this Unix time (seconds), as ECS task protection: a wall
+    /// clock, so that it means the same after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected_until: Option<u64>,
 }
 
 impl Entry {
     /// Says nothing the file does not: can be dropped.
     fn is_empty(&self) -> bool {
-        self.op == Membership::Keep && self.weight.is_none() && !self.drained
+        self.op == Membership::Keep
+            && self.weight.is_none()
+            && !self.drained
+            && self.protection().is_none()
+    }
+
+    /// The protection's end, if it has not passed.
+    fn protection(&self) -> Option<u64> {
+        self.protected_until
+            .filter(|&t| t > crate::backend::unix_now())
     }
 }
+
+/// Default and longest scale-in protection (ECS task scale-in protection: 2 h, 48 h).
+pub const DEFAULT_PROTECTION: std::time::Duration = std::time::Duration::from_secs(2 * 3600);
+pub const MAX_PROTECTION: std::time::Duration = std::time::Duration::from_secs(48 * 3600);
 
 /// Runtime changes per pool and backend, applied on top of the config file. Files written
 /// by earlier versions (`{"op": "add", "weight": 3}`, `{"op": "weight", ...}`,
@@ -230,6 +247,7 @@ fn members_of(config: &Config, overlay: &Overlay, existing: &Members) -> Members
         let mut join = |addr: SocketAddr, weight: u32, fresh: BackendState, e: Option<&Entry>| {
             let weight = e.and_then(|e| e.weight).unwrap_or(weight);
             let drained = e.is_some_and(|e| e.drained);
+            let protected_until = e.and_then(|e| e.protection()).unwrap_or(0);
             let b = match old.and_then(|o| o.iter().find(|b| b.addr == addr)) {
                 Some(b) => {
                     b.set_weight(weight);
@@ -252,6 +270,7 @@ fn members_of(config: &Config, overlay: &Overlay, existing: &Members) -> Members
                     },
                 )),
             };
+            b.set_protected_until(protected_until);
             list.push(b);
         };
         for bc in pc.backends.get_ref() {
@@ -329,6 +348,11 @@ impl State {
             .ok_or_else(|| Refusal::NotFound(format!("pool {pool:?} has no backend {addr}")))
     }
 
+    /// A member, for reading.
+    pub fn backend(&self, pool: &str, addr: &str) -> Result<Arc<Backend>, Refusal> {
+        self.find(pool, addr)
+    }
+
     fn leaving(&self, b: &Arc<Backend>) -> Option<Leaving> {
         self.leaving
             .iter()
@@ -389,7 +413,7 @@ impl State {
         let entry = Entry {
             op: Membership::Add,
             weight: Some(weight),
-            drained: false,
+            ..Entry::default()
         };
         self.commit(self.overlay.with(pool, addr, entry))?;
         let b = Arc::new(Backend::new(pool, addr, weight, BackendState::Starting));
@@ -438,6 +462,38 @@ impl State {
             tracing::info!(pool, backend = %b.addr, state = next.as_str(), "backend ready (drain undone)");
         }
         Ok(b)
+    }
+
+    /// Scale-in protection for a backend, as ECS task scale-in protection: `enabled` for
+    /// `expires_in` (default 2 h, at most 48 h), or off. Persisted; a DELETE or a drain an
+    /// operator asks for still goes through. Returns the protection's end (Unix seconds).
+    pub fn protect(
+        &mut self,
+        pool: &str,
+        addr: &str,
+        enabled: bool,
+        expires_in: Option<std::time::Duration>,
+    ) -> Result<(Arc<Backend>, Option<u64>), Refusal> {
+        let b = self.find(pool, addr)?;
+        self.not_leaving(&b)?;
+        let until = if enabled {
+            let d = expires_in.unwrap_or(DEFAULT_PROTECTION);
+            if d.is_zero() || d > MAX_PROTECTION {
+                return Err(Refusal::BadRequest(format!(
+                    "expires_in: {} is out of range: from 1s to 48h",
+                    crate::config::format_duration(d)
+                )));
+            }
+            Some(crate::backend::unix_now() + d.as_secs().max(1))
+        } else {
+            None
+        };
+        let mut e = self.overlay.entry(pool, b.addr);
+        e.protected_until = until;
+        self.commit(self.overlay.with(pool, b.addr, e))?;
+        b.set_protected_until(until.unwrap_or(0));
+        tracing::info!(pool, backend = %b.addr, protected = enabled, until = ?until, "scale-in protection set");
+        Ok((b, until))
     }
 
     /// Starts removing a backend: persisted as removed, drained now; the caller finishes the
@@ -863,6 +919,60 @@ mod tests {
     }
 
     #[test]
+    fn scale_in_protection_persists_expires_and_never_applies_to_a_leaving_backend() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state.json");
+        let extra = format!("state_file = {:?}", file.display().to_string());
+        let mut s = State::new(config(&extra), 1).unwrap();
+        let (b, until) = s.protect("p", "127.0.0.1:9001", true, None).unwrap();
+        let left = b.protection_left().unwrap();
+        assert!((7190..=7200).contains(&left), "default 2h: {left}");
+        assert!(until.is_some());
+        for bad in [Duration::ZERO, Duration::from_secs(48 * 3600 + 1)] {
+            assert!(matches!(
+                s.protect("p", "127.0.0.1:9001", true, Some(bad)),
+                Err(Refusal::BadRequest(_))
+            ));
+        }
+        // Across a restart, and a reload.
+        let mut s = State::new(config(&extra), 1).unwrap();
+        assert!(
+            s.find("p", "127.0.0.1:9001")
+                .unwrap()
+                .protection_left()
+                .is_some()
+        );
+        s.reload(config(&extra)).unwrap();
+        let b = s.find("p", "127.0.0.1:9001").unwrap();
+        assert!(b.protection_left().is_some());
+        // Off again: nothing left to say.
+        s.protect("p", "127.0.0.1:9001", false, None).unwrap();
+        assert!(b.protection_left().is_none());
+        assert_eq!(Overlay::load(&file).unwrap(), Overlay::default());
+        // An expired protection says nothing either.
+        let e = Entry {
+            protected_until: Some(1),
+            ..Entry::default()
+        };
+        assert!(e.is_empty());
+        // A drain an operator asks for still goes through; a backend on its way out cannot
+        // be protected.
+        s.protect("p", "127.0.0.1:9002", true, Some(Duration::from_secs(60)))
+            .unwrap();
+        s.drain("p", "127.0.0.1:9002").unwrap();
+        assert_eq!(
+            s.find("p", "127.0.0.1:9002").unwrap().state(),
+            BackendState::Draining
+        );
+        s.remove("p", "127.0.0.1:9001").unwrap();
+        assert!(matches!(
+            s.protect("p", "127.0.0.1:9001", true, None),
+            Err(Refusal::Conflict(_))
+        ));
+    }
+
+    #[test]
     fn state_files_of_earlier_versions_read_the_same() {
         let old = r#"{"pools":{"p":{"127.0.0.1:9001":{"op":"remove"},"127.0.0.1:9002":{"op":"weight","weight":5},"127.0.0.1:9003":{"op":"add","weight":3}}}}"#;
         let o: Overlay = serde_json::from_str(old).unwrap();
@@ -873,7 +983,7 @@ mod tests {
             Entry {
                 op: Membership::Keep,
                 weight: Some(5),
-                drained: false
+                ..Entry::default()
             }
         );
         assert_eq!(p[&"127.0.0.1:9003".parse().unwrap()].op, Membership::Add);

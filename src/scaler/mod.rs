@@ -462,13 +462,17 @@ impl Scaler {
             // Scale-in protection: only our own backends, fewest active connections first;
             // drained, not cut.
             let owned = self.actuator.owned();
-            let mut candidates: Vec<&BackendView> = backends
+            let ours: Vec<&BackendView> = backends
                 .iter()
                 .filter(|b| {
                     (b.state == "up" || b.state == "starting")
                         && b.addr.parse().map(|a| owned.contains(&a)).unwrap_or(false)
                 })
                 .collect();
+            // Protected backends (ECS task scale-in protection semantics) are never chosen.
+            let protected = ours.iter().filter(|b| b.protected).count();
+            let mut candidates: Vec<&BackendView> =
+                ours.into_iter().filter(|b| !b.protected).collect();
             match self.cfg.scale_in_order {
                 ScaleInOrder::FewestConnections => {
                     candidates.sort_by_key(|b| (b.state == "up", b.active_connections))
@@ -478,7 +482,9 @@ impl Scaler {
                 }),
             }
             let n = (observed - desired) as usize;
-            if candidates.len() < n {
+            if candidates.len() < n && protected > 0 {
+                tracing::warn!(pool = %pool, want = n, candidates = candidates.len(), protected, "waiting: backends of ours are protected from scale-in; they go when their protection ends");
+            } else if candidates.len() < n {
                 tracing::warn!(pool = %pool, want = n, ours = candidates.len(), "cannot scale in that far: the other backends were not launched by this scaler");
             }
             let timeout = crate::config::format_duration(self.cfg.drain_timeout);

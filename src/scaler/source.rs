@@ -427,6 +427,10 @@ pub struct BackendView {
     pub addr: String,
     pub state: String,
     pub active_connections: i64,
+    /// Scale-in protection the backend (or an operator) asked for: never chosen for
+    /// scale-in while it lasts.
+    #[serde(default)]
+    pub protected: bool,
 }
 
 /// The pool's backends from the admin API.
