@@ -279,7 +279,7 @@ fn grows_under_load_then_shrinks_after_the_window() {
     });
     let log = s.log();
     assert!(
-        log.contains("decision: out") && log.contains("value=20"),
+        log.contains("decision: out") && log.contains("value 20.00, wish 4"),
         "decisions are logged with their numbers:\n{log}"
     );
     // The launched processes were stopped: their ports refuse.

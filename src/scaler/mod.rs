@@ -80,9 +80,53 @@ pub struct ScalerConfig {
     /// removes the highest ordinal).
     #[serde(default)]
     pub scale_in_order: ScaleInOrder,
-    pub source: SourceConfig,
-    pub policy: PolicyConfig,
+    /// One policy: `[policy]` with its `[source]` (kept for older files)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyConfig>,
+    /// ...or several, each with its own source: the largest wish wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PolicyEntry>,
     pub actuator: ActuatorConfig,
+}
+
+/// One of `[[policies]]`: a policy kind with its parameters, its own `[policies.source]`,
+/// and whether it may ask for fewer backends.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct PolicyEntry {
+    /// Names it in logs and events (default: its kind and position).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `false`: out only. It wishes only for more than the current count and abstains
+    /// otherwise (CPU and memory in the Blu Insights setup never scale in).
+    #[serde(default = "yes")]
+    pub scale_in: bool,
+    pub source: SourceConfig,
+    #[serde(flatten)]
+    pub policy: PolicyConfig,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ScalerConfig {
+    /// The policies in force: `[[policies]]`, or `[policy]` + `[source]` as a list of one.
+    pub fn policy_list(&self) -> Vec<PolicyEntry> {
+        if !self.policies.is_empty() {
+            return self.policies.clone();
+        }
+        match (&self.policy, &self.source) {
+            (Some(p), Some(s)) => vec![PolicyEntry {
+                name: None,
+                scale_in: true,
+                source: s.clone(),
+                policy: p.clone(),
+            }],
+            _ => Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -133,18 +177,49 @@ impl ScalerConfig {
                 cfg.admin_url
             )));
         }
-        cfg.policy.validate().map_err(err)?;
+        match (cfg.policies.is_empty(), &cfg.policy, &cfg.source) {
+            (true, Some(_), Some(_)) => {}
+            (true, None, _) | (true, _, None) => {
+                return Err(err(
+                    "policies: give [[policies]] (each with its [policies.source]), or one [policy] with a [source]".into(),
+                ));
+            }
+            (false, None, None) => {}
+            (false, _, _) => {
+                return Err(err(
+                    "policies: give [[policies]] or [policy] + [source], not both".into(),
+                ));
+            }
+        }
+        if cfg.policies.len() > 16 {
+            return Err(err(format!(
+                "policies: {} is more than the 16 allowed",
+                cfg.policies.len()
+            )));
+        }
+        for p in cfg.policy_list() {
+            p.policy.validate().map_err(err)?;
+        }
         Actuator::new(cfg.actuator.clone()).map_err(err)?;
         Ok(cfg)
     }
+}
+
+/// One policy of the pool, with its own source and its memory.
+struct Rule {
+    name: String,
+    scale_in: bool,
+    policy: Policy,
+    source: Source,
 }
 
 /// The running scaler.
 pub struct Scaler {
     cfg: ScalerConfig,
     token: Option<String>,
-    policy: Policy,
-    source: Source,
+    /// Every policy with its source, and the limits and cooldowns they share.
+    rules: Vec<Rule>,
+    governor: policy::Governor,
     actuator: Actuator,
     /// What the scaler is steering to; `None` until the first look at the pool.
     desired: Option<u32>,
@@ -192,8 +267,21 @@ impl Scaler {
         let now = Instant::now();
         let registered_at = actuator.owned().into_iter().map(|a| (a, now)).collect();
         let mut scaler = Scaler {
-            policy: Policy::new(cfg.policy.clone(), limits),
-            source: Source::new(cfg.source.clone()),
+            rules: cfg
+                .policy_list()
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| Rule {
+                    name: p
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| format!("{}#{}", policy_name(&p.policy), i + 1)),
+                    scale_in: p.scale_in,
+                    policy: Policy::new(p.policy.clone(), limits.clone()),
+                    source: Source::new(p.source.clone()),
+                })
+                .collect(),
+            governor: policy::Governor::new(limits.clone()),
             actuator,
             token,
             desired: None,
@@ -368,42 +456,72 @@ impl Scaler {
             .desired
             .unwrap_or(observed.clamp(self.cfg.min, self.cfg.max));
         let pids = self.actuator.pids();
-        match self.source.read(&pool, in_service, &pids).await {
-            Ok(value) => {
-                // Backends on their way (starting, or a replacement still to launch) count
-                // as capacity: one breach, one action.
-                let cap = Capacity {
-                    in_service,
-                    pending: desired.max(observed) - in_service,
-                };
-                let d = self.policy.decide(Instant::now(), value, cap);
-                let direction = match d.desired.cmp(&cap.total()) {
-                    std::cmp::Ordering::Greater => "out",
-                    std::cmp::Ordering::Less => "in",
-                    std::cmp::Ordering::Equal => "none",
-                };
-                self.count_decision(direction);
-                // Changes at info; evaluations that change nothing at debug (RINGLB_LOG=debug).
-                macro_rules! log_decision {
-                    ($level:ident) => {
-                        tracing::$level!(
-                            pool = %pool, source = %self.source.describe(), value, in_service, pending, current = cap.total(), desired = d.desired,
-                            policy = policy_name(&self.cfg.policy), reason = %d.reason, "decision: {direction}"
-                        )
-                    };
+        // Backends on their way (starting, or a replacement still to launch) count as
+        // capacity: one breach, one action.
+        let cap = Capacity {
+            in_service,
+            pending: desired.max(observed) - in_service,
+        };
+        let now = Instant::now();
+        let mut wishes = Vec::with_capacity(self.rules.len());
+        for r in &mut self.rules {
+            let w = match r.source.read(&pool, in_service, &pids).await {
+                Ok(value) => {
+                    let (raw, reason) = r.policy.recommend(now, value, cap);
+                    // Out only: a wish for more, or none at all.
+                    let wish = (r.scale_in || raw > cap.total() as i64).then_some(raw);
+                    policy::Wish {
+                        name: r.name.clone(),
+                        value: Some(value),
+                        wish,
+                        reason,
+                    }
                 }
-                if direction == "none" {
-                    log_decision!(debug);
-                } else {
-                    log_decision!(info);
-                }
-                desired = d.desired;
+                Err(e) => policy::Wish {
+                    name: r.name.clone(),
+                    value: None,
+                    wish: None,
+                    reason: e,
+                },
+            };
+            wishes.push(w);
+        }
+        if wishes.iter().all(|w| w.value.is_none()) {
+            self.count_decision("hold");
+            desired = desired.max(observed).max(self.cfg.min);
+            let reason = wishes
+                .iter()
+                .map(|w| format!("{}: {}", w.name, w.reason))
+                .collect::<Vec<_>>()
+                .join("; ");
+            tracing::warn!(pool = %pool, in_service, pending, desired, reason = %reason, "holding: no reading, so no scale-in");
+        } else {
+            let (raw, reason) = policy::combine(&wishes, cap.total());
+            let d = self.governor.settle(now, raw, cap.total(), reason);
+            for r in &mut self.rules {
+                r.policy.acted(d.desired, cap.total());
             }
-            Err(e) => {
-                self.count_decision("hold");
-                desired = desired.max(observed).max(self.cfg.min);
-                tracing::warn!(pool = %pool, in_service, pending, desired, reason = %e, "holding: no reading, so no scale-in");
+            let direction = match d.desired.cmp(&cap.total()) {
+                std::cmp::Ordering::Greater => "out",
+                std::cmp::Ordering::Less => "in",
+                std::cmp::Ordering::Equal => "none",
+            };
+            self.count_decision(direction);
+            // Changes at info; evaluations that change nothing at debug (RINGLB_LOG=debug).
+            macro_rules! log_decision {
+                ($level:ident) => {
+                    tracing::$level!(
+                        pool = %pool, in_service, pending, current = cap.total(), desired = d.desired,
+                        policies = self.rules.len(), reason = %d.reason, "decision: {direction}"
+                    )
+                };
             }
+            if direction == "none" {
+                log_decision!(debug);
+            } else {
+                log_decision!(info);
+            }
+            desired = d.desired;
         }
         self.desired = Some(desired);
         self.reconcile(&backends, observed, desired).await;

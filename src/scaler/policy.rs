@@ -218,183 +218,38 @@ pub struct Limits {
     pub scale_in_cooldown: Duration,
 }
 
-/// A policy with the memory it needs (recommendation history, consecutive breaches, last
-/// action).
+/// A policy with the memory its kind needs (recommendation history, consecutive breaches).
+/// [`Policy::recommend`] gives the kind's raw wish; [`Governor::settle`], shared by every
+/// policy of a pool, applies `min`/`max` and the cooldowns.
 pub struct Policy {
     cfg: PolicyConfig,
     limits: Limits,
     history: VecDeque<(Instant, u32)>,
     out_streak: u32,
     in_streak: u32,
+    /// For [`Policy::decide`], a policy on its own.
+    governor: Governor,
+}
+
+/// Limits and cooldowns applied once per evaluation to what the policies wished, with the
+/// memory of the last actions.
+pub struct Governor {
+    limits: Limits,
     last_out: Option<Instant>,
     last_in: Option<Instant>,
 }
 
-impl Policy {
-    pub fn new(cfg: PolicyConfig, limits: Limits) -> Policy {
-        Policy {
-            cfg,
+impl Governor {
+    pub fn new(limits: Limits) -> Governor {
+        Governor {
             limits,
-            history: VecDeque::new(),
-            out_streak: 0,
-            in_streak: 0,
             last_out: None,
             last_in: None,
         }
     }
 
-    /// Decides the desired count for one evaluation. `value` is the metric (e.g. active
-    /// connections per in-service backend).
-    pub fn decide(&mut self, now: Instant, value: f64, cap: Capacity) -> Decision {
-        let current = cap.total();
-        let (raw, mut reason) = match &self.cfg {
-            PolicyConfig::TargetTracking {
-                target,
-                tolerance,
-                scale_in_stabilization,
-            } => {
-                let ratio = value / target;
-                // Load is carried by the backends in service; pending ones are on their way.
-                let recommended = if (ratio - 1.0).abs() <= *tolerance {
-                    current
-                } else {
-                    (cap.in_service.max(1) as f64 * ratio).ceil().max(0.0) as u32
-                };
-                let unclamped = recommended;
-                let recommended = recommended.clamp(self.limits.min, self.limits.max);
-                self.history.push_back((now, recommended));
-                while let Some(&(t, _)) = self.history.front() {
-                    if now.duration_since(t) > *scale_in_stabilization {
-                        self.history.pop_front();
-                    } else {
-                        break;
-                    }
-                }
-                let stabilized = self
-                    .history
-                    .iter()
-                    .map(|&(_, r)| r)
-                    .max()
-                    .unwrap_or(recommended);
-                // Out at once; in only as far as the window's highest recommendation allows.
-                let desired = if recommended >= current {
-                    recommended
-                } else {
-                    stabilized.min(current)
-                };
-                let why = if (ratio - 1.0).abs() <= *tolerance {
-                    format!(
-                        "value {value:.2} within {:.0}% of target {target}",
-                        tolerance * 100.0
-                    )
-                } else if desired > recommended {
-                    format!(
-                        "value {value:.2}, target {target}: {recommended} recommended, held at {desired} by the scale-in window"
-                    )
-                } else {
-                    format!(
-                        "value {value:.2}, target {target}: ceil({} x {ratio:.3}) = {unclamped}",
-                        cap.in_service.max(1)
-                    )
-                };
-                let why = if unclamped != recommended {
-                    format!(
-                        "{why}; clamped to [{}, {}]",
-                        self.limits.min, self.limits.max
-                    )
-                } else {
-                    why
-                };
-                (desired as i64, why)
-            }
-            PolicyConfig::Step {
-                threshold,
-                adjustment_type,
-                min_adjustment_magnitude,
-                steps,
-            } => {
-                let breach = value - threshold;
-                let step = steps.iter().find(|s| {
-                    let (lo, hi) = (
-                        s.lower.unwrap_or(f64::NEG_INFINITY),
-                        s.upper.unwrap_or(f64::INFINITY),
-                    );
-                    if lo >= 0.0 {
-                        lo <= breach && breach < hi
-                    } else {
-                        lo < breach && breach <= hi
-                    }
-                });
-                match step {
-                    None => (
-                        current as i64,
-                        format!("value {value:.2}: no step matches (threshold {threshold})"),
-                    ),
-                    Some(s) => {
-                        let target = apply_adjustment(
-                            *adjustment_type,
-                            s.adjustment,
-                            current,
-                            *min_adjustment_magnitude,
-                        );
-                        (
-                            target,
-                            format!(
-                                "value {value:.2}: step [{:?}, {:?}) of threshold {threshold}, {:?} {}",
-                                s.lower, s.upper, adjustment_type, s.adjustment
-                            ),
-                        )
-                    }
-                }
-            }
-            PolicyConfig::Simple {
-                scale_out,
-                scale_in,
-            } => {
-                let out = scale_out.as_ref().filter(|r| value > r.threshold);
-                let inn = scale_in.as_ref().filter(|r| value < r.threshold);
-                self.out_streak = if out.is_some() {
-                    self.out_streak + 1
-                } else {
-                    0
-                };
-                self.in_streak = if inn.is_some() { self.in_streak + 1 } else { 0 };
-                match (out, inn) {
-                    (Some(r), _) if self.out_streak >= r.periods => (
-                        current as i64 + r.adjustment,
-                        format!(
-                            "value {value:.2} > {} for {} periods",
-                            r.threshold, self.out_streak
-                        ),
-                    ),
-                    (_, Some(r)) if self.in_streak >= r.periods => (
-                        current as i64 - r.adjustment,
-                        format!(
-                            "value {value:.2} < {} for {} periods",
-                            r.threshold, self.in_streak
-                        ),
-                    ),
-                    (Some(r), _) => (
-                        current as i64,
-                        format!(
-                            "value {value:.2} > {}: period {} of {}",
-                            r.threshold, self.out_streak, r.periods
-                        ),
-                    ),
-                    (_, Some(r)) => (
-                        current as i64,
-                        format!(
-                            "value {value:.2} < {}: period {} of {}",
-                            r.threshold, self.in_streak, r.periods
-                        ),
-                    ),
-                    _ => (
-                        current as i64,
-                        format!("value {value:.2} within thresholds"),
-                    ),
-                }
-            }
-        };
+    /// Clamps `raw` to `[min, max]`, holds it during a cooldown, and records the action.
+    pub fn settle(&mut self, now: Instant, raw: i64, current: u32, mut reason: String) -> Decision {
         let mut desired = raw.clamp(self.limits.min as i64, self.limits.max as i64) as u32;
         if desired as i64 != raw {
             reason.push_str(&format!(
@@ -422,17 +277,280 @@ impl Policy {
         }
         if desired > current {
             self.last_out = Some(now);
-            self.out_streak = 0;
         } else if desired < current {
             self.last_in = Some(now);
-            self.in_streak = 0;
         }
         Decision { desired, reason }
+    }
+}
+
+/// One policy's say in an evaluation: its reading and what it wishes for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wish {
+    pub name: String,
+    /// The reading; `None` when the source failed (then it wishes nothing, and blocks
+    /// scale-in for the pool).
+    pub value: Option<f64>,
+    /// The desired count this policy asks for, if it asks for one.
+    pub wish: Option<i64>,
+    pub reason: String,
+}
+
+/// Combines the policies' wishes as AWS and the HPA do: the largest wins, and with no wish
+/// the count stays. A policy with `scale_in = false` wishes only for more than `current`;
+/// a missing reading of any policy blocks scale-in (it is never read as zero) but does not
+/// stop the others from scaling out.
+pub fn combine(wishes: &[Wish], current: u32) -> (i64, String) {
+    let mut raw = wishes
+        .iter()
+        .filter_map(|w| w.wish)
+        .max()
+        .unwrap_or(current as i64);
+    let missing: Vec<&str> = wishes
+        .iter()
+        .filter(|w| w.value.is_none())
+        .map(|w| w.name.as_str())
+        .collect();
+    let mut reason: Vec<String> = wishes
+        .iter()
+        .map(|w| match (w.value, w.wish) {
+            (Some(v), Some(d)) => format!("{}: value {v:.2}, wish {d} ({})", w.name, w.reason),
+            (Some(v), None) => format!("{}: value {v:.2}, no wish ({})", w.name, w.reason),
+            (None, _) => format!("{}: no reading ({})", w.name, w.reason),
+        })
+        .collect();
+    if !missing.is_empty() && raw < current as i64 {
+        raw = current as i64;
+        reason.push(format!(
+            "no scale-in: no reading from {}",
+            missing.join(", ")
+        ));
+    }
+    (raw, reason.join("; "))
+}
+
+impl Policy {
+    pub fn new(cfg: PolicyConfig, limits: Limits) -> Policy {
+        Policy {
+            cfg,
+            governor: Governor::new(limits.clone()),
+            limits,
+            history: VecDeque::new(),
+            out_streak: 0,
+            in_streak: 0,
+        }
+    }
+
+    /// Decides the desired count for one evaluation of this policy alone. `value` is the
+    /// metric (e.g. active connections per in-service backend).
+    pub fn decide(&mut self, now: Instant, value: f64, cap: Capacity) -> Decision {
+        let current = cap.total();
+        let (raw, reason) = self.recommend(now, value, cap);
+        let d = self.governor.settle(now, raw, current, reason);
+        self.acted(d.desired, current);
+        d
+    }
+
+    /// What this policy's kind asks for, before limits and cooldowns.
+    pub fn recommend(&mut self, now: Instant, value: f64, cap: Capacity) -> (i64, String) {
+        match self.cfg.clone() {
+            PolicyConfig::TargetTracking {
+                target,
+                tolerance,
+                scale_in_stabilization,
+            } => self.target_tracking(now, value, cap, target, tolerance, scale_in_stabilization),
+            PolicyConfig::Step {
+                threshold,
+                adjustment_type,
+                min_adjustment_magnitude,
+                steps,
+            } => step(
+                value,
+                cap.total(),
+                threshold,
+                adjustment_type,
+                min_adjustment_magnitude,
+                &steps,
+            ),
+            PolicyConfig::Simple {
+                scale_out,
+                scale_in,
+            } => self.simple(value, cap.total(), scale_out.as_ref(), scale_in.as_ref()),
+        }
+    }
+
+    /// After an evaluation moved the count: a simple policy's streak starts again.
+    pub fn acted(&mut self, desired: u32, current: u32) {
+        if desired > current {
+            self.out_streak = 0;
+        } else if desired < current {
+            self.in_streak = 0;
+        }
+    }
+
+    /// desired = ceil(in_service × value / target), out at once, in only as far as the
+    /// scale-in window's highest recommendation allows (the HPA's rule).
+    fn target_tracking(
+        &mut self,
+        now: Instant,
+        value: f64,
+        cap: Capacity,
+        target: f64,
+        tolerance: f64,
+        scale_in_stabilization: Duration,
+    ) -> (i64, String) {
+        let current = cap.total();
+        let ratio = value / target;
+        // Load is carried by the backends in service; pending ones are on their way.
+        let recommended = if (ratio - 1.0).abs() <= tolerance {
+            current
+        } else {
+            (cap.in_service.max(1) as f64 * ratio).ceil().max(0.0) as u32
+        };
+        let unclamped = recommended;
+        let recommended = recommended.clamp(self.limits.min, self.limits.max);
+        self.history.push_back((now, recommended));
+        while let Some(&(t, _)) = self.history.front() {
+            if now.duration_since(t) > scale_in_stabilization {
+                self.history.pop_front();
+            } else {
+                break;
+            }
+        }
+        let stabilized = self
+            .history
+            .iter()
+            .map(|&(_, r)| r)
+            .max()
+            .unwrap_or(recommended);
+        let desired = if recommended >= current {
+            recommended
+        } else {
+            stabilized.min(current)
+        };
+        let why = if (ratio - 1.0).abs() <= tolerance {
+            format!(
+                "value {value:.2} within {:.0}% of target {target}",
+                tolerance * 100.0
+            )
+        } else if desired > recommended {
+            format!(
+                "value {value:.2}, target {target}: {recommended} recommended, held at {desired} by the scale-in window"
+            )
+        } else {
+            format!(
+                "value {value:.2}, target {target}: ceil({} x {ratio:.3}) = {unclamped}",
+                cap.in_service.max(1)
+            )
+        };
+        let why = if unclamped != recommended {
+            format!(
+                "{why}; clamped to [{}, {}]",
+                self.limits.min, self.limits.max
+            )
+        } else {
+            why
+        };
+        (desired as i64, why)
+    }
+
+    /// A threshold held for `periods` evaluations, then a fixed adjustment (the EC2 lab).
+    fn simple(
+        &mut self,
+        value: f64,
+        current: u32,
+        scale_out: Option<&SimpleRule>,
+        scale_in: Option<&SimpleRule>,
+    ) -> (i64, String) {
+        let out = scale_out.filter(|r| value > r.threshold);
+        let inn = scale_in.filter(|r| value < r.threshold);
+        self.out_streak = if out.is_some() {
+            self.out_streak + 1
+        } else {
+            0
+        };
+        self.in_streak = if inn.is_some() { self.in_streak + 1 } else { 0 };
+        match (out, inn) {
+            (Some(r), _) if self.out_streak >= r.periods => (
+                current as i64 + r.adjustment,
+                format!(
+                    "value {value:.2} > {} for {} periods",
+                    r.threshold, self.out_streak
+                ),
+            ),
+            (_, Some(r)) if self.in_streak >= r.periods => (
+                current as i64 - r.adjustment,
+                format!(
+                    "value {value:.2} < {} for {} periods",
+                    r.threshold, self.in_streak
+                ),
+            ),
+            (Some(r), _) => (
+                current as i64,
+                format!(
+                    "value {value:.2} > {}: period {} of {}",
+                    r.threshold, self.out_streak, r.periods
+                ),
+            ),
+            (_, Some(r)) => (
+                current as i64,
+                format!(
+                    "value {value:.2} < {}: period {} of {}",
+                    r.threshold, self.in_streak, r.periods
+                ),
+            ),
+            _ => (
+                current as i64,
+                format!("value {value:.2} within thresholds"),
+            ),
+        }
     }
 
     /// The bounds alone (used when no reading can be had: never scale in, but keep `min`).
     pub fn floor_only(&self, cap: Capacity) -> u32 {
         cap.total().max(self.limits.min)
+    }
+}
+
+/// Bands of the metric relative to a threshold, with adjustments (AWS step scaling, with its
+/// inclusive/exclusive bounds).
+fn step(
+    value: f64,
+    current: u32,
+    threshold: f64,
+    adjustment_type: AdjustmentType,
+    min_adjustment_magnitude: u32,
+    steps: &[StepConfig],
+) -> (i64, String) {
+    let breach = value - threshold;
+    let step = steps.iter().find(|s| {
+        let (lo, hi) = (
+            s.lower.unwrap_or(f64::NEG_INFINITY),
+            s.upper.unwrap_or(f64::INFINITY),
+        );
+        if lo >= 0.0 {
+            lo <= breach && breach < hi
+        } else {
+            lo < breach && breach <= hi
+        }
+    });
+    match step {
+        None => (
+            current as i64,
+            format!("value {value:.2}: no step matches (threshold {threshold})"),
+        ),
+        Some(s) => (
+            apply_adjustment(
+                adjustment_type,
+                s.adjustment,
+                current,
+                min_adjustment_magnitude,
+            ),
+            format!(
+                "value {value:.2}: step [{:?}, {:?}) of threshold {threshold}, {:?} {}",
+                s.lower, s.upper, adjustment_type, s.adjustment
+            ),
+        ),
     }
 }
 
