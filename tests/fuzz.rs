@@ -245,7 +245,12 @@ fn scaler_config_parser_on_arbitrary_bytes_and_mutations() {
             Ok(())
         })
         .unwrap();
-    for name in ["scaler.toml", "scaler-step.toml", "scaler-simple.toml"] {
+    for name in [
+        "scaler.toml",
+        "scaler-step.toml",
+        "scaler-simple.toml",
+        "scaler-blu.toml",
+    ] {
         let base = seed(name);
         ringlb::scaler::ScalerConfig::parse(name, &base).unwrap();
         runner(700)

@@ -59,6 +59,8 @@ struct Opts<'a> {
     own_group: bool,
     stop_backends_on_exit: bool,
     dir: Option<tempfile::TempDir>,
+    /// `[[policies]]` in place of the default `[source]` + `[policy]`.
+    policies: Option<String>,
 }
 
 impl Default for Opts<'_> {
@@ -70,6 +72,7 @@ impl Default for Opts<'_> {
             own_group: false,
             stop_backends_on_exit: true,
             dir: None,
+            policies: None,
         }
     }
 }
@@ -108,6 +111,11 @@ impl Scaler {
         let command = o
             .command
             .unwrap_or_else(|| format!("{BIN} backend --port {{port}}"));
+        let policies = o.policies.unwrap_or_else(|| {
+            format!(
+                "[source]\nkind = \"lb\"\nmetrics_url = \"{metrics_url}\"\n\n[policy]\nkind = \"target_tracking\"\ntarget = 5\nscale_in_stabilization = \"1500ms\"\n"
+            )
+        });
         let cfg = format!(
             r#"{top}
 pool = "p"
@@ -119,14 +127,7 @@ max = {max}
 drain_timeout = "60s"
 stop_backends_on_exit = {stop}
 
-[source]
-kind = "lb"
-metrics_url = "{metrics_url}"
-
-[policy]
-kind = "target_tracking"
-target = 5
-scale_in_stabilization = "1500ms"
+{policies}
 
 [actuator]
 kind = "process"
@@ -788,4 +789,190 @@ fn a_protected_backend_is_not_scaled_in_until_its_protection_expires() {
     )
     .unwrap();
     assert_eq!(v["enabled"], false);
+}
+
+/// A metrics exporter for a real Prometheus to scrape: serves whatever text it is given.
+struct Exporter {
+    addr: SocketAddr,
+    text: Arc<std::sync::Mutex<String>>,
+}
+
+impl Exporter {
+    fn start() -> Exporter {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let text = Arc::new(std::sync::Mutex::new(String::new()));
+        let t = text.clone();
+        std::thread::spawn(move || {
+            for mut s in l.incoming().flatten() {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let body = t.lock().unwrap().clone();
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Exporter { addr, text }
+    }
+    fn set(&self, text: &str) {
+        *self.text.lock().unwrap() = text.to_string();
+    }
+}
+
+/// A real Prometheus server scraping `target` every second; killed on drop.
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: SocketAddr) -> Prometheus {
+        let bin = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("Debian's `prometheus` package (apt-get install prometheus): this test needs a real Prometheus server");
+        let dir = tempfile::tempdir().unwrap();
+        let addr = addr(free_port());
+        std::fs::write(
+            dir.path().join("prometheus.yml"),
+            format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: load\n    static_configs:\n      - targets: ['{target}']\n"),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Prometheus {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// Waits (bounded) until an instant query of `expr` answers `want` ("" for no series).
+    fn wait_for(&self, expr: &str, want: &str) {
+        wait_until(Duration::from_secs(30), || {
+            if TcpStream::connect(self.addr).is_err() {
+                return false;
+            }
+            let (status, body) = http(
+                self.addr,
+                "GET",
+                &format!("/api/v1/query?query={expr}"),
+                None,
+                None,
+            );
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+                return false;
+            };
+            let got = v["data"]["result"][0]["value"][1].as_str().unwrap_or("");
+            status == 200 && got == want
+        });
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two policies on PromQL readings from a real Prometheus: CPU (out only: step to exactly 3
+/// at 60% or more) and the connection rate (exactly 1 below 100/min, 2 above). CPU high
+/// with a low rate scales out; CPU back to normal scales in to the rate policy's count; a
+/// missing reading of either blocks scale-in while the other can still scale out.
+#[test]
+fn two_policies_the_largest_wish_wins_and_a_missing_reading_blocks_only_scale_in() {
+    let b = balancer();
+    let load = Exporter::start();
+    load.set("test_cpu 90\ntest_rate 50\n");
+    let prom = Prometheus::start(load.addr);
+    prom.wait_for("test_cpu", "90");
+    let policies = format!(
+        r#"
+[[policies]]
+name = "cpu"
+kind = "step"
+threshold = 60
+adjustment_type = "exact_capacity"
+scale_in = false
+steps = [{{ lower = 0, adjustment = 3 }}]
+[policies.source]
+kind = "prometheus"
+url = "http://{p}"
+query = "test_cpu"
+
+[[policies]]
+name = "rate"
+kind = "step"
+threshold = 100
+adjustment_type = "exact_capacity"
+steps = [{{ upper = 0, adjustment = 1 }}, {{ lower = 0, adjustment = 2 }}]
+[policies.source]
+kind = "prometheus"
+url = "http://{p}"
+query = "test_rate"
+"#,
+        p = prom.addr
+    );
+    let s = Scaler::start_with(
+        &b,
+        31220,
+        1,
+        4,
+        Opts {
+            policies: Some(policies),
+            ..Opts::default()
+        },
+    );
+    let count = || {
+        pool(b.admin)
+            .iter()
+            .filter(|(_, st, _)| st == "up" || st == "starting")
+            .count()
+    };
+    // CPU high, rate low: CPU's 3 wins.
+    wait_until(Duration::from_secs(20), || up_count(b.admin) == 3);
+    // CPU normal (it abstains), rate low: in to the rate's 1.
+    load.set("test_cpu 20\ntest_rate 50\n");
+    wait_until(Duration::from_secs(20), || pool(b.admin).len() == 1);
+    // No CPU reading at all, the rate high: the rate can still scale out, to 2...
+    load.set("test_rate 150\n");
+    prom.wait_for("test_cpu", "");
+    wait_until(Duration::from_secs(20), || up_count(b.admin) == 2);
+    // ...but with the rate low again, the missing CPU reading blocks the scale-in.
+    load.set("test_rate 50\n");
+    prom.wait_for("test_rate", "50");
+    wait_until(Duration::from_secs(10), || {
+        s.log().contains("no scale-in: no reading from cpu")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        count(),
+        2,
+        "scaled in on a missing reading: {:?}",
+        pool(b.admin)
+    );
+    // And the other way round: no rate reading, CPU high: out to 3.
+    load.set("test_cpu 90\n");
+    prom.wait_for("test_rate", "");
+    wait_until(Duration::from_secs(20), || up_count(b.admin) == 3);
+    let log = s.log();
+    assert!(log.contains("cpu: value 90.00, wish 3"), "{log}");
+    assert!(log.contains("rate: no reading"), "{log}");
 }

@@ -516,10 +516,13 @@ impl Scaler {
                     )
                 };
             }
-            if direction == "none" {
-                log_decision!(debug);
-            } else {
+            if direction != "none" {
                 log_decision!(info);
+            } else if wishes.iter().any(|w| w.value.is_none()) {
+                // A missing reading holds the pool: say so every time, as a hold does.
+                log_decision!(warn);
+            } else {
+                log_decision!(debug);
             }
             desired = d.desired;
         }
@@ -779,7 +782,13 @@ pub fn serve_metrics(l: std::net::TcpListener) -> Result<(), String> {
 mod tests {
     #[test]
     fn the_shipped_examples_parse() {
-        for f in ["scaler.toml", "scaler-step.toml", "scaler-simple.toml"] {
+        for f in [
+            "scaler.toml",
+            "scaler-step.toml",
+            "scaler-simple.toml",
+            "scaler-blu.toml",
+            "scaler-ecs.toml",
+        ] {
             let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("config")
                 .join(f);

@@ -605,6 +605,85 @@ mod tests {
         }
     }
 
+    fn wish(name: &str, value: Option<f64>, wish: Option<i64>) -> Wish {
+        Wish {
+            name: name.into(),
+            value,
+            wish,
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_largest_wish_wins_and_a_missing_reading_blocks_only_scale_in() {
+        // CPU (out only) wants 5, the rate wants 2: out to 5.
+        let (raw, why) = combine(
+            &[
+                wish("cpu", Some(80.0), Some(5)),
+                wish("rate", Some(100.0), Some(2)),
+            ],
+            3,
+        );
+        assert_eq!(raw, 5, "{why}");
+        // CPU abstains (out only, not above the count), the rate wants 2: in to 2.
+        let (raw, _) = combine(
+            &[
+                wish("cpu", Some(10.0), None),
+                wish("rate", Some(100.0), Some(2)),
+            ],
+            3,
+        );
+        assert_eq!(raw, 2);
+        // No wish at all: the count stays.
+        assert_eq!(combine(&[wish("cpu", Some(10.0), None)], 3).0, 3);
+        // A missing reading blocks scale-in...
+        let (raw, why) = combine(
+            &[wish("cpu", None, None), wish("rate", Some(10.0), Some(1))],
+            3,
+        );
+        assert_eq!(raw, 3);
+        assert!(why.contains("no scale-in: no reading from cpu"), "{why}");
+        // ...but not the others' scale-out.
+        assert_eq!(
+            combine(
+                &[wish("cpu", None, None), wish("rate", Some(900.0), Some(6))],
+                3
+            )
+            .0,
+            6
+        );
+    }
+
+    #[test]
+    fn the_shared_tail_clamps_and_cools_down_once_for_all_policies() {
+        let t0 = Instant::now();
+        let mut g = Governor::new(Limits {
+            min: 1,
+            max: 4,
+            scale_out_cooldown: Duration::from_secs(60),
+            scale_in_cooldown: Duration::from_secs(60),
+        });
+        assert_eq!(
+            g.settle(t0, 9, 2, String::new()).desired,
+            4,
+            "clamped to max"
+        );
+        let d = g.settle(t0 + Duration::from_secs(10), 6, 4, String::new());
+        assert_eq!(d.desired, 4, "{}", d.reason);
+        let d = g.settle(t0 + Duration::from_secs(30), 1, 4, String::new());
+        assert_eq!(
+            d.desired, 4,
+            "scale-in waits for the cooldown: {}",
+            d.reason
+        );
+        assert_eq!(
+            g.settle(t0 + Duration::from_secs(61), 0, 4, String::new())
+                .desired,
+            1,
+            "clamped to min"
+        );
+    }
+
     #[test]
     fn target_tracking_is_hpa() {
         let t0 = Instant::now();

@@ -37,6 +37,9 @@ pub enum LbMetric {
     ConnectionRate,
     /// Mean CPU % of the backend processes the process actuator runs.
     Cpu,
+    /// Mean memory share (resident set over the machine's memory, in %) of the backend
+    /// processes the process actuator runs.
+    Memory,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -324,6 +327,7 @@ impl Source {
                 rate_unit,
             } => match metric {
                 LbMetric::Cpu => self.cpu(pids)?,
+                LbMetric::Memory => memory_share(pids)?,
                 _ => {
                     let (status, body) =
                         http(&metrics_url, "GET", None, None, Duration::from_secs(5)).await?;
@@ -413,6 +417,35 @@ impl Source {
     }
 }
 
+/// Mean resident memory of `pids` as a share of the machine's memory, in %.
+pub fn memory_share(pids: &[u32]) -> Result<f64, String> {
+    if pids.is_empty() {
+        return Err("no backend process to measure".into());
+    }
+    let meminfo =
+        std::fs::read_to_string("/proc/meminfo").map_err(|e| format!("/proc/meminfo: {e}"))?;
+    let total_kb: f64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or("/proc/meminfo has no MemTotal")?;
+    // SAFETY: sysconf(3) takes no pointers.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as f64;
+    let shares: Vec<f64> = pids
+        .iter()
+        .filter_map(|pid| {
+            let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+            let resident: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+            Some(resident * page / 1024.0 / total_kb * 100.0)
+        })
+        .collect();
+    if shares.is_empty() {
+        return Err("none of the backend processes could be read".into());
+    }
+    Ok(shares.iter().sum::<f64>() / shares.len() as f64)
+}
+
 /// user + system CPU seconds of a process.
 pub fn process_cpu_secs(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -474,6 +507,13 @@ mod tests {
         assert_eq!(s[2].name, "plain");
         assert_eq!(encode("sum(rate(x[1m]))"), "sum%28rate%28x%5B1m%5D%29%29");
         assert_eq!(dechunk(b"5\r\nhello\r\n0\r\n\r\n"), b"hello");
+    }
+
+    #[test]
+    fn memory_share_of_this_process_is_a_small_positive_percentage() {
+        let v = memory_share(&[std::process::id()]).unwrap();
+        assert!(v > 0.0 && v < 50.0, "{v}");
+        assert!(memory_share(&[]).is_err());
     }
 
     #[test]
