@@ -976,3 +976,41 @@ query = "test_rate"
     assert!(log.contains("cpu: value 90.00, wish 3"), "{log}");
     assert!(log.contains("rate: no reading"), "{log}");
 }
+
+/// A scheduled action (AWS scheduled scaling) raising `min` to 3 a few seconds ahead, for a
+/// few seconds: 3 backends by then, and when it ends, back to the policy's count.
+#[test]
+fn a_schedule_raises_min_at_its_time_and_the_pool_returns_when_it_ends() {
+    let b = balancer();
+    let at = (chrono::Utc::now() + chrono::Duration::seconds(3))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let s = Scaler::start_with(
+        &b,
+        31260,
+        1,
+        4,
+        Opts {
+            policies: Some(format!(
+                "[source]\nkind = \"lb\"\nmetrics_url = \"http://{}/metrics\"\n\n[policy]\nkind = \"target_tracking\"\ntarget = 5\nscale_in_stabilization = \"1s\"\n\n[[schedule]]\nname = \"launch-day\"\nat = \"{at}\"\nmin = 3\nduration = \"6s\"\n",
+                b.metrics
+            )),
+            ..Opts::default()
+        },
+    );
+    // Before its time: no load, min 1, the static backend alone.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(pool(b.admin).len(), 1, "{:?}", pool(b.admin));
+    wait_until(Duration::from_secs(15), || up_count(b.admin) == 3);
+    assert!(
+        s.log().contains("schedule in force") && s.log().contains("launch-day"),
+        "{}",
+        s.log()
+    );
+    assert_eq!(
+        scaler_metric(s.metrics, "ringlb_scaler_min_backends", None),
+        3.0
+    );
+    // It ends: back to the policy's count (min 1, no load).
+    wait_until(Duration::from_secs(20), || pool(b.admin).len() == 1);
+    assert!(s.log().contains("no schedule in force"), "{}", s.log());
+}

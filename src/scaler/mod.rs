@@ -13,6 +13,7 @@
 
 pub mod actuator;
 pub mod policy;
+pub mod schedule;
 pub mod source;
 
 use crate::config::{US_DAY, US_H, US_MS, US_S};
@@ -88,6 +89,9 @@ pub struct ScalerConfig {
     /// ...or several, each with its own source: the largest wish wins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<PolicyEntry>,
+    /// Scheduled actions (AWS scheduled scaling): `min`/`max` from a time on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedule: Vec<schedule::ScheduleConfig>,
     pub actuator: ActuatorConfig,
 }
 
@@ -112,6 +116,21 @@ fn yes() -> bool {
 }
 
 impl ScalerConfig {
+    /// The `[[schedule]]` entries, checked against `min`/`max`.
+    pub fn schedules(&self) -> Result<Vec<schedule::Schedule>, String> {
+        if self.schedule.len() > 64 {
+            return Err(format!(
+                "schedule: {} entries is more than the 64 allowed",
+                self.schedule.len()
+            ));
+        }
+        self.schedule
+            .iter()
+            .enumerate()
+            .map(|(i, c)| schedule::Schedule::new(i, c, (self.min, self.max), MAX_BACKENDS))
+            .collect()
+    }
+
     /// The policies in force: `[[policies]]`, or `[policy]` + `[source]` as a list of one.
     pub fn policy_list(&self) -> Vec<PolicyEntry> {
         if !self.policies.is_empty() {
@@ -200,6 +219,7 @@ impl ScalerConfig {
         for p in cfg.policy_list() {
             p.policy.validate().map_err(err)?;
         }
+        cfg.schedules().map_err(err)?;
         Actuator::new(cfg.actuator.clone()).map_err(err)?;
         Ok(cfg)
     }
@@ -220,6 +240,10 @@ pub struct Scaler {
     /// Every policy with its source, and the limits and cooldowns they share.
     rules: Vec<Rule>,
     governor: policy::Governor,
+    schedules: Vec<schedule::Schedule>,
+    /// `min`/`max` in force now, and the schedule that set them.
+    bounds: (u32, u32),
+    active_schedule: Option<String>,
     actuator: Actuator,
     /// What the scaler is steering to; `None` until the first look at the pool.
     desired: Option<u32>,
@@ -282,6 +306,9 @@ impl Scaler {
                 })
                 .collect(),
             governor: policy::Governor::new(limits.clone()),
+            schedules: cfg.schedules()?,
+            bounds: (cfg.min, cfg.max),
+            active_schedule: None,
             actuator,
             token,
             desired: None,
@@ -343,8 +370,41 @@ impl Scaler {
         metrics::counter!("ringlb_scaler_decisions_total", "pool" => self.cfg.pool.clone(), "direction" => direction).increment(1);
     }
 
+    /// Applies the schedule in force now: new `min`/`max` for every policy, logged.
+    fn apply_schedules(&mut self) {
+        let ((min, max), active) = schedule::limits_at(
+            &self.schedules,
+            (self.cfg.min, self.cfg.max),
+            chrono::Utc::now(),
+        );
+        let name = active.map(|s| s.name.clone());
+        let pool = self.cfg.pool.clone();
+        for s in &self.schedules {
+            let on = name.as_deref() == Some(s.name.as_str());
+            metrics::gauge!("ringlb_scaler_schedule_active", "pool" => pool.clone(), "schedule" => s.name.clone()).set(if on { 1.0 } else { 0.0 });
+        }
+        metrics::gauge!("ringlb_scaler_min_backends", "pool" => pool.clone()).set(min as f64);
+        metrics::gauge!("ringlb_scaler_max_backends", "pool" => pool.clone()).set(max as f64);
+        if (min, max) == self.bounds && name == self.active_schedule {
+            return;
+        }
+        match &name {
+            Some(n) => tracing::info!(pool = %pool, schedule = %n, min, max, "schedule in force"),
+            None => {
+                tracing::info!(pool = %pool, min, max, "no schedule in force: back to the configured limits")
+            }
+        }
+        self.bounds = (min, max);
+        self.active_schedule = name;
+        self.governor.set_bounds(min, max);
+        for r in &mut self.rules {
+            r.policy.set_bounds(min, max);
+        }
+    }
+
     /// One evaluation.
     pub async fn step(&mut self) {
+        self.apply_schedules();
         let pool = self.cfg.pool.clone();
         let token = self.token.clone();
         // Backends whose process died: out of the pool at once, replaced below.
@@ -454,7 +514,7 @@ impl Scaler {
         let observed = in_service + pending;
         let mut desired = self
             .desired
-            .unwrap_or(observed.clamp(self.cfg.min, self.cfg.max));
+            .unwrap_or(observed.clamp(self.bounds.0, self.bounds.1));
         let pids = self.actuator.pids();
         // Backends on their way (starting, or a replacement still to launch) count as
         // capacity: one breach, one action.
@@ -488,7 +548,7 @@ impl Scaler {
         }
         if wishes.iter().all(|w| w.value.is_none()) {
             self.count_decision("hold");
-            desired = desired.max(observed).max(self.cfg.min);
+            desired = desired.max(observed).max(self.bounds.0);
             let reason = wishes
                 .iter()
                 .map(|w| format!("{}: {}", w.name, w.reason))
@@ -753,6 +813,18 @@ pub fn serve_metrics(l: std::net::TcpListener) -> Result<(), String> {
     metrics::describe_counter!(
         "ringlb_scaler_decisions_total",
         "Evaluations, by direction (out, in, none, hold)."
+    );
+    metrics::describe_gauge!(
+        "ringlb_scaler_schedule_active",
+        "1 for the scheduled action in force."
+    );
+    metrics::describe_gauge!(
+        "ringlb_scaler_min_backends",
+        "min in force (the config's, or a schedule's)."
+    );
+    metrics::describe_gauge!(
+        "ringlb_scaler_max_backends",
+        "max in force (the config's, or a schedule's)."
     );
     metrics::describe_counter!(
         "ringlb_scaler_startup_failures_total",

@@ -248,6 +248,12 @@ impl Governor {
         }
     }
 
+    /// New `min`/`max` (a schedule started or ended); cooldowns carry on.
+    pub fn set_bounds(&mut self, min: u32, max: u32) {
+        self.limits.min = min;
+        self.limits.max = max;
+    }
+
     /// Clamps `raw` to `[min, max]`, holds it during a cooldown, and records the action.
     pub fn settle(&mut self, now: Instant, raw: i64, current: u32, mut reason: String) -> Decision {
         let mut desired = raw.clamp(self.limits.min as i64, self.limits.max as i64) as u32;
@@ -377,6 +383,13 @@ impl Policy {
                 scale_in,
             } => self.simple(value, cap.total(), scale_out.as_ref(), scale_in.as_ref()),
         }
+    }
+
+    /// New `min`/`max` (a schedule started or ended).
+    pub fn set_bounds(&mut self, min: u32, max: u32) {
+        self.limits.min = min;
+        self.limits.max = max;
+        self.governor.set_bounds(min, max);
     }
 
     /// After an evaluation moved the count: a simple policy's streak starts again.
