@@ -121,11 +121,11 @@ impl Schedule {
 
 /// The limits in force at `now`: the base `(min, max)`, overridden by the schedule that
 /// started last among those in force (each of `min`/`max` it sets). Returns its name too.
-pub fn limits_at<'a>(
-    schedules: &'a [Schedule],
+pub fn limits_at(
+    schedules: &[Schedule],
     base: (u32, u32),
     now: DateTime<Utc>,
-) -> ((u32, u32), Option<&'a Schedule>) {
+) -> ((u32, u32), Option<&Schedule>) {
     let active = schedules
         .iter()
         .filter_map(|s| s.started(now).map(|t| (t, s)))

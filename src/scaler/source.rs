@@ -1,6 +1,7 @@
 //! Where the scaler's numbers come from: the balancer's /metrics (the default), a Prometheus
-//! server's /api/v1/query, the backends' own CPU (from /proc), and the admin API's view of
-//! the pool. Also the small HTTP client they share.
+//! server's /api/v1/query, the backends' own CPU and memory (from /proc), and the admin
+//! API's view of the pool. Also the HTTP client they share (hyper's, bounded in time and
+//! body size).
 //!
 //! Owns: turning a scrape or a query into one value, or an error that says why there is
 //! none. A missing, failed, empty or NaN reading is an error, never a zero.
@@ -9,7 +10,6 @@
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -50,7 +50,13 @@ pub enum RateUnit {
     Minute,
 }
 
-/// A minimal HTTP/1.1 client (Connection: close) for `http://host:port/path` URLs.
+/// Largest response body the scaler reads (a /metrics page of thousands of series fits).
+pub const MAX_BODY: usize = 16 << 20;
+
+/// One HTTP/1.1 request with hyper's client, to an `http://host:port/path` URL: the status
+/// and the body as text. The whole exchange is bounded by `timeout`, the body by
+/// [`MAX_BODY`]; chunked bodies (a chunk may end inside a character) and their extensions
+/// are hyper's to read.
 pub async fn http(
     url: &str,
     method: &str,
@@ -58,87 +64,57 @@ pub async fn http(
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
-    let (host, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
+    http_limited(url, method, body, token, timeout, MAX_BODY).await
+}
+
+async fn http_limited(
+    url: &str,
+    method: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+    timeout: Duration,
+    max_body: usize,
+) -> Result<(u16, String), String> {
+    use http_body_util::BodyExt;
+    if !url.starts_with("http://") {
+        return Err(format!("{url}: only http:// URLs are supported"));
+    }
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let method: hyper::Method = method.parse().map_err(|e| format!("{method}: {e}"))?;
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(hyper::header::USER_AGENT, "ringlb-scaler")
+        .header(hyper::header::CONTENT_TYPE, "application/json");
+    if let Some(t) = token {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.unwrap_or("").to_string(),
+        )))
+        .map_err(|e| format!("{url}: {e}"))?;
+    // No pool: the scaler makes a few requests per interval, and a pooled connection would
+    // belong to whichever runtime made it.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build_http();
     let work = async {
-        let mut s = tokio::net::TcpStream::connect(host)
+        let resp = client
+            .request(req)
             .await
             .map_err(|e| format!("{url}: {e}"))?;
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let body = body.unwrap_or("");
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}User-Agent: ringlb-scaler\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes())
+        let status = resp.status().as_u16();
+        let body = http_body_util::Limited::new(resp.into_body(), max_body)
+            .collect()
             .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp)
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        let (status, body) =
-            parse_response(&resp).ok_or_else(|| format!("{url}: not an HTTP response"))?;
-        Ok((status, body))
+            .map_err(|e| format!("{url}: the body: {e} (at most {max_body} bytes are read)"))?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     };
     tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| format!("{url}: no answer within {timeout:?}"))?
-}
-
-/// Status and body of a whole HTTP/1.1 response. The body is de-chunked as bytes, before
-/// it is read as UTF-8: a chunk boundary may fall inside a character.
-fn parse_response(resp: &[u8]) -> Option<(u16, String)> {
-    let split = resp.windows(4).position(|w| w == b"\r\n\r\n");
-    let (head, body) = match split {
-        Some(i) => (&resp[..i], &resp[i + 4..]),
-        None => (resp, &[][..]),
-    };
-    let head = String::from_utf8_lossy(head);
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())?;
-    let chunked = head.lines().any(|l| {
-        l.split_once(':').is_some_and(|(k, v)| {
-            k.trim().eq_ignore_ascii_case("transfer-encoding")
-                && v.to_ascii_lowercase().contains("chunked")
-        })
-    });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_vec()
-    };
-    Some((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-/// Joins the chunks of a chunked body (chunk extensions after `;` are ignored); stops at
-/// the last chunk or at anything malformed.
-fn dechunk(mut s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = s.windows(2).position(|w| w == b"\r\n") {
-        let line = String::from_utf8_lossy(&s[..eol]);
-        let size = line.split(';').next().unwrap_or("").trim();
-        let Ok(n) = usize::from_str_radix(size, 16) else {
-            break;
-        };
-        let rest = &s[eol + 2..];
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.extend_from_slice(&rest[..n]);
-        s = &rest[n..];
-        s = s.strip_prefix(b"\r\n").unwrap_or(s);
-    }
-    out
 }
 
 /// One sample of the Prometheus text format: name, labels, value.
@@ -506,7 +482,36 @@ mod tests {
         assert_eq!(s[1].value, 7.0);
         assert_eq!(s[2].name, "plain");
         assert_eq!(encode("sum(rate(x[1m]))"), "sum%28rate%28x%5B1m%5D%29%29");
-        assert_eq!(dechunk(b"5\r\nhello\r\n0\r\n\r\n"), b"hello");
+    }
+
+    /// Serves one connection with `raw` as the whole response; returns the URL.
+    fn serve_once(raw: Vec<u8>) -> String {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = l.accept() {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(&raw);
+            }
+        });
+        format!("http://{a}/x")
+    }
+
+    fn get(url: &str, max: usize) -> Result<(u16, String), String> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(http_limited(
+                url,
+                "GET",
+                None,
+                None,
+                Duration::from_secs(5),
+                max,
+            ))
     }
 
     #[test]
@@ -520,8 +525,36 @@ mod tests {
     fn a_chunk_boundary_inside_a_character_and_chunk_extensions_parse() {
         // "é" is two bytes; the first chunk ends between them. This once panicked.
         let resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;name=x\r\na\xc3\r\n2\r\n\xa9b\r\n0\r\n\r\n";
-        assert_eq!(parse_response(resp), Some((200, "aéb".to_string())));
-        assert_eq!(parse_response(b"garbage"), None);
+        assert_eq!(
+            get(&serve_once(resp.to_vec()), MAX_BODY),
+            Ok((200, "aéb".to_string()))
+        );
+        assert!(get(&serve_once(b"garbage".to_vec()), MAX_BODY).is_err());
+    }
+
+    #[test]
+    fn an_oversized_body_is_refused() {
+        let big = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n{}",
+            "x".repeat(5000)
+        );
+        let e = get(&serve_once(big.clone().into_bytes()), 4096).unwrap_err();
+        assert!(e.contains("at most 4096 bytes"), "{e}");
+        assert_eq!(
+            get(&serve_once(big.into_bytes()), 8192).unwrap().1.len(),
+            5000
+        );
+        // A server that never answers: the timeout, not a hang.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", l.local_addr().unwrap());
+        let e = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(http(&url, "GET", None, None, Duration::from_millis(300)))
+            .unwrap_err();
+        assert!(e.contains("no answer within"), "{e}");
+        drop(l);
     }
 
     #[test]
@@ -544,6 +577,7 @@ mod tests {
 
     mod properties {
         use super::super::*;
+        use super::{get, serve_once};
         use proptest::prelude::*;
 
         fn escape(v: &str) -> String {
@@ -553,7 +587,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(1000))]
+            #![proptest_config(ProptestConfig::with_cases(300))]
 
             #[test]
             fn parse_text_never_panics(text in "\\PC{0,300}") {
@@ -623,12 +657,13 @@ mod tests {
                 }
             }
 
+            /// Whatever a peer answers, a value or an error, never a panic.
             #[test]
             fn http_responses_never_panic(resp in prop::collection::vec(any::<u8>(), 0..300)) {
-                let _ = parse_response(&resp);
+                let _ = get(&serve_once(resp.clone()), MAX_BODY);
                 let mut chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
                 chunked.extend_from_slice(&resp);
-                let _ = parse_response(&chunked);
+                let _ = get(&serve_once(chunked), MAX_BODY);
             }
 
             /// Any body, cut into chunks anywhere (inside characters too), reads back whole.
@@ -647,7 +682,7 @@ mod tests {
                     at = end;
                 }
                 wire.extend_from_slice(b"0\r\n\r\n");
-                prop_assert_eq!(parse_response(&wire), Some((200, body.clone())));
+                prop_assert_eq!(get(&serve_once(wire), MAX_BODY), Ok((200, body.clone())));
             }
         }
     }
