@@ -107,26 +107,41 @@ pub fn run(listen: SocketAddr, metrics: SocketAddr, admin: SocketAddr) -> Result
     let text = config_text(listen, metrics, admin, &addrs);
     let config = Config::parse("demo.toml", &text).map_err(|e| e.to_string())?;
     let server = Server::start(config, None)?;
-    println!("ringlb demo: a balancer on {listen} in front of 3 backends");
+    say(&format!(
+        "ringlb demo: a balancer on {listen} in front of 3 backends"
+    ));
     for (n, a) in names.iter().zip(&addrs) {
-        println!("  {n} on {a}");
+        say(&format!("  {n} on {a}"));
     }
-    println!();
-    println!("Try:");
-    println!(
+    say("");
+    say("Try:");
+    say(&format!(
         "  for i in 1 2 3 4 5 6; do curl -s http://{listen}/; done   # round robin over the three"
-    );
-    println!(
+    ));
+    say(&format!(
         "  wrk -c64 -d5s http://{listen}/                            # load through the balancer"
-    );
-    println!();
-    println!("The config in use (see `ringlb check --config FILE` for your own):");
+    ));
+    say("");
+    say("The config in use (see `ringlb check --config FILE` for your own):");
     for line in text.lines() {
-        println!("  | {line}");
+        say(&format!("  | {line}"));
     }
-    println!();
-    println!("Ctrl-C stops it.");
+    say("");
+    say("Ctrl-C stops it.");
     server.run_until_stopped()
+}
+
+/// Prints a line; once stdout is gone (`| head` has exited) it prints nothing more, instead
+/// of panicking on the broken pipe.
+fn say(line: &str) {
+    use std::io::Write;
+    static GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if GONE.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    if writeln!(std::io::stdout().lock(), "{line}").is_err() {
+        GONE.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// `ringlb backend`: one built-in HTTP backend on `addr`, until killed.
@@ -141,7 +156,9 @@ pub fn run_backend(addr: SocketAddr, name: &str) -> Result<(), String> {
 
 /// The staged load of `demo --autoscale`: (seconds, connections at the end of the stage),
 /// ramping linearly within each stage, like a k6 `stages` script.
-pub const STAGES: &[(u64, usize)] = &[(15, 45), (25, 45), (10, 0), (40, 0)];
+/// The 4 connections left after the ramp down are long-lived: they stay open through the
+/// scale-in, so a backend is seen draining with live connections, and leaving once they end.
+pub const STAGES: &[(u64, usize)] = &[(15, 45), (25, 45), (10, 4), (30, 4), (5, 0), (10, 0)];
 
 /// Connections the staged load holds `t` seconds in.
 pub fn load_at(t: f64) -> usize {
@@ -176,15 +193,19 @@ pub fn run_autoscale(
     let config = Config::parse("demo.toml", &text).map_err(|e| e.to_string())?;
     let server = Server::start(config, None)?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let events = std::env::temp_dir().join("ringlb-demo-events.jsonl");
+    let timeline = std::env::temp_dir().join("ringlb-demo-timeline.svg");
+    let _ = std::fs::remove_file(&events);
     let scaler_text = format!(
         r#"pool = "demo"
 admin_url = "http://{admin}"
 interval = "1s"
 min = 1
 max = 6
-drain_timeout = "30s"
+drain_timeout = "60s"
 # Stopped by the demo itself, after the balancer has drained (see the end of run_autoscale).
 stop_backends_on_exit = false
+events_file = {events:?}
 
 [source]
 kind = "lb"
@@ -202,7 +223,8 @@ command = "{} backend --port {{port}}"
 ports = "28400-28499"
 stop_grace = "2s"
 "#,
-        exe.display()
+        exe.display(),
+        events = events.display().to_string(),
     );
     let scaler_cfg = crate::scaler::ScalerConfig::parse("scaler.toml", &scaler_text)?;
     let scaler = crate::scaler::Scaler::new(scaler_cfg)?;
@@ -216,27 +238,36 @@ stop_grace = "2s"
             let _ = stop_rx.await;
         }))
     });
-    println!(
+    say(&format!(
         "ringlb demo --autoscale: balancer on {listen}, metrics on http://{metrics}/metrics, admin on http://{admin}/backends"
+    ));
+    say(
+        "Target tracking: 10 active connections per backend, 1 to 6 backends, scale-in after a 10 s window.",
     );
-    println!(
-        "Target tracking: 10 active connections per backend, 1 to 6 backends, scale-in after a 10 s window."
+    say(
+        "Staged load: ramp to 45 connections over 15 s, hold 25 s, ramp down to 4 long-lived ones over 10 s,",
     );
-    println!(
-        "Staged load: ramp to 45 connections over 15 s, hold 25 s, ramp down over 10 s, idle."
+    say(
+        "hold those 30 s (a backend drains with live connections, then leaves), close them; it ends by itself.",
     );
-    println!(
-        "Watch backends being added, then drained (never cut) and stopped. Ctrl-C stops everything.\n"
-    );
+    say("Ctrl-C stops everything early, in order: load, scaler, balancer drain, backends.\n");
 
     let stop = Arc::new(AtomicBool::new(false));
     let open = Arc::new(AtomicUsize::new(0));
-    let (s2, o2) = (stop.clone(), open.clone());
+    // Requests that failed on a connection the load had not closed itself: cut connections.
+    let cut = Arc::new(AtomicUsize::new(0));
+    let total: u64 = STAGES.iter().map(|s| s.0).sum();
+    let (s2, o2, cut2) = (stop.clone(), open.clone(), cut.clone());
     std::thread::spawn(move || {
         let start = std::time::Instant::now();
         let mut conns: Vec<TcpStream> = Vec::new();
         let mut turn = 0u64;
         while !s2.load(Ordering::Relaxed) {
+            if start.elapsed().as_secs() >= total {
+                // The stages are over: stop the demo as Ctrl-C would.
+                let _ = signal_hook::low_level::raise(signal_hook::consts::SIGTERM);
+                break;
+            }
             let want = load_at(start.elapsed().as_secs_f64());
             while conns.len() < want {
                 match TcpStream::connect(listen) {
@@ -247,7 +278,12 @@ stop_grace = "2s"
                     Err(_) => break,
                 }
             }
-            conns.truncate(want);
+            // The newest go last: the long-lived ones then sit on backends the scaler
+            // launched late, which it drains with their connections live.
+            if conns.len() > want {
+                let extra = conns.len() - want;
+                conns.drain(..extra);
+            }
             // Every connection makes a request now and then: live, not just open.
             turn += 1;
             let mut buf = [0u8; 512];
@@ -255,8 +291,12 @@ stop_grace = "2s"
                 if !turn.is_multiple_of(4) {
                     return true;
                 }
-                c.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\n\r\n").is_ok()
-                    && c.read(&mut buf).map(|n| n > 0).unwrap_or(false)
+                let ok = c.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\n\r\n").is_ok()
+                    && c.read(&mut buf).map(|n| n > 0).unwrap_or(false);
+                if !ok {
+                    cut2.fetch_add(1, Ordering::Relaxed);
+                }
+                ok
             });
             o2.store(conns.len(), Ordering::Relaxed);
             std::thread::sleep(std::time::Duration::from_millis(250));
@@ -286,12 +326,12 @@ stop_grace = "2s"
                     b.active()
                 ));
             }
-            println!(
+            say(&format!(
                 "[{:>3}s] load {:>2} conns | backends {up} up, {starting} starting, {draining} draining | {}",
                 start.elapsed().as_secs(),
                 open.load(Ordering::Relaxed),
                 parts.join(" ")
-            );
+            ));
         }
     });
     // Ctrl-C reaches this process, not the backends (their own process groups). The order
@@ -307,6 +347,32 @@ stop_grace = "2s"
     server.stop(timeout);
     if let Ok(mut s) = scaler {
         s.stop_backends();
+    }
+    // The summary, from the scaler's own events.
+    let list = std::fs::read_to_string(&events)
+        .map(|t| crate::scaler::plot::read_events(&t))
+        .unwrap_or_default();
+    let (mut outs, mut ins) = (0, 0);
+    for w in list.windows(2) {
+        if w[1].desired > w[0].desired {
+            outs += 1;
+        } else if w[1].desired < w[0].desired {
+            ins += 1;
+        }
+    }
+    let peak = list.iter().map(|e| e.in_service).max().unwrap_or(0);
+    say(&format!(
+        "\nSummary: {} evaluations, {outs} scale-outs and {ins} scale-ins, at most {peak} backends in service; connections cut: {}.",
+        list.len(),
+        cut.load(Ordering::Relaxed)
+    ));
+    match crate::scaler::plot::plot_file(&events, &timeline) {
+        Ok(_) => say(&format!(
+            "Timeline: {} (events: {})",
+            timeline.display(),
+            events.display()
+        )),
+        Err(e) => say(&format!("No timeline: {e}")),
     }
     result
 }

@@ -21,13 +21,19 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
-    /// Run the companion autoscaler.
+    /// Run the companion autoscaler (or, with --plot, draw its events file).
     Scale {
-        #[arg(short, long)]
-        config: PathBuf,
+        #[arg(short, long, required_unless_present = "plot")]
+        config: Option<PathBuf>,
         /// Only validate the config and print it (exit 0), or the error (exit 1).
         #[arg(long)]
         check: bool,
+        /// Draw an events file (the scaler's `events_file`) as an SVG timeline.
+        #[arg(long, value_name = "EVENTS")]
+        plot: Option<PathBuf>,
+        /// Where --plot writes the SVG.
+        #[arg(short, long, default_value = "timeline.svg")]
+        out: PathBuf,
     },
     /// A tiny HTTP backend that answers with its name (for demos, tests and the process actuator).
     Backend {
@@ -79,12 +85,32 @@ fn main() {
             }
         },
         Command::Scale {
-            config,
-            check: false,
-        } => ringlb::scaler::main(&config),
+            plot: Some(events),
+            out,
+            ..
+        } => match ringlb::scaler::plot::plot_file(&events, &out) {
+            Ok(n) => {
+                eprintln!("ringlb scale: {n} evaluations drawn in {}", out.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("ringlb scale: {e}");
+                1
+            }
+        },
         Command::Scale {
-            config,
+            config: Some(config),
+            check: false,
+            ..
+        } => ringlb::scaler::main(&config),
+        Command::Scale { config: None, .. } => {
+            eprintln!("ringlb scale: --config is needed");
+            2
+        }
+        Command::Scale {
+            config: Some(config),
             check: true,
+            ..
         } => match ringlb::scaler::ScalerConfig::load(&config) {
             Ok(c) => {
                 print!("{}", toml::to_string_pretty(&c).unwrap_or_default());

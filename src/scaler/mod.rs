@@ -12,6 +12,7 @@
 //! /metrics), so it can run on another host. Must not touch: the balancer's internals.
 
 pub mod actuator;
+pub mod plot;
 pub mod policy;
 pub mod schedule;
 pub mod source;
@@ -89,6 +90,10 @@ pub struct ScalerConfig {
     /// ...or several, each with its own source: the largest wish wins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<PolicyEntry>,
+    /// Every evaluation as a JSON line (time, each policy's value and wish, desired, in
+    /// service, starting, draining, protected): `ringlb scale --plot` draws it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_file: Option<PathBuf>,
     /// Scheduled actions (AWS scheduled scaling): `min`/`max` from a time on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedule: Vec<schedule::ScheduleConfig>,
@@ -590,6 +595,45 @@ impl Scaler {
         self.reconcile(&backends, observed, desired).await;
         self.export(observed, desired);
         self.save_state();
+        let count = |st: &str| backends.iter().filter(|b| b.state == st).count() as u32;
+        self.write_event(plot::Event {
+            time: chrono::Utc::now().timestamp_millis() as f64 / 1000.0,
+            policies: wishes
+                .iter()
+                .map(|w| plot::PolicyPoint {
+                    name: w.name.clone(),
+                    value: w.value,
+                    wish: w.wish,
+                })
+                .collect(),
+            desired,
+            in_service,
+            starting: pending,
+            draining: count("draining"),
+            protected: backends.iter().filter(|b| b.protected).count() as u32,
+            min: self.bounds.0,
+            max: self.bounds.1,
+        });
+    }
+
+    /// Appends one evaluation to `events_file` (a failure is logged, never fatal).
+    fn write_event(&mut self, e: plot::Event) {
+        use std::io::Write;
+        let Some(path) = &self.cfg.events_file else {
+            return;
+        };
+        let line = match serde_json::to_string(&e) {
+            Ok(l) => l,
+            Err(_) => return,
+        };
+        let r = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| writeln!(f, "{line}"));
+        if let Err(err) = r {
+            tracing::warn!(file = %path.display(), error = %err, "cannot write the events file");
+        }
     }
 
     async fn reconcile(&mut self, backends: &[BackendView], observed: u32, desired: u32) {
