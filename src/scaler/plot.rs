@@ -71,7 +71,7 @@ fn path(
 
 /// The timeline of `events` as an SVG document.
 pub fn svg(events: &[Event], title: &str) -> String {
-    let h = 2.0 * PANEL + 110.0;
+    let h = 2.0 * PANEL + 130.0;
     let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{LEFT}\" y=\"20\" font-size=\"15\">{}</text>\n",
         esc(title)
@@ -84,7 +84,7 @@ pub fn svg(events: &[Event], title: &str) -> String {
     let t1 = events.last().map(|e| e.time).unwrap_or(t0).max(t0 + 1.0);
     let x = |t: f64| LEFT + (t - t0) / (t1 - t0) * (W - LEFT - RIGHT);
     // Top panel: each policy's reading, scaled to its own largest value.
-    let top = 40.0;
+    let top = 45.0;
     let names: Vec<String> = {
         let mut n: Vec<String> = Vec::new();
         for e in events {
@@ -97,9 +97,9 @@ pub fn svg(events: &[Event], title: &str) -> String {
         n
     };
     out.push_str(&format!(
-        "<rect x=\"{LEFT}\" y=\"{top}\" width=\"{}\" height=\"{PANEL}\" fill=\"none\" stroke=\"#ccc\"/>\n<text x=\"8\" y=\"{}\">load</text>\n",
+        "<rect x=\"{LEFT}\" y=\"{top}\" width=\"{}\" height=\"{PANEL}\" fill=\"none\" stroke=\"#ccc\"/>\n<text x=\"{LEFT}\" y=\"{}\" fill=\"#555\">each policy's reading, scaled to its peak</text>\n",
         W - LEFT - RIGHT,
-        top + 14.0
+        top - 4.0
     ));
     for (i, name) in names.iter().enumerate() {
         let pts: Vec<(f64, f64)> = events
@@ -125,7 +125,7 @@ pub fn svg(events: &[Event], title: &str) -> String {
         ));
     }
     // Bottom panel: backends.
-    let bot = top + PANEL + 40.0;
+    let bot = top + PANEL + 45.0;
     let most = events
         .iter()
         .map(|e| {
@@ -138,9 +138,9 @@ pub fn svg(events: &[Event], title: &str) -> String {
         .max(1) as f64;
     let y = |v: f64| bot + PANEL - v / most * (PANEL - 10.0);
     out.push_str(&format!(
-        "<rect x=\"{LEFT}\" y=\"{bot}\" width=\"{}\" height=\"{PANEL}\" fill=\"none\" stroke=\"#ccc\"/>\n<text x=\"8\" y=\"{}\">backends</text>\n",
+        "<rect x=\"{LEFT}\" y=\"{bot}\" width=\"{}\" height=\"{PANEL}\" fill=\"none\" stroke=\"#ccc\"/>\n<text x=\"{LEFT}\" y=\"{}\" fill=\"#555\">backends</text>\n",
         W - LEFT - RIGHT,
-        bot + 14.0
+        bot - 4.0
     ));
     for k in 0..=(most as u32) {
         out.push_str(&format!(
