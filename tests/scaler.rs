@@ -1014,3 +1014,111 @@ fn a_schedule_raises_min_at_its_time_and_the_pool_returns_when_it_ends() {
     wait_until(Duration::from_secs(20), || pool(b.admin).len() == 1);
     assert!(s.log().contains("no schedule in force"), "{}", s.log());
 }
+
+/// A balancer in front of `static_addr`, like `balancer()` but sharing that backend.
+fn balancer_in_front_of(static_addr: SocketAddr) -> (Proxy, SocketAddr, SocketAddr, SocketAddr) {
+    let (port, admin, metrics) = (free_port(), addr(free_port()), addr(free_port()));
+    let cfg = format!(
+        "workers = 1\n[admin]\nlisten = \"{admin}\"\n[metrics]\nlisten = \"{metrics}\"\n{}{}[pools.p.health]\ninterval = \"200ms\"\nrise = 1\nfall = 2\n",
+        listener_config("l", port, "p", ""),
+        pool_config("p", "least_conn", &[(static_addr, 1)], "")
+    );
+    let proxy = Proxy::start(&cfg, addr(port));
+    wait_until(Duration::from_secs(10), || {
+        TcpStream::connect(admin).is_ok()
+    });
+    (proxy, addr(port), admin, metrics)
+}
+
+/// One scaler, two balancer instances (the balancer scaled out behind ECMP or DNS): a
+/// backend is registered on both; readings are summed; a scale-in ends only once both
+/// have drained it; with one instance unreachable, the scaler holds.
+#[test]
+fn one_scaler_two_balancers_registers_on_both_and_stops_only_when_both_have_drained() {
+    let b = balancer();
+    let (mut p2, lb2, admin2, metrics2) = balancer_in_front_of(b.static_addr);
+    let s = Scaler::start_with(
+        &b,
+        31300,
+        1,
+        3,
+        Opts {
+            top: format!("admin_urls = [\"http://{admin2}\"]"),
+            policies: Some(format!(
+                "[source]\nkind = \"lb\"\nmetrics_urls = [\"http://{}/metrics\", \"http://{metrics2}/metrics\"]\n\n[policy]\nkind = \"target_tracking\"\ntarget = 5\nscale_in_stabilization = \"1500ms\"\n",
+                b.metrics
+            )),
+            ..Opts::default()
+        },
+    );
+    // 16 connections through instance 1, target 5 per backend: 3 backends, registered and
+    // up on both instances.
+    let mut held1 = hold(b.lb, 16);
+    let up_on = |admin: SocketAddr| up_count(admin);
+    wait_until(Duration::from_secs(20), || {
+        up_on(b.admin) == 3 && up_on(admin2) == 3
+    });
+    let mine = |admin: SocketAddr| -> Vec<SocketAddr> {
+        pool(admin)
+            .into_iter()
+            .filter(|(a, _, _)| *a != b.static_addr)
+            .map(|(a, _, _)| a)
+            .collect()
+    };
+    let mut on1 = mine(b.admin);
+    let mut on2 = mine(admin2);
+    on1.sort();
+    on2.sort();
+    assert_eq!(on1, on2, "registered on both instances");
+    // Two connections through instance 2, which sends them to its emptiest backends (the
+    // launched ones); then the load on instance 1 goes: scale-in drains the launched
+    // backends, and one that instance 2 still drains is not stopped.
+    let keep = hold(lb2, 2);
+    wait_until(Duration::from_secs(5), || {
+        pool(admin2)
+            .iter()
+            .filter(|(a, _, n)| *a != b.static_addr && *n > 0)
+            .count()
+            > 0
+    });
+    held1.clear();
+    let busy: Vec<(SocketAddr, i64)> = pool(admin2)
+        .into_iter()
+        .filter(|(a, _, n)| *a != b.static_addr && *n > 0)
+        .map(|(a, _, n)| (a, n))
+        .collect();
+    assert!(!busy.is_empty(), "{:?}", pool(admin2));
+    wait_until(Duration::from_secs(20), || {
+        s.log().contains("scaling in: draining")
+    });
+    // Instance 1 lets its drained backends go at once (no connections there); instance 2
+    // keeps a busy one draining, and its process keeps running meanwhile.
+    let (a, _) = busy[0];
+    wait_until(Duration::from_secs(20), || {
+        !pool(b.admin).iter().any(|(x, _, _)| *x == a)
+            && pool(admin2)
+                .iter()
+                .any(|(x, st, _)| *x == a && st == "draining")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        pool(admin2)
+            .iter()
+            .any(|(x, st, _)| *x == a && st == "draining")
+    );
+    assert!(
+        backend_pid(a.port()).is_some(),
+        "{a} stopped while instance 2 drains it"
+    );
+    drop(keep);
+    // Everything drained on both: back to the static backend, the processes stopped.
+    wait_until(Duration::from_secs(20), || {
+        mine(b.admin).len() + mine(admin2).len() <= 2
+    });
+    // One instance down: the scaler holds (and says so) rather than act on half a view.
+    let _ = p2.child.kill();
+    let _ = p2.child.wait();
+    wait_until(Duration::from_secs(10), || {
+        s.log().contains("holding: cannot read the pool")
+    });
+}

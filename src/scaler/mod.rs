@@ -32,7 +32,12 @@ pub struct ScalerConfig {
     /// The balancer pool to scale.
     pub pool: String,
     /// The balancer's admin API, e.g. "http://127.0.0.1:9101".
-    pub admin_url: String,
+    pub admin_url: Option<String>,
+    /// Several balancer instances (behind ECMP or DNS): a backend is registered on every one,
+    /// removed from every one, and stopped only once none lists it. One that cannot be
+    /// reached holds the scaler (no scale-in, no scale-out) until it can.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admin_urls: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
     #[serde(
@@ -121,6 +126,18 @@ fn yes() -> bool {
 }
 
 impl ScalerConfig {
+    /// Every balancer instance's admin API: `admin_url` and `admin_urls`.
+    pub fn admins(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for u in self.admin_url.iter().chain(self.admin_urls.iter()) {
+            let u = u.trim_end_matches('/').to_string();
+            if !out.contains(&u) {
+                out.push(u);
+            }
+        }
+        out
+    }
+
     /// The `[[schedule]]` entries, checked against `min`/`max`.
     pub fn schedules(&self) -> Result<Vec<schedule::Schedule>, String> {
         if self.schedule.len() > 64 {
@@ -195,11 +212,13 @@ impl ScalerConfig {
                 cfg.max
             )));
         }
-        if !cfg.admin_url.starts_with("http://") {
-            return Err(err(format!(
-                "admin_url: {:?} must start with http://",
-                cfg.admin_url
-            )));
+        if cfg.admins().is_empty() {
+            return Err(err(
+                "admin_url: give admin_url or admin_urls (the balancer's admin API)".into(),
+            ));
+        }
+        if let Some(u) = cfg.admins().iter().find(|u| !u.starts_with("http://")) {
+            return Err(err(format!("admin_url: {u:?} must start with http://")));
         }
         match (cfg.policies.is_empty(), &cfg.policy, &cfg.source) {
             (true, Some(_), Some(_)) => {}
@@ -223,6 +242,17 @@ impl ScalerConfig {
         }
         for p in cfg.policy_list() {
             p.policy.validate().map_err(err)?;
+            if let SourceConfig::Lb {
+                metrics_url: None,
+                metrics_urls,
+                ..
+            } = &p.source
+                && metrics_urls.is_empty()
+            {
+                return Err(err(
+                    "metrics_url: a source of kind \"lb\" needs metrics_url or metrics_urls".into(),
+                ));
+            }
         }
         cfg.schedules().map_err(err)?;
         Actuator::new(cfg.actuator.clone()).map_err(err)?;
@@ -345,24 +375,40 @@ impl Scaler {
         }
     }
 
+    /// The same admin call on every balancer instance: the first answer that is not the
+    /// success `ok` (or an error), else that success. A DELETE that finds the backend gone
+    /// (404) counts as done there.
     async fn admin_call(
         &self,
         method: &str,
         path: &str,
         body: Option<&str>,
     ) -> Result<(u16, String), String> {
-        source::http(
-            &self.admin(path),
-            method,
-            body,
-            self.token.as_deref(),
-            Duration::from_secs(5),
-        )
-        .await
-    }
-
-    fn admin(&self, path: &str) -> String {
-        format!("{}{path}", self.cfg.admin_url.trim_end_matches('/'))
+        let ok = match method {
+            "POST" => 201,
+            "DELETE" => 202,
+            _ => 200,
+        };
+        let mut last = (ok, String::new());
+        for base in self.cfg.admins() {
+            let (status, text) = source::http(
+                &format!("{base}{path}"),
+                method,
+                body,
+                self.token.as_deref(),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|e| format!("{base}: {e}"))?;
+            let done = status == ok
+                || (method == "DELETE" && status == 404)
+                || (method == "POST" && status == 409 && text.contains("already has"));
+            if !done {
+                return Ok((status, format!("{base}: {text}")));
+            }
+            last = (ok, text);
+        }
+        Ok(last)
     }
 
     fn export(&self, current: u32, desired: u32) {
@@ -414,18 +460,16 @@ impl Scaler {
         let token = self.token.clone();
         // Backends whose process died: out of the pool at once, replaced below.
         for dead in self.actuator.tick() {
-            let url = self.admin(&format!("/pools/{pool}/backends/{dead}?drain_timeout=0s"));
-            let _ = source::http(
-                &url,
-                "DELETE",
-                None,
-                token.as_deref(),
-                Duration::from_secs(5),
-            )
-            .await;
+            let _ = self
+                .admin_call(
+                    "DELETE",
+                    &format!("/pools/{pool}/backends/{dead}?drain_timeout=0s"),
+                    None,
+                )
+                .await;
             tracing::warn!(pool = %pool, backend = %dead, "backend process died: deregistered; it will be replaced");
         }
-        let backends = match source::pool_backends(&self.cfg.admin_url, token.as_deref(), &pool)
+        let backends = match source::pool_backends_all(&self.cfg.admins(), token.as_deref(), &pool)
             .await
         {
             Ok(b) => b,
@@ -449,9 +493,16 @@ impl Scaler {
             let count = self.desired.unwrap_or(0);
             self.actuator.stop(a, count);
         }
-        // Ours but not listed (adopted after a balancer restart without state, say): register.
+        // Ours but not listed everywhere (adopted after a balancer restart without state, or
+        // a balancer instance that was down when we registered): register where it is missing.
+        let instances = self.cfg.admins().len();
+        let everywhere = |a: &SocketAddr| {
+            backends
+                .iter()
+                .any(|b| b.addr == a.to_string() && b.listed_on == instances)
+        };
         for a in self.actuator.owned() {
-            if !listed(&a) && !self.draining.contains(&a) {
+            if !everywhere(&a) && !self.draining.contains(&a) {
                 let body = format!("{{\"addr\": \"{a}\", \"weight\": 1}}");
                 match self
                     .admin_call("POST", &format!("/pools/{pool}/backends"), Some(&body))
@@ -638,7 +689,6 @@ impl Scaler {
 
     async fn reconcile(&mut self, backends: &[BackendView], observed: u32, desired: u32) {
         let pool = self.cfg.pool.clone();
-        let token = self.token.clone();
         if observed < desired {
             if let Some(t) = self.launch_not_before
                 && Instant::now() < t
@@ -659,15 +709,9 @@ impl Scaler {
                     }
                 };
                 let body = format!("{{\"addr\": \"{addr}\", \"weight\": 1}}");
-                let url = self.admin(&format!("/pools/{pool}/backends"));
-                match source::http(
-                    &url,
-                    "POST",
-                    Some(&body),
-                    token.as_deref(),
-                    Duration::from_secs(5),
-                )
-                .await
+                match self
+                    .admin_call("POST", &format!("/pools/{pool}/backends"), Some(&body))
+                    .await
                 {
                     Ok((201, _)) => {
                         self.registered_at.insert(addr, Instant::now());
@@ -714,19 +758,8 @@ impl Scaler {
             }
             let timeout = crate::config::format_duration(self.cfg.drain_timeout);
             for b in candidates.into_iter().take(n) {
-                let url = self.admin(&format!(
-                    "/pools/{pool}/backends/{}?drain_timeout={timeout}",
-                    b.addr
-                ));
-                match source::http(
-                    &url,
-                    "DELETE",
-                    None,
-                    token.as_deref(),
-                    Duration::from_secs(5),
-                )
-                .await
-                {
+                let path = format!("/pools/{pool}/backends/{}?drain_timeout={timeout}", b.addr);
+                match self.admin_call("DELETE", &path, None).await {
                     Ok((202, _)) => {
                         tracing::info!(pool = %pool, backend = %b.addr, active_connections = b.active_connections, drain_timeout = %timeout, "scaling in: draining, stopped once its connections end");
                         if let Ok(a) = b.addr.parse() {

@@ -16,7 +16,13 @@ use std::time::{Duration, Instant};
 pub enum SourceConfig {
     /// Scrape the balancer's /metrics.
     Lb {
-        metrics_url: String,
+        /// One balancer's /metrics...
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        metrics_url: Option<String>,
+        /// ...or several (instances behind ECMP or DNS): readings are summed across them,
+        /// and one that cannot be read is a missing reading.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        metrics_urls: Vec<String>,
         #[serde(default)]
         metric: LbMetric,
         /// For `connection_rate`: per second or per minute.
@@ -299,28 +305,37 @@ impl Source {
             }
             SourceConfig::Lb {
                 metrics_url,
+                metrics_urls,
                 metric,
                 rate_unit,
             } => match metric {
                 LbMetric::Cpu => self.cpu(pids)?,
                 LbMetric::Memory => memory_share(pids)?,
                 _ => {
-                    let (status, body) =
-                        http(&metrics_url, "GET", None, None, Duration::from_secs(5)).await?;
-                    if status != 200 {
-                        return Err(format!("{metrics_url} answered {status}"));
+                    // Every instance's samples together: the sums below add them up.
+                    let mut samples = Vec::new();
+                    for url in metrics_url.iter().chain(metrics_urls.iter()) {
+                        let (status, body) =
+                            http(url, "GET", None, None, Duration::from_secs(5)).await?;
+                        if status != 200 {
+                            return Err(format!("{url} answered {status}"));
+                        }
+                        let mine = parse_text(&body);
+                        if !mine.iter().any(|s| {
+                            s.name == "ringlb_backend_up"
+                                && s.labels.get("pool").map(|p| p.as_str()) == Some(pool)
+                        }) {
+                            return Err(format!(
+                                "{url} has no ringlb_backend_up for pool {pool:?}"
+                            ));
+                        }
+                        samples.extend(mine);
                     }
-                    let samples = parse_text(&body);
                     let of_pool = |name: &'static str| {
                         samples.iter().filter(move |s| {
                             s.name == name && s.labels.get("pool").map(|p| p.as_str()) == Some(pool)
                         })
                     };
-                    if of_pool("ringlb_backend_up").next().is_none() {
-                        return Err(format!(
-                            "{metrics_url} has no ringlb_backend_up for pool {pool:?}"
-                        ));
-                    }
                     if in_service == 0 {
                         return Err(format!("pool {pool:?} has no backend in service"));
                     }
@@ -440,6 +455,67 @@ pub struct BackendView {
     /// scale-in while it lasts.
     #[serde(default)]
     pub protected: bool,
+    /// On how many balancer instances it is listed (set by [`merge_views`]).
+    #[serde(skip)]
+    pub listed_on: usize,
+}
+
+/// The pool as every balancer instance lists it, merged: a backend is `up` only where every
+/// instance has it up, `draining` where any drains it, `starting` where any has it starting
+/// or does not list it yet; its connections are summed, and it is protected where any
+/// instance says so. Any instance that cannot be read fails the whole view.
+pub async fn pool_backends_all(
+    admin_urls: &[String],
+    token: Option<&str>,
+    pool: &str,
+) -> Result<Vec<BackendView>, String> {
+    let mut views = Vec::with_capacity(admin_urls.len());
+    for url in admin_urls {
+        views.push(
+            pool_backends(url, token, pool)
+                .await
+                .map_err(|e| format!("{url}: {e}"))?,
+        );
+    }
+    Ok(merge_views(&views))
+}
+
+/// See [`pool_backends_all`].
+pub fn merge_views(views: &[Vec<BackendView>]) -> Vec<BackendView> {
+    let mut addrs: Vec<String> = Vec::new();
+    for v in views {
+        for b in v {
+            if !addrs.contains(&b.addr) {
+                addrs.push(b.addr.clone());
+            }
+        }
+    }
+    addrs
+        .into_iter()
+        .map(|addr| {
+            let seen: Vec<&BackendView> = views
+                .iter()
+                .filter_map(|v| v.iter().find(|b| b.addr == addr))
+                .collect();
+            let everywhere = seen.len() == views.len();
+            let state = if seen.iter().any(|b| b.state == "draining") {
+                "draining"
+            } else if everywhere && seen.iter().all(|b| b.state == "up") {
+                "up"
+            } else if seen.iter().any(|b| b.state == "starting") || !everywhere {
+                "starting"
+            } else {
+                "down"
+            };
+            BackendView {
+                addr,
+                state: state.to_string(),
+                active_connections: seen.iter().map(|b| b.active_connections).sum(),
+                protected: seen.iter().any(|b| b.protected),
+                listed_on: seen.len(),
+            }
+        })
+        .collect()
 }
 
 /// The pool's backends from the admin API.
@@ -512,6 +588,39 @@ mod tests {
                 Duration::from_secs(5),
                 max,
             ))
+    }
+
+    #[test]
+    fn views_of_several_balancers_merge() {
+        let v = |addr: &str, state: &str, active: i64| BackendView {
+            addr: addr.into(),
+            state: state.into(),
+            active_connections: active,
+            protected: false,
+            listed_on: 0,
+        };
+        let a = vec![
+            v("1", "up", 2),
+            v("2", "up", 1),
+            v("3", "draining", 4),
+            v("4", "up", 0),
+        ];
+        let b = vec![v("1", "up", 3), v("2", "down", 0), v("3", "up", 0)];
+        let m = merge_views(&[a, b]);
+        let st: Vec<(&str, &str, i64)> = m
+            .iter()
+            .map(|b| (b.addr.as_str(), b.state.as_str(), b.active_connections))
+            .collect();
+        assert_eq!(
+            st,
+            vec![
+                ("1", "up", 5),
+                ("2", "down", 1),
+                ("3", "draining", 4),
+                ("4", "starting", 0)
+            ],
+            "up only where every instance has it up; not yet everywhere is starting"
+        );
     }
 
     #[test]
