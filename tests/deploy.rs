@@ -172,3 +172,83 @@ fn every_deploy_file_passes_its_real_checker() {
         "{text}"
     );
 }
+
+/// `ringlb demo --autoscale | head -1`: once the pipe is gone the demo keeps running (its
+/// status lines, every 2 s, meet a broken pipe: no panic), and Ctrl-C still stops it, in
+/// order, with exit 0 and no backend process left behind.
+#[test]
+fn the_autoscale_demo_survives_a_closed_stdout_and_stops_on_ctrl_c() {
+    use std::io::BufRead;
+    let (listen, metrics, admin) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let mut child = std::process::Command::new(common::BIN)
+        .args([
+            "demo",
+            "--autoscale",
+            "--listen",
+            &format!("127.0.0.1:{listen}"),
+            "--metrics",
+            &format!("127.0.0.1:{metrics}"),
+            "--admin",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .env("RINGLB_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("ringlb demo"), "{first}");
+    // The reader is gone (as `head` exits): the next status line meets a broken pipe.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the demo died when its stdout closed"
+    );
+    // And it still serves.
+    let mut s = TcpStream::connect(common::addr(listen)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    std::io::Write::write_all(&mut s, b"GET / HTTP/1.1\r\nHost: demo\r\n\r\n").unwrap();
+    let mut buf = [0u8; 12];
+    std::io::Read::read_exact(&mut s, &mut buf).unwrap();
+    assert_eq!(&buf[..9], b"HTTP/1.1 ");
+    drop(s);
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let t = std::time::Instant::now();
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "Ctrl-C did not stop the demo"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(code.success(), "{code}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("stopping the backends this scaler launched"),
+        "{err}"
+    );
+}
