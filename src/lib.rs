@@ -13,8 +13,11 @@
 //!   changes, persistence), `admin` (HTTP API and /metrics), health-check and drain tasks.
 //! - [`server`]: `ringlb serve`: starts the workers, handles signals (SIGTERM drains,
 //!   SIGHUP reloads) and shuts down.
-//! - [`scaler`]: `ringlb scale`, the companion autoscaler: `source` (readings), `policy`
-//!   (target tracking, step, simple), `actuator` (process, exec); talks HTTP only.
+//! - [`scaler`]: `ringlb scale`, the companion autoscaler: `source` (readings, and hyper's
+//!   client), `policy` (target tracking, step, simple, one function each, combined by the
+//!   largest wish), `schedule` (scheduled min/max), `actuator` (process, exec; process
+//!   groups, adoption after a restart), `plot` (events and their SVG timeline); talks HTTP
+//!   only.
 //! - [`notify`]: systemd readiness (READY=1 once listeners accept, STOPPING=1, RELOADING=1).
 //! - [`demo`]: `ringlb demo`: built-in backends plus a balancer on loopback.
 //!

@@ -1,12 +1,15 @@
 //! `ringlb scale`: the companion autoscaler.
 //!
-//! Every `interval`: reap backend processes that died (deregister them), read the pool from
-//! the admin API, take one reading from the source, let the policy decide the desired count,
-//! then reconcile: launch and register backends to grow; to shrink, pick our backends with
-//! the fewest active connections, DELETE them with `drain_timeout` (the balancer removes each
-//! once its last connection ends, or at the timeout) and stop the process only after the
-//! balancer has let it go. A failed or missing reading is never read as zero: the scaler
-//! holds, says why, and never scales in on it.
+//! Every `interval`: apply the schedule in force (min/max), reap backend processes that died
+//! (deregister them), read the pool from every balancer's admin API, replace backends stuck
+//! `starting` past `startup_timeout`, take each policy's reading and wish, combine them (the
+//! largest wins; a missing reading blocks scale-in), then reconcile: launch and register
+//! backends to grow; to shrink, pick our unprotected backends with the fewest active
+//! connections, DELETE them with `drain_timeout` (each balancer removes it once its last
+//! connection ends, or at the timeout) and stop the process only after no balancer lists it.
+//! A failed or missing reading is never read as zero. With `state_file`, what was launched
+//! is written down, and a restarted scaler adopts it; with `events_file`, every evaluation is
+//! a JSON line.
 //!
 //! Owns: the loop and the reconciliation. Talks to the balancer only over HTTP (admin API and
 //! /metrics), so it can run on another host. Must not touch: the balancer's internals.
