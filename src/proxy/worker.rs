@@ -118,6 +118,11 @@ impl Worker {
 
     /// Runs until shutdown is requested and every connection has ended.
     pub fn run(mut self) -> std::io::Result<()> {
+        tracing::debug!(
+            worker = self.id,
+            recv_cap = self.ring.recv_capped(),
+            "relay ready (recv_cap: multishot recvs bounded per arming; needs Linux 6.17+)"
+        );
         self.ring.tick(TICK, conn::user_data(0, 0, Op::Tick));
         self.ring
             .set_busy_poll(self.shared.snapshot.load().busy_poll);
