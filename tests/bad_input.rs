@@ -552,25 +552,11 @@ fn a_worker_that_panics_ends_the_process_with_exit_70() {
         pool_config("p", "round_robin", &[(backend.addr, 1)], "")
     );
     let mut child = start_with_fault("RINGLB_FAULT_WORKER_PANIC", &cfg, dir.path());
-    let mut status = None;
-    for _ in 0..500 {
-        if let Some(s) = child.try_wait().unwrap() {
-            status = Some(s);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let Some(status) = status else {
+    let Some(status) = wait_for_exit(&mut child, Duration::from_secs(10)) else {
         let _ = child.kill();
         panic!("the balancer kept running with a dead worker");
     };
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stderr_of(&mut child);
     assert_eq!(status.code(), Some(70), "{err}");
     assert!(
         err.contains("stopped, it panicked: injected fault"),
@@ -618,13 +604,7 @@ fn a_panic_while_applying_a_reload_refuses_it_and_nothing_stops() {
     echo_once(&mut held, b"after");
     let _ = child.kill();
     let _ = child.wait();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stderr_of(&mut child);
     assert!(
         err.contains("applying the new configuration panicked: injected fault"),
         "{err}"

@@ -226,25 +226,9 @@ fn the_autoscale_demo_survives_a_closed_stdout_and_stops_on_ctrl_c() {
             .unwrap()
             .success()
     );
-    let t = std::time::Instant::now();
-    let code = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < std::time::Duration::from_secs(10),
-            "Ctrl-C did not stop the demo"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    use std::io::Read;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let code = common::wait_for_exit(&mut child, Duration::from_secs(10))
+        .expect("Ctrl-C did not stop the demo");
+    let err = common::stderr_of(&mut child);
     assert!(code.success(), "{code}: {err}");
     assert!(!err.contains("panicked"), "{err}");
     assert!(

@@ -505,14 +505,9 @@ fn bad_scaler_configs_exit_1() {
     let _ = std::io::stdout().flush();
 }
 
-/// Ctrl-C on a scaler (SIGINT to its whole process group) with `stop_backends_on_exit =
-/// false`: the backends it launched are in groups of their own, so they keep serving and
-/// every held connection keeps working; a restarted scaler adopts them from its state file
-/// (same count, no duplicates) and later scales them in cleanly.
-#[test]
-fn ctrl_c_on_the_scaler_cuts_nothing_and_a_restarted_scaler_adopts_its_backends() {
-    let b = balancer();
-    // Only launched backends take traffic: the held connections then all reach them.
+/// Drains `b`'s static backend (so only launched backends take traffic) and gives a
+/// directory with the `state_file = ...` line for a scaler's config.
+fn drained_static_and_a_state_file(b: &Balancer) -> (tempfile::TempDir, String) {
     let (st, body) = http(
         b.admin,
         "POST",
@@ -522,8 +517,22 @@ fn ctrl_c_on_the_scaler_cuts_nothing_and_a_restarted_scaler_adopts_its_backends(
     );
     assert_eq!(st, 202, "{body}");
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("launched.json");
-    let top = format!("state_file = {:?}", state.display().to_string());
+    let top = format!(
+        "state_file = {:?}",
+        dir.path().join("launched.json").display().to_string()
+    );
+    (dir, top)
+}
+
+/// Ctrl-C on a scaler (SIGINT to its whole process group) with `stop_backends_on_exit =
+/// false`: the backends it launched are in groups of their own, so they keep serving and
+/// every held connection keeps working; a restarted scaler adopts them from its state file
+/// (same count, no duplicates) and later scales them in cleanly.
+#[test]
+fn ctrl_c_on_the_scaler_cuts_nothing_and_a_restarted_scaler_adopts_its_backends() {
+    let b = balancer();
+    // Only launched backends take traffic: the held connections then all reach them.
+    let (dir, top) = drained_static_and_a_state_file(&b);
     let first = Scaler::start_with(
         &b,
         31100,
@@ -557,17 +566,8 @@ fn ctrl_c_on_the_scaler_cuts_nothing_and_a_restarted_scaler_adopts_its_backends(
             .unwrap()
             .success()
     );
-    let t = Instant::now();
-    let status = loop {
-        if let Some(st) = first.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "the scaler did not exit on SIGINT"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_for_exit(&mut first.child, Duration::from_secs(10))
+        .expect("the scaler did not exit on SIGINT");
     assert!(status.success(), "{status}: {}", first.log());
     assert!(
         first.log().contains("leaving launched backends running"),
@@ -684,17 +684,8 @@ fn a_backend_that_never_becomes_healthy_is_replaced_after_startup_timeout() {
 #[test]
 fn a_protected_backend_is_not_scaled_in_until_its_protection_expires() {
     let b = balancer();
-    let (st, body) = http(
-        b.admin,
-        "POST",
-        &format!("/pools/p/backends/{}/drain", b.static_addr),
-        None,
-        None,
-    );
-    assert_eq!(st, 202, "{body}");
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("launched.json");
-    let top = format!("state_file = {:?}", state.display().to_string());
+    // Only launched backends take traffic: the held connections then all reach them.
+    let (dir, top) = drained_static_and_a_state_file(&b);
     // Two backends, left running when this first scaler stops.
     let mut first = Scaler::start_with(
         &b,
@@ -819,76 +810,6 @@ impl Exporter {
     }
     fn set(&self, text: &str) {
         *self.text.lock().unwrap() = text.to_string();
-    }
-}
-
-/// A real Prometheus server scraping `target` every second; killed on drop.
-struct Prometheus {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start(target: SocketAddr) -> Prometheus {
-        let bin = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .expect("Debian's `prometheus` package (apt-get install prometheus): this test needs a real Prometheus server");
-        let dir = tempfile::tempdir().unwrap();
-        let addr = addr(free_port());
-        std::fs::write(
-            dir.path().join("prometheus.yml"),
-            format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: load\n    static_configs:\n      - targets: ['{target}']\n"),
-        )
-        .unwrap();
-        let child = Command::new(bin)
-            .arg(format!(
-                "--config.file={}",
-                dir.path().join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Prometheus {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-
-    /// Waits (bounded) until an instant query of `expr` answers `want` ("" for no series).
-    fn wait_for(&self, expr: &str, want: &str) {
-        wait_until(Duration::from_secs(30), || {
-            if TcpStream::connect(self.addr).is_err() {
-                return false;
-            }
-            let (status, body) = http(
-                self.addr,
-                "GET",
-                &format!("/api/v1/query?query={expr}"),
-                None,
-                None,
-            );
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
-                return false;
-            };
-            let got = v["data"]["result"][0]["value"][1].as_str().unwrap_or("");
-            status == 200 && got == want
-        });
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -378,9 +378,10 @@ impl Scaler {
         }
     }
 
-    /// The same admin call on every balancer instance: the first answer that is not the
-    /// success `ok` (or an error), else that success. A DELETE that finds the backend gone
-    /// (404) counts as done there.
+    /// The same admin call on every balancer instance, each one tried even if an earlier
+    /// one refused: the first answer that is not the success (or the first error), else that
+    /// success. A DELETE that finds the backend gone (404), or a POST that finds it there
+    /// already, counts as done there.
     async fn admin_call(
         &self,
         method: &str,
@@ -392,26 +393,46 @@ impl Scaler {
             "DELETE" => 202,
             _ => 200,
         };
+        let mut outcome: Option<Result<(u16, String), String>> = None;
         let mut last = (ok, String::new());
         for base in self.cfg.admins() {
-            let (status, text) = source::http(
+            let answer = source::http(
                 &format!("{base}{path}"),
                 method,
                 body,
                 self.token.as_deref(),
                 Duration::from_secs(5),
             )
-            .await
-            .map_err(|e| format!("{base}: {e}"))?;
-            let done = status == ok
-                || (method == "DELETE" && status == 404)
-                || (method == "POST" && status == 409 && text.contains("already has"));
-            if !done {
-                return Ok((status, format!("{base}: {text}")));
+            .await;
+            match answer {
+                Ok((status, text))
+                    if status == ok
+                        || (method == "DELETE" && status == 404)
+                        || (method == "POST" && status == 409 && text.contains("already has")) =>
+                {
+                    last = (ok, text)
+                }
+                Ok((status, text)) => {
+                    outcome.get_or_insert(Ok((status, format!("{base}: {text}"))));
+                }
+                Err(e) => {
+                    outcome.get_or_insert(Err(format!("{base}: {e}")));
+                }
             }
-            last = (ok, text);
         }
-        Ok(last)
+        outcome.unwrap_or(Ok(last))
+    }
+
+    /// Takes a backend out of every instance at once, without a drain: one whose process
+    /// died or never became healthy, or one that only some instances took.
+    async fn deregister(&self, pool: &str, addr: SocketAddr) {
+        let _ = self
+            .admin_call(
+                "DELETE",
+                &format!("/pools/{pool}/backends/{addr}?drain_timeout=0s"),
+                None,
+            )
+            .await;
     }
 
     fn export(&self, current: u32, desired: u32) {
@@ -463,13 +484,7 @@ impl Scaler {
         let token = self.token.clone();
         // Backends whose process died: out of the pool at once, replaced below.
         for dead in self.actuator.tick() {
-            let _ = self
-                .admin_call(
-                    "DELETE",
-                    &format!("/pools/{pool}/backends/{dead}?drain_timeout=0s"),
-                    None,
-                )
-                .await;
+            self.deregister(&pool, dead).await;
             tracing::warn!(pool = %pool, backend = %dead, "backend process died: deregistered; it will be replaced");
         }
         let backends = match source::pool_backends_all(&self.cfg.admins(), token.as_deref(), &pool)
@@ -537,13 +552,7 @@ impl Scaler {
             })
             .collect();
         for a in &stuck {
-            let _ = self
-                .admin_call(
-                    "DELETE",
-                    &format!("/pools/{pool}/backends/{a}?drain_timeout=0s"),
-                    None,
-                )
-                .await;
+            self.deregister(&pool, *a).await;
             self.registered_at.remove(a);
             self.actuator.stop(*a, self.desired.unwrap_or(0));
             self.startup_failures += 1;
@@ -722,10 +731,12 @@ impl Scaler {
                     }
                     Ok((status, body)) => {
                         tracing::error!(pool = %pool, backend = %addr, status, body = %body.trim(), "the balancer refused the new backend; stopping it");
+                        self.deregister(&pool, addr).await;
                         self.actuator.stop(addr, desired);
                     }
                     Err(e) => {
                         tracing::error!(pool = %pool, backend = %addr, error = %e, "cannot register the new backend; stopping it");
+                        self.deregister(&pool, addr).await;
                         self.actuator.stop(addr, desired);
                     }
                 }

@@ -187,14 +187,130 @@ impl Proxy {
 
     /// Waits (bounded) for the process to exit; returns its exit code.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        wait_for_exit(&mut self.child, limit).and_then(|s| s.code())
+    }
+}
+
+/// Waits (bounded) for a child to exit; its status, or `None` if it still runs at `limit`.
+pub fn wait_for_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// All a child wrote to its piped stderr (once it has exited).
+pub fn stderr_of(child: &mut Child) -> String {
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    err
+}
+
+/// A real Prometheus server (Debian's package) scraping `target` every second; killed on
+/// drop.
+pub struct Prometheus {
+    pub child: Child,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    pub fn start(target: SocketAddr) -> Prometheus {
+        let bin = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("Debian's `prometheus` package is not installed (apt-get install prometheus): this test needs a real Prometheus server");
+        let dir = tempfile::tempdir().unwrap();
+        let addr = addr(free_port());
+        std::fs::write(
+            dir.path().join("prometheus.yml"),
+            format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: target\n    static_configs:\n      - targets: ['{target}']\n"),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Prometheus {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// The result of an instant query once Prometheus answers it with a series (bounded):
+    /// `(labels, value)`.
+    pub fn query(&self, expr: &str, limit: Duration) -> Option<(serde_json::Value, String)> {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
+            std::thread::sleep(Duration::from_millis(200));
+            if TcpStream::connect(self.addr).is_err() {
+                continue;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            let (status, body) = http(
+                self.addr,
+                "GET",
+                &format!("/api/v1/query?query={expr}"),
+                None,
+                None,
+            );
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+                continue;
+            };
+            if status == 200
+                && let Some(r) = v["data"]["result"].as_array().and_then(|r| r.first())
+                && let Some(val) = r["value"][1].as_str()
+            {
+                return Some((r["metric"].clone(), val.to_string()));
+            }
         }
         None
+    }
+
+    /// Waits (bounded) until an instant query of `expr` answers `want` ("" for no series).
+    pub fn wait_for(&self, expr: &str, want: &str) {
+        wait_until(Duration::from_secs(30), || {
+            if TcpStream::connect(self.addr).is_err() {
+                return false;
+            }
+            let (status, body) = http(
+                self.addr,
+                "GET",
+                &format!("/api/v1/query?query={expr}"),
+                None,
+                None,
+            );
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+                return false;
+            };
+            let got = v["data"]["result"][0]["value"][1].as_str().unwrap_or("");
+            status == 200 && got == want
+        });
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
