@@ -18,6 +18,7 @@
 //!   largest wish), `schedule` (scheduled min/max), `actuator` (process, exec; process
 //!   groups, adoption after a restart), `plot` (events and their SVG timeline); talks HTTP
 //!   only.
+//! - [`atomic_file`]: temp file, fsync, rename: how both state files are written.
 //! - [`notify`]: systemd readiness (READY=1 once listeners accept, STOPPING=1, RELOADING=1).
 //! - [`demo`]: `ringlb demo`: built-in backends plus a balancer on loopback.
 //!
@@ -25,6 +26,7 @@
 //! control thread (tokio); the main thread waits for signals. Workers share only the snapshot (arc-swap, lock-free to
 //! read) and per-backend atomics.
 
+pub mod atomic_file;
 pub mod backend;
 pub mod balance;
 pub mod config;

@@ -154,32 +154,9 @@ impl Overlay {
 
     /// Writes atomically: a crash leaves the old file or the new one, never a mix.
     pub fn save(&self, path: &Path) -> Result<(), String> {
-        use std::io::Write;
-        let err = |e: std::io::Error| format!("cannot write state file {}: {e}", path.display());
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let tmp = dir.join(format!(
-            ".{}.tmp",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
-        ));
         let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
-        let written = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        })();
-        if let Err(e) = written {
-            // A full disk leaves a partial temp file: take it away, the old file stands.
-            let _ = std::fs::remove_file(&tmp);
-            return Err(err(e));
-        }
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        crate::atomic_file::write(path, text.as_bytes())
+            .map_err(|e| format!("cannot write state file {}: {e}", path.display()))
     }
 
     fn entry(&self, pool: &str, addr: SocketAddr) -> Entry {

@@ -396,21 +396,11 @@ pub fn load_launched(path: &std::path::Path) -> Result<Vec<Launched>, String> {
     }
 }
 
-/// Writes the scaler's state file atomically (temp file, fsync, rename).
+/// Writes the scaler's state file atomically (see [`crate::atomic_file`]).
 pub fn save_launched(path: &std::path::Path, list: &[Launched]) -> Result<(), String> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
     let text = serde_json::to_string_pretty(list).map_err(|e| e.to_string())?;
-    let r = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    r.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("cannot write {}: {e}", path.display())
-    })
+    crate::atomic_file::write(path, text.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -256,53 +256,44 @@ impl Prometheus {
         }
     }
 
-    /// The result of an instant query once Prometheus answers it with a series (bounded):
-    /// `(labels, value)`.
+    /// One instant query of `expr`: `None` if Prometheus gave no answer it could read,
+    /// else the first series' labels and value, if there is one.
+    fn instant(&self, expr: &str) -> Option<Option<(serde_json::Value, String)>> {
+        TcpStream::connect(self.addr).ok()?;
+        let (status, body) = http(
+            self.addr,
+            "GET",
+            &format!("/api/v1/query?query={expr}"),
+            None,
+            None,
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let result = v["data"]["result"].as_array().filter(|_| status == 200)?;
+        Some(result.first().map(|r| {
+            (
+                r["metric"].clone(),
+                r["value"][1].as_str().unwrap_or("").to_string(),
+            )
+        }))
+    }
+
+    /// The first series of an instant query, once Prometheus has one (bounded).
     pub fn query(&self, expr: &str, limit: Duration) -> Option<(serde_json::Value, String)> {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
+            if let Some(Some(r)) = self.instant(expr) {
+                return Some(r);
+            }
             std::thread::sleep(Duration::from_millis(200));
-            if TcpStream::connect(self.addr).is_err() {
-                continue;
-            }
-            let (status, body) = http(
-                self.addr,
-                "GET",
-                &format!("/api/v1/query?query={expr}"),
-                None,
-                None,
-            );
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
-                continue;
-            };
-            if status == 200
-                && let Some(r) = v["data"]["result"].as_array().and_then(|r| r.first())
-                && let Some(val) = r["value"][1].as_str()
-            {
-                return Some((r["metric"].clone(), val.to_string()));
-            }
         }
         None
     }
 
     /// Waits (bounded) until an instant query of `expr` answers `want` ("" for no series).
     pub fn wait_for(&self, expr: &str, want: &str) {
-        wait_until(Duration::from_secs(30), || {
-            if TcpStream::connect(self.addr).is_err() {
-                return false;
-            }
-            let (status, body) = http(
-                self.addr,
-                "GET",
-                &format!("/api/v1/query?query={expr}"),
-                None,
-                None,
-            );
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
-                return false;
-            };
-            let got = v["data"]["result"][0]["value"][1].as_str().unwrap_or("");
-            status == 200 && got == want
+        wait_until(Duration::from_secs(30), || match self.instant(expr) {
+            Some(answer) => answer.map(|(_, v)| v).unwrap_or_default() == want,
+            None => false,
         });
     }
 }
