@@ -67,7 +67,23 @@ pub struct AdminConfig {
 pub struct ListenerConfig {
     pub name: Spanned<String>,
     pub bind: SocketAddr,
-    pub pool: Spanned<String>,
+    /// The pool connections go to (with `routes`: when no route matches; without one, such
+    /// connections are closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<Spanned<String>>,
+    /// SNI routes: the TLS ClientHello's server_name picks the pool (exact names first, then
+    /// the longest `*.suffix`), read before connecting, TLS not terminated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
+    /// With `routes`: how long a client may take to send its ClientHello.
+    #[serde(default = "default_inspect_timeout")]
+    pub inspect_timeout: Dur<US_MS, { 5 * US_MIN }>,
+    /// Source CIDRs that may connect (empty: everyone), checked right after accept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<Spanned<String>>,
+    /// Source CIDRs refused (deny wins over allow).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<Spanned<String>>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur<US_MS, { 5 * US_MIN }>,
     /// Other backends tried when a connect fails.
@@ -89,6 +105,15 @@ pub struct ListenerConfig {
     /// socket, which accepted connections inherit; unset = the system default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_congestion: Option<Spanned<String>>,
+}
+
+/// One SNI route of a listener.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// A host name (`api.example.com`) or a wildcard (`*.example.com`: any name under it).
+    pub sni: Spanned<String>,
+    pub pool: Spanned<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -143,6 +168,20 @@ pub struct PoolConfig {
     #[serde(default = "default_maglev_table_size")]
     pub maglev_table_size: Spanned<u32>,
     pub backends: Spanned<Vec<BackendConfig>>,
+    /// Most connections per backend (0: no limit), unless a backend entry sets its own.
+    #[serde(default)]
+    pub max_connections: Num<0, MAX_BACKEND_CONNECTIONS>,
+    /// Clients that may wait for a backend with room when every one is at its limit (0: none
+    /// wait; they are closed at once).
+    #[serde(default = "default_queue_size")]
+    pub queue_size: Num<0, MAX_QUEUE_SIZE>,
+    /// How long a client may wait in the queue before it is closed.
+    #[serde(default = "default_queue_timeout")]
+    pub queue_timeout: Dur<US_MS, { 5 * US_MIN }>,
+    /// round_robin and least_conn: a backend that comes up ramps its weight from 5% to all
+    /// of it over this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<Spanned<Dur<US_MS, US_H>>>,
     #[serde(default)]
     pub health: HealthConfig,
     /// TCP congestion control for connections to this pool's backends; unset = the system
@@ -157,6 +196,16 @@ pub struct BackendConfig {
     pub addr: SocketAddr,
     #[serde(default = "default_weight")]
     pub weight: Spanned<u32>,
+    /// This backend's own limit (0: none), over the pool's `max_connections`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<Num<0, MAX_BACKEND_CONNECTIONS>>,
+}
+
+impl BackendConfig {
+    /// The limit in force for this backend in pool `pool` (0: none).
+    pub fn limit(&self, pool: &PoolConfig) -> u32 {
+        self.max_connections.unwrap_or(pool.max_connections).get()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -224,6 +273,15 @@ fn default_buffer_count() -> Spanned<u32> {
 /// "Busy polling" in README.md for when that is worth it.
 fn default_busy_poll() -> Dur<0, MAX_BUSY_POLL_US> {
     Dur(Duration::ZERO)
+}
+fn default_inspect_timeout() -> Dur<US_MS, { 5 * US_MIN }> {
+    Dur(Duration::from_secs(5))
+}
+fn default_queue_size() -> Num<0, MAX_QUEUE_SIZE> {
+    Num(1024)
+}
+fn default_queue_timeout() -> Dur<US_MS, { 5 * US_MIN }> {
+    Dur(Duration::from_secs(5))
 }
 fn default_connect_timeout() -> Dur<US_MS, { 5 * US_MIN }> {
     Dur(Duration::from_secs(2))
@@ -299,6 +357,13 @@ fn default_expect_status() -> String {
 
 /// Most retries a listener may ask for (bounds the per-connection "tried" list).
 pub const MAX_RETRIES: u32 = 7;
+/// Largest per-backend `max_connections`.
+pub const MAX_BACKEND_CONNECTIONS: u64 = 1_000_000;
+/// Largest pool `queue_size`.
+pub const MAX_QUEUE_SIZE: u64 = 1_000_000;
+/// Most SNI routes and allow/deny rules per listener.
+pub const MAX_ROUTES: usize = 10_000;
+pub const MAX_ACL_RULES: usize = 100_000;
 /// Largest weight: keeps round-robin schedules and hash rings small.
 pub const MAX_WEIGHT: u32 = 256;
 /// Longest `busy_poll`, in µs: past a millisecond a spin is a busy loop, not a wait for an
@@ -642,20 +707,68 @@ impl Config {
                     ),
                 ));
             }
-            if !self.pools.contains_key(l.pool.get_ref()) {
+            let known_pool = |key: &str, p: &Spanned<String>| {
+                if self.pools.contains_key(p.get_ref()) {
+                    return Ok(());
+                }
                 let known: Vec<&str> = self.pools.keys().map(|s| s.as_str()).collect();
-                return Err((
-                    span(&l.pool),
+                Err((
+                    span(p),
                     format!(
-                        "listeners.pool: listener {name:?} names pool {:?}, which is not defined (pools: {})",
-                        l.pool.get_ref(),
+                        "listeners.{key}: listener {name:?} names pool {:?}, which is not defined (pools: {})",
+                        p.get_ref(),
                         if known.is_empty() {
                             "none".to_string()
                         } else {
                             known.join(", ")
                         }
                     ),
+                ))
+            };
+            match &l.pool {
+                Some(p) => known_pool("pool", p)?,
+                None if l.routes.is_empty() => {
+                    return Err((
+                        span(&l.name),
+                        format!(
+                            "listeners.pool: listener {name:?} needs a pool (or routes, with or without a default pool)"
+                        ),
+                    ));
+                }
+                None => {}
+            }
+            if l.routes.len() > MAX_ROUTES {
+                return Err((
+                    span(&l.name),
+                    format!("listeners.routes: at most {MAX_ROUTES} routes per listener"),
                 ));
+            }
+            let mut patterns = HashSet::new();
+            for r in &l.routes {
+                known_pool("routes.pool", &r.pool)?;
+                crate::routes::check_sni_pattern(r.sni.get_ref())
+                    .map_err(|m| (span(&r.sni), format!("listeners.routes.sni: {m}")))?;
+                if !patterns.insert(r.sni.get_ref().to_ascii_lowercase()) {
+                    return Err((
+                        span(&r.sni),
+                        format!(
+                            "listeners.routes.sni: {:?} is routed twice",
+                            r.sni.get_ref()
+                        ),
+                    ));
+                }
+            }
+            for (key, list) in [("allow", &l.allow), ("deny", &l.deny)] {
+                if list.len() > MAX_ACL_RULES {
+                    return Err((
+                        span(&l.name),
+                        format!("listeners.{key}: at most {MAX_ACL_RULES} rules"),
+                    ));
+                }
+                for c in list {
+                    crate::routes::parse_cidr(c.get_ref())
+                        .map_err(|m| (span(c), format!("listeners.{key}: {m}")))?;
+                }
             }
             if *l.retries.get_ref() > MAX_RETRIES {
                 return Err((
@@ -705,6 +818,17 @@ impl Config {
                         format!("pools.{pname}.backends.addr: {} has no port", b.addr),
                     ));
                 }
+            }
+            if let Some(ss) = &p.slow_start
+                && matches!(p.algorithm, Algorithm::RingHash | Algorithm::Maglev)
+            {
+                return Err((
+                    span(ss),
+                    format!(
+                        "pools.{pname}.slow_start: {:?} does not ramp weights (consistent hashing must not move keys); slow_start is for round_robin and least_conn",
+                        p.algorithm
+                    ),
+                ));
             }
             let points = *p.ring_points.get_ref();
             if points == 0 || points > 10_000 {
@@ -807,6 +931,45 @@ impl Config {
     /// The effective configuration (defaults filled in), as TOML.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    /// The SNI route tables, as TOML comments (what `ringlb check` prints first): in the
+    /// order they are tried, exact names, then wildcards from the longest suffix.
+    pub fn route_table(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        for l in self.listeners.iter().filter(|l| !l.routes.is_empty()) {
+            let _ = writeln!(
+                out,
+                "# SNI routes of listener {:?} ({}), inspect_timeout {}:",
+                l.name.get_ref(),
+                l.bind,
+                format_duration(l.inspect_timeout.get())
+            );
+            let mut routes: Vec<&RouteConfig> = l.routes.iter().collect();
+            routes.sort_by_key(|r| {
+                let p = r.sni.get_ref();
+                (p.starts_with('*'), std::cmp::Reverse(p.len()))
+            });
+            for r in routes {
+                let _ = writeln!(
+                    out,
+                    "#   {:<40} -> pool {}",
+                    r.sni.get_ref(),
+                    r.pool.get_ref()
+                );
+            }
+            let fallback = match &l.pool {
+                Some(p) => format!("pool {} (default)", p.get_ref()),
+                None => "close (no default pool)".into(),
+            };
+            let _ = writeln!(
+                out,
+                "#   {:<40} -> {fallback}",
+                "(no SNI, not TLS, unknown name)"
+            );
+        }
+        out
     }
 }
 

@@ -26,6 +26,9 @@
 //! control thread (tokio); the main thread waits for signals. Workers share only the snapshot (arc-swap, lock-free to
 //! read) and per-backend atomics.
 
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod atomic_file;
 pub mod backend;
 pub mod balance;
@@ -36,5 +39,7 @@ pub mod health;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;
+pub mod routes;
 pub mod scaler;
 pub mod server;
+pub mod snapshot;

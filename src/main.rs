@@ -75,7 +75,7 @@ fn main() {
         Command::Serve { config } => ringlb::server::serve(&config),
         Command::Check { config } => match ringlb::config::Config::load(&config) {
             Ok(c) => {
-                print!("{}", c.to_toml());
+                print!("{}{}", c.route_table(), c.to_toml());
                 eprintln!("ringlb: {} is valid", config.display());
                 0
             }

@@ -8,7 +8,8 @@
 //! connection use handles cached in the snapshot (no label lookup on the hot path).
 //! Must not touch: the hot path itself.
 
-use crate::backend::{BackendState, Shared};
+use crate::backend::BackendState;
+use crate::snapshot::Shared;
 use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
@@ -45,6 +46,12 @@ pub fn install() -> Result<(), String> {
         })
         .and_then(|b| {
             b.set_buckets_for_metric(
+                Matcher::Full("ringlb_pool_queue_wait_seconds".into()),
+                LATENCY,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
                 Matcher::Full("ringlb_connection_duration_seconds".into()),
                 LIFETIME,
             )
@@ -73,6 +80,39 @@ pub fn install() -> Result<(), String> {
     describe_counter!(
         "ringlb_listener_rejected_total",
         "Connections closed at once because max_connections was reached."
+    );
+    describe_counter!(
+        "ringlb_listener_denied_total",
+        "Connections refused by the listener's allow/deny rules."
+    );
+    describe_counter!(
+        "ringlb_listener_no_route_total",
+        "Connections no SNI route matched (sent to the default pool, or closed without one), by reason."
+    );
+    describe_gauge!(
+        "ringlb_pool_queue_length",
+        "Clients waiting for a backend below its max_connections."
+    );
+    describe_histogram!(
+        "ringlb_pool_queue_wait_seconds",
+        Unit::Seconds,
+        "Time clients waited in the pool's queue before a backend took them."
+    );
+    describe_counter!(
+        "ringlb_pool_queue_timeouts_total",
+        "Queued clients closed after queue_timeout."
+    );
+    describe_counter!(
+        "ringlb_pool_queue_overflows_total",
+        "Clients closed at once because the pool's queue was full."
+    );
+    describe_gauge!(
+        "ringlb_backend_effective_weight",
+        "The backend's weight in force now (below its weight during slow start)."
+    );
+    describe_gauge!(
+        "ringlb_backend_max_connections",
+        "The backend's connection limit (0: none)."
     );
     describe_counter!(
         "ringlb_backend_connections_total",
@@ -156,10 +196,28 @@ pub fn render(shared: &Shared) -> String {
             .set(s.active.load(Relaxed).max(0) as f64);
         counter!("ringlb_listener_no_backend_total", "listener" => name.clone())
             .absolute(s.no_backend.load(Relaxed));
-        counter!("ringlb_listener_rejected_total", "listener" => name)
+        counter!("ringlb_listener_rejected_total", "listener" => name.clone())
             .absolute(s.rejected.load(Relaxed));
+        counter!("ringlb_listener_denied_total", "listener" => name.clone())
+            .absolute(s.denied.load(Relaxed));
+        if !l.routes.is_empty() {
+            for why in crate::routes::NoRoute::ALL {
+                counter!("ringlb_listener_no_route_total", "listener" => name.clone(), "reason" => why.as_str())
+                    .absolute(s.no_route[why as usize].load(Relaxed));
+            }
+        }
     }
     for p in &snap.pools {
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            let q = &p.queue;
+            gauge!("ringlb_pool_queue_length", "pool" => p.name.clone())
+                .set(q.length.load(Relaxed).max(0) as f64);
+            counter!("ringlb_pool_queue_timeouts_total", "pool" => p.name.clone())
+                .absolute(q.timeouts.load(Relaxed));
+            counter!("ringlb_pool_queue_overflows_total", "pool" => p.name.clone())
+                .absolute(q.overflows.load(Relaxed));
+        }
         for b in &p.backends {
             use std::sync::atomic::Ordering::Relaxed;
             let (pool, addr) = (p.name.clone(), b.addr.to_string());
@@ -187,6 +245,10 @@ pub fn render(shared: &Shared) -> String {
                 } else {
                     0.0
                 });
+            gauge!("ringlb_backend_effective_weight", "pool" => pool.clone(), "backend" => addr.clone())
+                .set(b.effective_weight());
+            gauge!("ringlb_backend_max_connections", "pool" => pool.clone(), "backend" => addr.clone())
+                .set(b.max_connections() as f64);
             gauge!("ringlb_backend_weight", "pool" => pool, "backend" => addr)
                 .set(b.weight() as f64);
         }

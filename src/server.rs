@@ -6,11 +6,11 @@
 //! refused whole and the running one kept.
 //! Must not touch: the event loop's internals; it talks to workers through `Shared` only.
 
-use crate::backend::Shared;
 use crate::config::Config;
 use crate::control::state::State;
 use crate::control::{Control, Endpoints};
 use crate::proxy;
+use crate::snapshot::Shared;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,7 +41,7 @@ impl Server {
         // not kill the process by the default action.
         let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
             .map_err(|e| format!("cannot handle signals: {e}"))?;
-        let limit = proxy::ring::sys::raise_nofile_limit();
+        let limit = proxy::sys::raise_nofile_limit();
         let token = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
             Some(f) => {
                 let t = std::fs::read_to_string(f)
@@ -75,7 +75,16 @@ impl Server {
         let listeners: Vec<(String, std::net::SocketAddr, String)> = config
             .listeners
             .iter()
-            .map(|l| (l.name.get_ref().clone(), l.bind, l.pool.get_ref().clone()))
+            .map(|l| {
+                (
+                    l.name.get_ref().clone(),
+                    l.bind,
+                    l.pool
+                        .as_ref()
+                        .map(|p| p.get_ref().clone())
+                        .unwrap_or_else(|| "(routes)".into()),
+                )
+            })
             .collect();
         let (metrics_at, admin_at) = (
             config.metrics.as_ref().map(|m| m.listen),

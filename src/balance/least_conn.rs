@@ -4,7 +4,7 @@
 //! division). The scan starts at a random member so that ties are broken at random: workers
 //! that see the same counts at the same moment do not all herd onto the first backend.
 
-use super::{Balancer, Pick, eligible};
+use super::{Balancer, Pick};
 use crate::backend::Backend;
 use std::sync::Arc;
 
@@ -30,11 +30,14 @@ impl Balancer for LeastConn {
         let mut best: Option<(usize, i64, i64)> = None;
         for k in 0..n {
             let i = self.members[(start + k) % n] as usize;
-            if !eligible(backends, i, pick.tried) {
+            if !pick.admits(backends, i) {
                 continue;
             }
             let b = &backends[i];
-            let (active, weight) = (b.active().max(0), b.weight().max(1) as i64);
+            // Weights in thousandths, so that a slow-start share scales them exactly enough.
+            let share = b.weight_share();
+            let weight = ((b.weight().max(1) as f64 * share * 1000.0) as i64).max(1);
+            let active = b.active().max(0);
             match best {
                 // active/weight < best_active/best_weight
                 Some((_, ba, bw)) if active * bw >= ba * weight => {}

@@ -6,7 +6,7 @@
 //! lookup is one table read. When the owner cannot take the connection, the walk goes on to
 //! the following slots, whose owners are spread like the table itself.
 
-use super::{Balancer, Bound, Pick, any_eligible, eligible};
+use super::{Balancer, Bound, Pick};
 use crate::backend::Backend;
 use std::sync::Arc;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
@@ -101,7 +101,7 @@ impl Balancer for Maglev {
         }
         let start = (pick.key % n as u64) as usize;
         let ok = |i: usize| {
-            eligible(backends, i, pick.tried)
+            pick.admits(backends, i)
                 && self
                     .bound
                     .is_none_or(|b| b.allows(backends, &self.members, i))
@@ -117,7 +117,7 @@ impl Balancer for Maglev {
                 return Some(i);
             }
         }
-        any_eligible(backends, pick.tried)
+        pick.any(backends)
     }
 }
 

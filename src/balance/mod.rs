@@ -1,7 +1,10 @@
 //! Backend selection: one small trait, one file per algorithm.
 //!
-//! Owns: choosing a backend index for a new connection. Every algorithm skips backends that
-//! are not routable (down, draining, starting) and those a connection already tried.
+//! Owns: choosing a backend index for a new connection. Which backends may be chosen at all
+//! is decided in one place, [`Pick::admits`] (routable, not yet tried by this connection,
+//! below its `max_connections`), and every algorithm walks its own order through that one
+//! filter, as pingora's `select_with` does; slow start scales the weights of round_robin
+//! and least_conn (hash algorithms ignore it: keys must not move).
 //! Must not touch: sockets, counters other than reading `active`, or any lock: `pick` runs on
 //! the workers' hot path, once per connection attempt, from several threads at once.
 
@@ -37,16 +40,35 @@ pub trait Balancer: Send + Sync {
     fn pick(&self, backends: &[Arc<Backend>], pick: &Pick) -> Option<usize>;
 }
 
-/// Routable and not yet tried by this connection.
-#[inline]
-pub fn eligible(backends: &[Arc<Backend>], i: usize, tried: &[u32]) -> bool {
-    backends[i].is_routable() && !tried.contains(&(i as u32))
+impl Pick<'_> {
+    /// The one filter every algorithm applies: routable (up), not tried by this
+    /// connection, and below its connection limit.
+    #[inline]
+    pub fn admits(&self, backends: &[Arc<Backend>], i: usize) -> bool {
+        let b = &backends[i];
+        b.is_routable() && !self.tried.contains(&(i as u32)) && b.has_room()
+    }
+
+    /// The first admitted backend in list order: the fallback when a hash walk finds nothing
+    /// (everything it met was tried or over its bound).
+    fn any(&self, backends: &[Arc<Backend>]) -> Option<usize> {
+        (0..backends.len()).find(|&i| self.admits(backends, i))
+    }
 }
 
-/// The first eligible backend in list order: the fallback when a hash walk finds nothing
-/// (everything it met was tried or over its bound).
-fn any_eligible(backends: &[Arc<Backend>], tried: &[u32]) -> Option<usize> {
-    (0..backends.len()).find(|&i| eligible(backends, i, tried))
+/// Why a pick found nothing: every routable, untried backend is at its limit (the client
+/// may wait in the pool's queue), or none is routable at all.
+pub fn all_full(backends: &[Arc<Backend>], tried: &[u32]) -> bool {
+    let mut any = false;
+    for (i, b) in backends.iter().enumerate() {
+        if b.is_routable() && !tried.contains(&(i as u32)) {
+            if b.has_room() {
+                return false;
+            }
+            any = true;
+        }
+    }
+    any
 }
 
 /// The backends a balancer spreads over: those up now, or all of them if none is up (picks

@@ -5,7 +5,7 @@
 //! is not routable (or already tried, or over its bound) the walk goes on to the next point,
 //! so only the keys of a missing backend move.
 
-use super::{Balancer, Bound, Pick, any_eligible, eligible};
+use super::{Balancer, Bound, Pick};
 use crate::backend::Backend;
 use std::sync::Arc;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
@@ -84,7 +84,7 @@ impl Balancer for RingHash {
         let start = lo + self.points[lo..hi].partition_point(|&(h, _)| h < pick.key);
         let first = self.points[start % n].1 as usize;
         let ok = |i: usize| {
-            eligible(backends, i, pick.tried)
+            pick.admits(backends, i)
                 && self
                     .bound
                     .is_none_or(|b| b.allows(backends, &self.members, i))
@@ -101,7 +101,7 @@ impl Balancer for RingHash {
             }
             last = i;
         }
-        any_eligible(backends, pick.tried)
+        pick.any(backends)
     }
 }
 

@@ -5,7 +5,7 @@
 //! across all workers (a per-worker schedule would drift with SO_REUSEPORT's uneven split)
 //! and a pick costs one `fetch_add`.
 
-use super::{Balancer, Pick, eligible};
+use super::{Balancer, Pick};
 use crate::backend::Backend;
 use crossbeam_utils::CachePadded;
 use std::sync::Arc;
@@ -58,10 +58,29 @@ impl Balancer for RoundRobin {
             return None;
         }
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-        // Walk on from the cursor's slot; a full period visits every member.
+        // Walk on from the cursor's slot; a full period visits every member. A backend in
+        // slow start takes its turn only with the probability of its weight share (the rest
+        // pass on to the next in the schedule); the second walk takes any admitted backend,
+        // so a pool whose only routable backend is ramping still gets it.
+        let mut rand = pick.rand;
         (0..len)
             .map(|k| self.schedule[(start + k) % len] as usize)
-            .find(|&i| eligible(backends, i, pick.tried))
+            .find(|&i| {
+                if !pick.admits(backends, i) {
+                    return false;
+                }
+                let share = backends[i].weight_share();
+                if share >= 1.0 {
+                    return true;
+                }
+                rand = rand.rotate_left(17).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                ((rand >> 11) as f64 / (1u64 << 53) as f64) < share
+            })
+            .or_else(|| {
+                (0..len)
+                    .map(|k| self.schedule[(start + k) % len] as usize)
+                    .find(|&i| pick.admits(backends, i))
+            })
     }
 }
 
@@ -94,6 +113,29 @@ mod tests {
             counts[pick(&rr, &b, &[]).unwrap()] += 1;
         }
         assert_eq!(counts, [100, 100, 200]);
+    }
+
+    #[test]
+    fn slow_start_takes_a_growing_share() {
+        let b = backends(&[1, 1]);
+        let rr = RoundRobin::new(&b, &[0, 1]);
+        b[1].set_slow_start(std::time::Duration::from_secs(3600));
+        b[1].set_state(BackendState::Down);
+        b[1].set_state(BackendState::Up);
+        let mut got = [0; 2];
+        for n in 0..4000u64 {
+            let p = Pick {
+                key: 0,
+                rand: n.wrapping_mul(0x2545_f491_4f6c_dd1d),
+                tried: &[],
+            };
+            got[rr.pick(&b, &p).unwrap()] += 1;
+        }
+        // At the start of its ramp backend 1 takes about 5% of its weight: ~2.5% of picks.
+        assert!(got[1] > 20 && got[1] < 250, "ramping backend got {got:?}");
+        // Alone, it takes everything.
+        b[0].set_state(BackendState::Down);
+        assert_eq!(pick(&rr, &b, &[]), Some(1));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 
 use super::state::Refusal;
 use super::{Control, DEFAULT_DRAIN_TIMEOUT};
-use crate::backend::{Backend, Shared};
+use crate::backend::Backend;
+use crate::snapshot::Shared;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
@@ -46,6 +47,9 @@ fn backend_json(b: &Backend) -> Value {
         "pool": b.pool,
         "addr": b.addr.to_string(),
         "weight": b.weight(),
+        // Below `weight` while the backend is in slow start (rounded to 0.01).
+        "effective_weight": (b.effective_weight() * 100.0).round() / 100.0,
+        "max_connections": b.max_connections(),
         "state": b.state().as_str(),
         "active_connections": b.active().max(0),
         "connections_total": b.stats.connections.load(Relaxed),

@@ -154,7 +154,7 @@ impl Control {
                 .snapshot
                 .load()
                 .pool(&backend.pool)
-                .map(|p| p.settings.health.clone())
+                .map(|p| p.health.clone())
         };
         let Some(first) = settings() else { return };
         let seed = xxhash_rust::xxh3::xxh3_64(backend.addr.to_string().as_bytes());

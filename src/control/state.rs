@@ -7,8 +7,9 @@
 //! Must not touch: sockets or the event loop; the data plane sees only the snapshot swap and
 //! the per-backend atomics.
 
-use crate::backend::{Backend, BackendState, Members, Shared, Snapshot};
+use crate::backend::{Backend, BackendState};
 use crate::config::{Config, MAX_WEIGHT};
+use crate::snapshot::{Members, Shared, Snapshot};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,93 +1,51 @@
-//! One proxied connection: its state, its two relay directions, and how operations on it
-//! are named in io_uring user data.
+//! One proxied connection: its stage, its two relay directions, and the PROXY header.
 //!
-//! Owns: the per-connection state machine's data (phase, in-flight count, the two
-//! [`Dir`]ections with their send queues) and the PROXY protocol header. The transitions
-//! themselves run in `worker.rs`, which owns the ring.
+//! Owns: the per-connection data (phase, in-flight count, the two [`Dir`]ections with their
+//! buffer queues, what inspection and the queue need). The transitions run in the stage
+//! files (`accept.rs`, `inspect.rs`, `connect.rs`, `relay.rs`, `close.rs`), which own the
+//! ring through the worker.
 //! Must not touch: the ring, or anything shared but the `Arc`s it holds.
 
-use crate::backend::{Backend, Listener, Pool};
+use super::bufqueue::BufQueue;
+use super::table::Op;
+use crate::backend::Backend;
 use crate::config::{MAX_RETRIES, ProxyProtocol};
+use crate::snapshot::{Listener, Pool};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
-/// "No buffer" in the intrusive buffer queues.
-pub const NO_BUF: u16 = u16::MAX;
-
-/// Direction 0 carries client bytes to the backend; direction 1 backend bytes to the client.
-pub const TO_BACKEND: usize = 0;
-pub const TO_CLIENT: usize = 1;
-
-/// What a completion is about: the low byte of its user data.
+/// A relay direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Op {
-    Accept = 1,
-    Tick = 2,
-    /// recv on the client (direction 0's source)
-    RecvClient = 3,
-    /// recv on the backend (direction 1's source)
-    RecvBackend = 4,
-    /// send to the backend (direction 0)
-    SendBackend = 5,
-    /// send to the client (direction 1)
-    SendClient = 6,
-    Connect = 9,
-    ConnectTimeout = 10,
-    Cancel = 11,
-    /// close of a connection's descriptor: not tracked
-    Close = 12,
-    /// the PROXY protocol header sent to the backend
-    Header = 13,
-    /// cancel of a listener's accept: not tracked
-    AcceptCancel = 14,
+pub enum Side {
+    /// Client bytes to the backend.
+    ToBackend = 0,
+    /// Backend bytes to the client.
+    ToClient = 1,
 }
 
-impl Op {
-    pub fn from_u8(v: u8) -> Option<Op> {
-        use Op::*;
-        Some(match v {
-            1 => Accept,
-            2 => Tick,
-            3 => RecvClient,
-            4 => RecvBackend,
-            5 => SendBackend,
-            6 => SendClient,
-            9 => Connect,
-            10 => ConnectTimeout,
-            11 => Cancel,
-            12 => Close,
-            13 => Header,
-            14 => AcceptCancel,
-            _ => return None,
-        })
-    }
-    pub fn recv(dir: usize) -> Op {
-        if dir == TO_BACKEND {
-            Op::RecvClient
-        } else {
-            Op::RecvBackend
+impl Side {
+    pub const BOTH: [Side; 2] = [Side::ToBackend, Side::ToClient];
+    pub fn other(self) -> Side {
+        match self {
+            Side::ToBackend => Side::ToClient,
+            Side::ToClient => Side::ToBackend,
         }
     }
-    pub fn send(dir: usize) -> Op {
-        if dir == TO_BACKEND {
-            Op::SendBackend
-        } else {
-            Op::SendClient
+    /// The recv that feeds this direction.
+    pub fn recv_op(self) -> Op {
+        match self {
+            Side::ToBackend => Op::RecvClient,
+            Side::ToClient => Op::RecvBackend,
         }
     }
-}
-
-/// User data: slot (32 bits) | generation (16 bits) | unused (8) | op (8).
-#[inline]
-pub fn user_data(slot: u32, gen_: u16, op: Op) -> u64 {
-    (slot as u64) << 32 | (gen_ as u64) << 16 | op as u64
-}
-
-#[inline]
-pub fn decode(ud: u64) -> (u32, u16, u8) {
-    ((ud >> 32) as u32, (ud >> 16) as u16, ud as u8)
+    /// The send that empties this direction.
+    pub fn send_op(self) -> Op {
+        match self {
+            Side::ToBackend => Op::SendBackend,
+            Side::ToClient => Op::SendClient,
+        }
+    }
 }
 
 /// The state of a multishot recv on one side.
@@ -103,8 +61,7 @@ pub enum Recv {
 }
 
 /// One relay direction: a recv on the source side, sends to the other side, and the queue of
-/// received buffers between them (an intrusive FIFO threaded through the worker's per-buffer
-/// `next` array, so it costs no allocation and grows as far as the ring has buffers).
+/// received buffers between them.
 #[derive(Debug, Clone, Copy)]
 pub struct Dir {
     pub recv: Recv,
@@ -114,11 +71,7 @@ pub struct Dir {
     pub eof: bool,
     /// All bytes relayed and the destination's write side shut (or the connection closing).
     pub done: bool,
-    pub head: u16,
-    pub tail: u16,
-    pub queued: u16,
-    /// Bytes of the head buffer already sent (partial sends).
-    pub offset: u32,
+    pub queue: BufQueue,
     /// Bytes sent and not yet folded into the backend's counters.
     pub unflushed: u64,
 }
@@ -136,10 +89,7 @@ impl Dir {
             sending: false,
             eof: false,
             done: false,
-            head: NO_BUF,
-            tail: NO_BUF,
-            queued: 0,
-            offset: 0,
+            queue: BufQueue::new(),
             unflushed: 0,
         }
     }
@@ -147,6 +97,10 @@ impl Dir {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// Waiting for the client's first bytes to pick a pool by SNI.
+    Inspecting,
+    /// Every candidate backend is at its `max_connections`: waiting in the pool's queue.
+    Queued,
     /// Connecting to a backend (maybe a retry).
     Connecting,
     /// Connected; sending the PROXY header before relaying.
@@ -158,8 +112,7 @@ pub enum Phase {
 
 pub struct Conn {
     pub gen_: u16,
-    /// Requests in flight that name this connection; the slot is released only at zero, so
-    /// no completion ever finds its slot reused.
+    /// Requests in flight that name this connection (see `table.rs`).
     pub inflight: u16,
     pub phase: Phase,
     pub client: RawFd,
@@ -171,13 +124,18 @@ pub struct Conn {
     pub tried: [u32; MAX_RETRIES as usize + 1],
     pub ntried: u8,
     pub key: u64,
-    /// Worker tick of the last relayed bytes (idle timeout).
+    /// Worker tick of the last relayed bytes (idle timeout), or of the accept.
     pub last_active: u32,
     pub dirs: [Dir; 2],
     /// PROXY header: total length and bytes sent so far.
     pub header_len: u8,
     pub header_sent: u8,
-    /// When the client was accepted, and when the current connect attempt began.
+    /// Inspection: bytes the client had sent at the last look.
+    pub peeked: u16,
+    /// In a pool's queue: this connection's ticket (0: not queued).
+    pub ticket: u64,
+    /// When the client was accepted, and when the current connect attempt (or the wait in
+    /// the queue) began.
     pub accepted_at: std::time::Instant,
     pub connect_started: std::time::Instant,
 }
@@ -186,20 +144,21 @@ impl Conn {
     pub fn tried(&self) -> &[u32] {
         &self.tried[..self.ntried as usize]
     }
+    pub fn dir(&mut self, side: Side) -> &mut Dir {
+        &mut self.dirs[side as usize]
+    }
     /// The descriptor a direction reads from.
-    pub fn source(&self, dir: usize) -> RawFd {
-        if dir == TO_BACKEND {
-            self.client
-        } else {
-            self.server
+    pub fn source(&self, side: Side) -> RawFd {
+        match side {
+            Side::ToBackend => self.client,
+            Side::ToClient => self.server,
         }
     }
     /// The descriptor a direction writes to.
-    pub fn dest(&self, dir: usize) -> RawFd {
-        if dir == TO_BACKEND {
-            self.server
-        } else {
-            self.client
+    pub fn dest(&self, side: Side) -> RawFd {
+        match side {
+            Side::ToBackend => self.server,
+            Side::ToClient => self.client,
         }
     }
 }
@@ -274,13 +233,6 @@ pub fn proxy_header(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn user_data_round_trips() {
-        let ud = user_data(123_456, 65_000, Op::SendClient);
-        assert_eq!(decode(ud), (123_456, 65_000, Op::SendClient as u8));
-        assert_eq!(Op::from_u8(Op::Header as u8), Some(Op::Header));
-    }
 
     #[test]
     fn proxy_headers() {

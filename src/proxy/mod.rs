@@ -5,12 +5,21 @@
 //! Must not touch: HTTP, health checks or the scaler; it reads the shared snapshot and writes
 //! the shared counters, nothing else.
 
+mod accept;
+mod bufqueue;
+pub mod clienthello;
+mod close;
 pub mod conn;
+mod connect;
+mod inspect;
+mod relay;
 pub mod ring;
+pub mod sys;
+mod table;
 pub mod worker;
 
-use crate::backend::{Shared, Snapshot};
 use crate::config::Config;
+use crate::snapshot::{Shared, Snapshot};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -20,7 +29,7 @@ pub fn worker_count(cfg: &Config) -> usize {
     if cfg.workers.get() > 0 {
         cfg.workers.get() as usize
     } else {
-        ring::sys::allowed_cpus().len().max(1)
+        sys::allowed_cpus().len().max(1)
     }
 }
 
@@ -67,7 +76,7 @@ pub fn start(cfg: &Config, shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>, S
     for _ in 0..n {
         sockets.push(bind(&snapshot)?);
     }
-    let cpus = ring::sys::allowed_cpus();
+    let cpus = sys::allowed_cpus();
     let (count, size) = (
         *cfg.buffer_count.get_ref() as u16,
         *cfg.buffer_size.get_ref(),
@@ -88,7 +97,7 @@ pub fn start(cfg: &Config, shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>, S
             .name(format!("ringlb-w{id}"))
             .spawn(move || {
                 if let Some(cpu) = cpu
-                    && let Err(e) = ring::sys::pin_to_cpu(cpu)
+                    && let Err(e) = sys::pin_to_cpu(cpu)
                 {
                     tracing::warn!(worker = id, cpu, error = %e, "cannot pin worker");
                 }

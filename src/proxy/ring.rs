@@ -1,5 +1,5 @@
 //! The io_uring ring of one worker and the relay buffers the kernel fills: the crate's only
-//! `unsafe` code.
+//! `unsafe` code besides `sys.rs`.
 //!
 //! Owns: the `IoUring` instance, a kernel-provided buffer ring (IORING_REGISTER_PBUF_RING)
 //! with its buffer memory, and every piece of memory a submission points at. Every method is
@@ -12,6 +12,7 @@
 //!
 //! Must not touch: connection logic. It knows file descriptors, buffer ids and user data, not
 //! what they mean.
+#![allow(unsafe_code)]
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use std::io;
@@ -512,6 +513,31 @@ impl Ring {
         self.push(timer);
     }
 
+    /// Waits until `fd` is readable (a single-shot poll), with a linked timeout. Two
+    /// completions follow: the poll's (its revents, or `-ECANCELED` when the timeout fired)
+    /// and the timeout's.
+    pub fn poll_readable(&mut self, fd: RawFd, timeout: Duration, poll_ud: u64, timeout_ud: u64) {
+        let free = {
+            let sq = self.uring.submission();
+            sq.capacity() - sq.len()
+        };
+        if self.nstaged == STAGED || free < 2 {
+            self.submit();
+        }
+        let slot = &mut self.staged[self.nstaged];
+        self.nstaged += 1;
+        slot.timeout = types::Timespec::from(timeout);
+        let poll = opcode::PollAdd::new(types::Fd(fd), (libc::POLLIN | libc::POLLRDHUP) as u32)
+            .build()
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(poll_ud);
+        let timer = opcode::LinkTimeout::new(&slot.timeout)
+            .build()
+            .user_data(timeout_ud);
+        self.push(poll);
+        self.push(timer);
+    }
+
     /// Closes `fd`. Only a failure posts a completion (carrying `user_data`): a close that
     /// works needs no answer, and skipping its CQE saves a completion per descriptor.
     pub fn close(&mut self, fd: RawFd, user_data: u64) {
@@ -587,139 +613,5 @@ impl Ring {
             (*tail).store(self.tail, Ordering::Release);
         }
         self.published = self.tail;
-    }
-}
-
-/// The few raw system calls around the ring: on descriptors the ring hands out, and for the
-/// process's limits and the workers' CPUs.
-pub mod sys {
-    use std::io;
-    use std::net::SocketAddr;
-    use std::os::fd::RawFd;
-
-    /// A new TCP socket for a backend connection, close-on-exec, with TCP_NODELAY (a relay
-    /// must not hold back the last small segment of a response) and, if given, a congestion
-    /// control (validated at config load; should it fail here, the default stays).
-    pub fn stream_socket(v6: bool, congestion: Option<&str>) -> io::Result<RawFd> {
-        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
-        // SAFETY: plain syscall with constant arguments; the result is checked.
-        let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let one: libc::c_int = 1;
-        // SAFETY: `one` is a valid c_int for the duration of the call; fd was just created.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_NODELAY,
-                &one as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-        if let Some(name) = congestion {
-            // SAFETY: `name` is valid for `name.len()` bytes during the call (the kernel
-            // copies at most that many); fd was just created.
-            unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::IPPROTO_TCP,
-                    libc::TCP_CONGESTION,
-                    name.as_ptr() as *const libc::c_void,
-                    name.len() as libc::socklen_t,
-                );
-            }
-        }
-        Ok(fd)
-    }
-
-    fn sock_name(fd: RawFd, peer: bool) -> Option<SocketAddr> {
-        // SAFETY: try_init hands a zeroed storage and its length; the call writes at most
-        // that many bytes and sets the length, as try_init requires.
-        let r = unsafe {
-            socket2::SockAddr::try_init(|storage, len| {
-                let r = if peer {
-                    libc::getpeername(fd, storage.cast(), len)
-                } else {
-                    libc::getsockname(fd, storage.cast(), len)
-                };
-                if r == 0 {
-                    Ok(())
-                } else {
-                    Err(io::Error::last_os_error())
-                }
-            })
-        };
-        r.ok().and_then(|(_, addr)| addr.as_socket())
-    }
-
-    /// The remote address of a connected socket.
-    pub fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
-        sock_name(fd, true)
-    }
-
-    /// The local address of a socket.
-    pub fn local_addr(fd: RawFd) -> Option<SocketAddr> {
-        sock_name(fd, false)
-    }
-
-    /// Shuts down the write side of a connected socket (the peer reads EOF).
-    pub fn shutdown_write(fd: RawFd) {
-        // SAFETY: plain syscall on a descriptor the caller owns; the result is not needed.
-        unsafe { libc::shutdown(fd, libc::SHUT_WR) };
-    }
-
-    /// Closes a descriptor synchronously (for error paths before the ring owns it).
-    pub fn close(fd: RawFd) {
-        // SAFETY: the caller owns `fd` and does not use it afterwards.
-        unsafe { libc::close(fd) };
-    }
-
-    /// Raises the soft open-file limit to the hard one (as HAProxy does); returns the limit.
-    pub fn raise_nofile_limit() -> u64 {
-        // SAFETY: `lim` is a valid rlimit for both calls.
-        unsafe {
-            let mut lim: libc::rlimit = std::mem::zeroed();
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-                return 0;
-            }
-            if lim.rlim_cur < lim.rlim_max {
-                lim.rlim_cur = lim.rlim_max;
-                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            }
-            lim.rlim_cur
-        }
-    }
-
-    /// The CPUs this process may run on.
-    pub fn allowed_cpus() -> Vec<usize> {
-        // SAFETY: `set` is a valid cpu_set_t for the call and for CPU_ISSET.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-                return (0..std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1))
-                    .collect();
-            }
-            (0..libc::CPU_SETSIZE as usize)
-                .filter(|&c| libc::CPU_ISSET(c, &set))
-                .collect()
-        }
-    }
-
-    /// Pins the calling thread to one CPU.
-    pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
-        // SAFETY: `set` is a valid, zeroed cpu_set_t; cpu < CPU_SETSIZE is checked by the caller
-        // through allowed_cpus().
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        Ok(())
     }
 }

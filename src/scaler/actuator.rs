@@ -103,6 +103,7 @@ impl Proc {
     }
 
     /// Signals the process's whole group (it leads one: see `launch`).
+    #[allow(unsafe_code)]
     fn signal(&self, sig: i32) {
         let pid = self.pid() as i32;
         // SAFETY: kill(2) takes no pointers; a negative pid names the process group.
@@ -438,7 +439,9 @@ mod tests {
         let pid = a.pids()[0];
         // Its own process group, led by it.
         // SAFETY: getpgid(2) takes no pointers.
-        assert_eq!(unsafe { libc::getpgid(pid as i32) }, pid as i32);
+        #[allow(unsafe_code)]
+        let pgid = unsafe { libc::getpgid(pid as i32) };
+        assert_eq!(pgid, pid as i32);
         let listed = a.launched(&[]);
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].start, start_time(pid));

@@ -1,0 +1,369 @@
+//! Accept and admission: the listeners' multishot accepts, what a new connection must pass
+//! before any backend work (the descriptor budget, the listener's `max_connections`, its
+//! source allow/deny), and the pools' queues for clients that find every backend at its
+//! `max_connections`.
+//!
+//! Owns: the accept state of each listening socket, pausing and resuming accepts, the
+//! creation of a connection's slot, and this worker's waiters (see [`Waiting`]).
+//! Must not touch: backend sockets (that begins in `connect.rs`); a queued client has
+//! nothing in flight and nothing read.
+
+use super::conn::{Conn, Dir, Phase};
+use super::ring::Cqe;
+use super::sys;
+use super::table::{Op, user_data};
+use super::worker::{AcceptState, Worker};
+use crate::balance::key_hash;
+use crate::config::HashKey;
+use crate::snapshot::{Pool, PoolQueue};
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Ticks to wait before accepting again after EMFILE/ENFILE.
+const ACCEPT_PAUSE_TICKS: u32 = 2;
+
+impl Worker {
+    pub(super) fn arm_accept(&mut self, i: usize) {
+        let l = &mut self.listening[i];
+        if let Some(s) = &l.socket
+            && l.state == AcceptState::Idle
+            && !self.stopping
+        {
+            self.ring
+                .accept_multi(s.as_raw_fd(), user_data(i as u32, 0, Op::Accept));
+            l.state = AcceptState::Armed;
+        }
+    }
+
+    pub(super) fn cancel_accept(&mut self, i: usize) {
+        if self.listening[i].state == AcceptState::Armed {
+            self.ring.cancel(
+                user_data(i as u32, 0, Op::Accept),
+                user_data(i as u32, 0, Op::AcceptCancel),
+            );
+            self.listening[i].state = AcceptState::Cancelling;
+        }
+    }
+
+    /// Stops accepting on every listener for a couple of ticks (out of descriptors): the
+    /// tick re-arms them.
+    pub(super) fn pause_accepting(&mut self) {
+        for i in 0..self.listening.len() {
+            self.listening[i].paused_until = self.now + ACCEPT_PAUSE_TICKS;
+            self.cancel_accept(i);
+        }
+    }
+
+    /// Accepts paused for EMFILE or max_connections resume when they may (every tick).
+    pub(super) fn resume_accepts(&mut self) {
+        let snap = self.shared.snapshot.load();
+        for i in 0..self.listening.len() {
+            let l = &self.listening[i];
+            if l.state != AcceptState::Idle || self.now < l.paused_until {
+                continue;
+            }
+            let listener = &snap.listeners[i];
+            let max = listener.max_connections as i64;
+            if max == 0 || listener.stats.active.load(Relaxed) < max {
+                self.arm_accept(i);
+            }
+        }
+    }
+
+    pub(super) fn on_accept(&mut self, li: usize, c: Cqe) {
+        if !c.more() {
+            self.listening[li].state = AcceptState::Idle;
+            if self.stopping {
+                // The accept is over: close the socket so the kernel sends new connections
+                // to listeners that remain (or refuses them).
+                self.listening[li].socket = None;
+            }
+        }
+        if c.result < 0 {
+            let err = -c.result;
+            if matches!(
+                err,
+                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+            ) {
+                // Out of descriptors or memory: pause accepting for a couple of ticks rather
+                // than spin on an error that only time (closing connections) can cure.
+                self.listening[li].paused_until = self.now + ACCEPT_PAUSE_TICKS;
+                self.cancel_accept(li);
+                if self.accept_warned < 1 {
+                    tracing::warn!(worker = self.id, error = %std::io::Error::from_raw_os_error(err), "accept failed: pausing accepts");
+                }
+                self.accept_warned += 1;
+            } else if err != libc::ECANCELED {
+                tracing::warn!(worker = self.id, error = %std::io::Error::from_raw_os_error(err), "accept failed");
+            }
+            if self.listening[li].state == AcceptState::Idle
+                && self.now >= self.listening[li].paused_until
+            {
+                self.arm_accept(li);
+            }
+            return;
+        }
+        // Accepted while stopping (the accept's cancel had not landed yet): the kernel
+        // completed this handshake and the client may have sent its request already, so it
+        // is served like the connections that came before, not closed unanswered.
+        self.admit(li, c.result);
+        if self.listening[li].state == AcceptState::Idle
+            && self.now >= self.listening[li].paused_until
+        {
+            self.arm_accept(li);
+        }
+    }
+
+    /// Admission of an accepted client: refused at once (closed, counted) when over a
+    /// limit or not allowed; otherwise given a slot and sent on to inspection or connect.
+    fn admit(&mut self, li: usize, fd: RawFd) {
+        let snap = self.shared.snapshot.load();
+        let listener = snap.listeners[li].clone();
+        // Without a default pool, an inspected connection holds the first pool until its
+        // route is known (it is never used to connect: no route closes the connection).
+        let pool = snap.pools[listener.pool.unwrap_or(0)].clone();
+        drop(snap);
+        let stats = &listener.stats;
+        stats.connections.fetch_add(1, Relaxed);
+        let active = stats.active.fetch_add(1, Relaxed) + 1;
+        let budget = self.shared.connection_budget.load(Relaxed);
+        if self.shared.open_connections() >= budget {
+            // As many connections as descriptors allow: refuse this one and pause accepting
+            // (a backend socket for it would fail anyway).
+            stats.active.fetch_sub(1, Relaxed);
+            stats.rejected.fetch_add(1, Relaxed);
+            sys::close(fd);
+            self.pause_accepting();
+            return;
+        }
+        if listener.max_connections > 0 && active > listener.max_connections as i64 {
+            // Over the limit: refuse this one and stop accepting until a slot frees up (the
+            // kernel's backlog holds the rest, as HAProxy's maxconn does).
+            stats.active.fetch_sub(1, Relaxed);
+            stats.rejected.fetch_add(1, Relaxed);
+            sys::close(fd);
+            self.cancel_accept(li);
+            return;
+        }
+        if !listener.acl.is_empty() {
+            // A client whose address cannot be read (it reset already) is refused too.
+            let allowed = sys::peer_addr(fd).is_some_and(|a| listener.acl.admits(a.ip()));
+            if !allowed {
+                stats.active.fetch_sub(1, Relaxed);
+                stats.denied.fetch_add(1, Relaxed);
+                sys::close(fd);
+                return;
+            }
+        }
+        let inspect = !listener.routes.is_empty();
+        let now = self.now;
+        let slot = self.conns.insert(|gen_| Conn {
+            gen_,
+            inflight: 0,
+            phase: if inspect {
+                Phase::Inspecting
+            } else {
+                Phase::Connecting
+            },
+            client: fd,
+            server: -1,
+            listener,
+            pool,
+            backend: None,
+            tried: [0; crate::config::MAX_RETRIES as usize + 1],
+            ntried: 0,
+            key: 0,
+            last_active: now,
+            dirs: [Dir::new(), Dir::new()],
+            header_len: 0,
+            header_sent: 0,
+            peeked: 0,
+            ticket: 0,
+            accepted_at: std::time::Instant::now(),
+            connect_started: std::time::Instant::now(),
+        });
+        self.shared.worker_connections[self.id].fetch_add(1, Relaxed);
+        if inspect {
+            self.inspect(slot);
+        } else {
+            self.enter_pool(slot);
+        }
+        self.release_if_idle(slot);
+    }
+
+    /// The connection's pool is known: connect, or wait behind those already queued.
+    pub(super) fn enter_pool(&mut self, slot: usize) {
+        let c = self.conns.get(slot);
+        if c.pool.needs_client_key() {
+            c.key = match sys::peer_addr(c.client) {
+                Some(a) => key_hash(
+                    a.ip(),
+                    (c.pool.hash_key == HashKey::ClientIpPort).then_some(a.port()),
+                ),
+                None => 0,
+            };
+        }
+        // First come, first served: while anyone waits for this pool, a newcomer waits too,
+        // or it could take the slot that the oldest waiter is owed.
+        if c.pool.limited && c.pool.queue.length.load(Relaxed) > 0 {
+            return self.enqueue(slot);
+        }
+        self.connect_next(slot);
+    }
+
+    /// Every candidate of the connection's pool is at its limit: wait in the pool's queue,
+    /// or close if it is full.
+    pub(super) fn enqueue(&mut self, slot: usize) {
+        let c = self.conns.get(slot);
+        let q = c.pool.queue.clone();
+        let size = q.size.load(Relaxed) as i64;
+        if q.length.fetch_add(1, Relaxed) >= size {
+            q.length.fetch_sub(1, Relaxed);
+            q.overflows.fetch_add(1, Relaxed);
+            tracing::debug!(pool = %c.pool.name, "queue full: closing");
+            return self.teardown(slot);
+        }
+        let ticket = q.next_ticket.fetch_add(1, Relaxed);
+        c.phase = Phase::Queued;
+        c.ticket = ticket;
+        c.connect_started = std::time::Instant::now();
+        let gen_ = c.gen_;
+        let waiters = self.queued.of(&q);
+        if waiters.is_empty() {
+            q.heads[self.id % q.heads.len()].store(ticket, Relaxed);
+        }
+        waiters.push_back(Waiter {
+            slot: slot as u32,
+            gen_,
+            ticket,
+        });
+    }
+
+    /// The queue holds a stale entry to drop at the next look.
+    pub(super) fn queued_changed(&mut self) {
+        self.queued.dirty = true;
+    }
+
+    /// A connection to one of `pool`'s backends ended: its queue may move.
+    pub(super) fn pool_freed(&mut self, pool: &Arc<Pool>) {
+        if pool.limited {
+            self.queued.dirty = true;
+        }
+    }
+
+    /// Serves queued connections, oldest first, while their pool has a backend with room
+    /// and no other worker holds an older waiter. Runs after every batch of completions in
+    /// which a slot was freed here, and every tick for slots freed on other workers.
+    pub(super) fn serve_queued(&mut self) {
+        if !self.queued.dirty {
+            return;
+        }
+        self.queued.dirty = false;
+        let me = self.id;
+        for qi in 0..self.queued.pools.len() {
+            loop {
+                let (q, front) = {
+                    let (q, w) = &self.queued.pools[qi];
+                    (q.clone(), w.front().copied())
+                };
+                let head = &q.heads[me % q.heads.len()];
+                let Some(w) = front else {
+                    head.store(u64::MAX, Relaxed);
+                    break;
+                };
+                let slot = w.slot as usize;
+                let live = self.conns.lookup(slot, w.gen_)
+                    && self.conns.get(slot).phase == Phase::Queued
+                    && self.conns.get(slot).ticket == w.ticket;
+                if !live {
+                    self.queued.pools[qi].1.pop_front();
+                    continue;
+                }
+                head.store(w.ticket, Relaxed);
+                if q.older_elsewhere(me, w.ticket) {
+                    break;
+                }
+                // The pool as it is now (a reload may have rebuilt it since the client came).
+                let c = self.conns.get(slot);
+                let current = self.shared.snapshot.load().pool(&c.pool.name).cloned();
+                let Some(pool) = current else {
+                    self.queued.pools[qi].1.pop_front();
+                    self.close(slot);
+                    continue;
+                };
+                if crate::balance::all_full(&pool.backends, c.tried()) {
+                    break;
+                }
+                self.queued.pools[qi].1.pop_front();
+                q.length.fetch_sub(1, Relaxed);
+                q.wait.record(c.connect_started.elapsed().as_secs_f64());
+                c.ticket = 0;
+                c.pool = pool;
+                self.connect_next(slot);
+                self.release_if_idle(slot);
+            }
+        }
+        // Pools whose queues emptied are forgotten (a reload may have dropped them).
+        self.queued.pools.retain(|(_, w)| !w.is_empty());
+    }
+
+    /// Queued connections past their pool's `queue_timeout` are closed (every tick); slots
+    /// freed on other workers are looked for.
+    pub(super) fn expire_queued(&mut self) {
+        if self.queued.pools.is_empty() {
+            return;
+        }
+        self.queued.dirty = true;
+        for qi in 0..self.queued.pools.len() {
+            let q = self.queued.pools[qi].0.clone();
+            let timeout = std::time::Duration::from_millis(q.timeout_ms.load(Relaxed));
+            while let Some(&w) = self.queued.pools[qi].1.front() {
+                let slot = w.slot as usize;
+                let live = self.conns.lookup(slot, w.gen_)
+                    && self.conns.get(slot).phase == Phase::Queued
+                    && self.conns.get(slot).ticket == w.ticket;
+                if live && self.conns.get(slot).connect_started.elapsed() < timeout {
+                    break;
+                }
+                self.queued.pools[qi].1.pop_front();
+                if live {
+                    q.timeouts.fetch_add(1, Relaxed);
+                    tracing::debug!(worker = self.id, slot, "queue timeout");
+                    self.close(slot);
+                }
+            }
+        }
+    }
+}
+
+/// One queued connection.
+#[derive(Debug, Clone, Copy)]
+struct Waiter {
+    slot: u32,
+    gen_: u16,
+    ticket: u64,
+}
+
+/// The connections of one worker waiting in their pools' queues: per pool (by its shared
+/// queue, which outlives reloads), in arrival order.
+#[derive(Default)]
+pub struct Waiting {
+    pools: Vec<(Arc<PoolQueue>, VecDeque<Waiter>)>,
+    /// A slot may have freed up since the last look.
+    dirty: bool,
+}
+
+impl Waiting {
+    fn of(&mut self, q: &Arc<PoolQueue>) -> &mut VecDeque<Waiter> {
+        let i = match self.pools.iter().position(|(p, _)| Arc::ptr_eq(p, q)) {
+            Some(i) => i,
+            None => {
+                self.pools.push((q.clone(), VecDeque::new()));
+                self.pools.len() - 1
+            }
+        };
+        &mut self.pools[i].1
+    }
+}

@@ -1,0 +1,165 @@
+//! Connect: picks a backend, connects to it with a linked timeout (the next candidate on
+//! refusal or timeout, up to the listener's `retries`), and sends the PROXY header.
+//!
+//! Owns: the backend side's socket until the relay starts, and the backend's `active` count
+//! for this connection (taken at the pick, given back on a failed connect or at release).
+//! Must not touch: relayed bytes.
+
+use super::conn::{self, Phase, Side};
+use super::ring::HEADER_MAX;
+use super::sys;
+use super::table::Op;
+use super::worker::Worker;
+use crate::backend::ConnectError;
+use crate::balance::{Pick, all_full};
+use crate::config::ProxyProtocol;
+use std::sync::atomic::Ordering::Relaxed;
+
+impl Worker {
+    /// Picks the next backend not yet tried and connects to it; closes the client when none
+    /// is left.
+    pub(super) fn connect_next(&mut self, slot: usize) {
+        let rand = self.rand();
+        let c = self.conns.get(slot);
+        c.phase = Phase::Connecting;
+        let attempts_left = c.ntried as u32 <= c.listener.retries;
+        let picked = if attempts_left {
+            c.pool.balancer.pick(
+                &c.pool.backends,
+                &Pick {
+                    key: c.key,
+                    rand,
+                    tried: c.tried(),
+                },
+            )
+        } else {
+            None
+        };
+        let Some(i) = picked else {
+            if attempts_left && c.pool.limited && all_full(&c.pool.backends, c.tried()) {
+                // Every candidate is at its max_connections: wait for a slot.
+                return self.enqueue(slot);
+            }
+            if c.ntried == 0 {
+                c.listener.stats.no_backend.fetch_add(1, Relaxed);
+                tracing::debug!(listener = %c.listener.name, "no routable backend");
+            }
+            self.teardown(slot);
+            return;
+        };
+        let backend = c.pool.backends[i].clone();
+        if !backend.try_acquire() {
+            // Another worker took its last slot between the pick and now.
+            return self.enqueue(slot);
+        }
+        c.tried[c.ntried as usize] = i as u32;
+        c.ntried += 1;
+        backend.stats.connections.fetch_add(1, Relaxed);
+        let fd = match sys::stream_socket(backend.addr.is_ipv6(), c.pool.tcp_congestion()) {
+            Ok(fd) => fd,
+            Err(e) => {
+                backend.stats.active.fetch_sub(1, Relaxed);
+                if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
+                    // Out of descriptors: stop taking clients we cannot serve; those waiting
+                    // stay in the backlog until descriptors free up.
+                    self.pause_accepting();
+                }
+                if self.accept_warned < 1 {
+                    tracing::warn!(error = %e, "cannot create a backend socket");
+                }
+                self.accept_warned += 1;
+                self.teardown(slot);
+                return;
+            }
+        };
+        c.server = fd;
+        c.connect_started = std::time::Instant::now();
+        let timeout = c.listener.connect_timeout;
+        c.backend = Some(backend.clone());
+        let cu = self.conns.submit(slot, Op::Connect);
+        let tu = self.conns.submit(slot, Op::ConnectTimeout);
+        self.ring.connect(fd, &backend.sockaddr, timeout, cu, tu);
+    }
+
+    pub(super) fn on_connect(&mut self, slot: usize, res: i32) {
+        let now = self.now;
+        let c = self.conns.get(slot);
+        if c.phase == Phase::Closing {
+            return;
+        }
+        let backend = c.backend.clone().expect("connecting to a backend");
+        if res == 0 {
+            backend.stats.failures_in_row.store(0, Relaxed);
+            c.pool
+                .connect_duration
+                .record(c.connect_started.elapsed().as_secs_f64());
+            c.last_active = now;
+            if c.listener.proxy_protocol != ProxyProtocol::Off {
+                return self.send_header(slot, 0);
+            }
+            return self.start_relay(slot);
+        }
+        let reason = match -res {
+            libc::ECONNREFUSED => ConnectError::Refused,
+            libc::ECANCELED | libc::ETIMEDOUT | libc::ETIME => ConnectError::Timeout,
+            _ => ConnectError::Other,
+        };
+        backend.stats.connect_errors[reason as usize].fetch_add(1, Relaxed);
+        backend.stats.failures_in_row.fetch_add(1, Relaxed);
+        backend.stats.active.fetch_sub(1, Relaxed);
+        tracing::debug!(backend = %backend.addr, ?reason, "connect failed");
+        let fd = c.server;
+        c.server = -1;
+        c.backend = None;
+        // Nothing else uses this descriptor: the linked timeout is not bound to it.
+        let pool = c.pool.clone();
+        let close = self.conns.ud(slot, Op::Close);
+        self.ring.close(fd, close);
+        self.pool_freed(&pool);
+        self.connect_next(slot);
+    }
+
+    /// Sends the PROXY header from byte `from` on (a partial send resends the rest).
+    fn send_header(&mut self, slot: usize, from: usize) {
+        let c = self.conns.get(slot);
+        let mut hdr = [0u8; HEADER_MAX];
+        let version = c.listener.proxy_protocol;
+        let n = match (sys::peer_addr(c.client), sys::local_addr(c.client)) {
+            (Some(peer), Some(local)) => conn::proxy_header(version, peer, local, &mut hdr),
+            _ => 0,
+        };
+        if n == 0 {
+            // The client's addresses are gone (it reset): nothing to announce.
+            return self.teardown(slot);
+        }
+        c.phase = Phase::Header;
+        c.header_len = n as u8;
+        let server = c.server;
+        let ud = self.conns.submit(slot, Op::Header);
+        self.ring.send_header(server, slot, &hdr[from..n], ud);
+    }
+
+    /// Sends the rest of the PROXY header, or starts relaying once it is out.
+    pub(super) fn on_header(&mut self, slot: usize, res: i32) {
+        let c = self.conns.get(slot);
+        if c.phase == Phase::Closing {
+            return;
+        }
+        if res <= 0 {
+            return self.teardown(slot);
+        }
+        c.header_sent += res as u8;
+        if c.header_sent < c.header_len {
+            // A partial send of a ~100-byte header: resend the rest (rare, but legal).
+            let sent = c.header_sent as usize;
+            return self.send_header(slot, sent);
+        }
+        self.start_relay(slot);
+    }
+
+    fn start_relay(&mut self, slot: usize) {
+        self.conns.get(slot).phase = Phase::Relaying;
+        self.arm_recv(slot, Side::ToBackend);
+        self.arm_recv(slot, Side::ToClient);
+    }
+}

@@ -1,0 +1,116 @@
+//! Inspection: before connecting, waits for the client's TLS ClientHello and picks the pool
+//! by its server_name (SNI), without terminating TLS.
+//!
+//! The bytes are looked at, not taken: a poll (with a linked timeout, the rest of
+//! `inspect_timeout`) waits for the socket to be readable, a `recv(MSG_PEEK)` copies what
+//! waits into the worker's scratch, and the parser says whether the hello is complete. If
+//! not, SO_RCVLOWAT is raised to one byte more than is there, so the next poll wakes only
+//! when more has come (or at EOF), and the worker polls again. The relay later reads the
+//! same bytes from the socket and forwards them unchanged, as Envoy's tls_inspector does;
+//! nothing is copied to the backend by hand. Two syscalls per routed connection in the
+//! common case (one peek; SO_RCVLOWAT only when the hello came in pieces).
+//!
+//! Owns: the inspection's poll and its timeout, the route decision and its counters.
+//! Must not touch: backends (the pool chosen goes on to `accept.rs`'s `enter_pool`).
+
+use super::clienthello::{self, Hello, MAX_HELLO};
+use super::conn::Phase;
+use super::sys;
+use super::table::Op;
+use super::worker::Worker;
+use crate::routes::NoRoute;
+
+impl Worker {
+    /// Starts (or continues) waiting for the client's first bytes.
+    pub(super) fn inspect(&mut self, slot: usize) {
+        let c = self.conns.get(slot);
+        c.phase = Phase::Inspecting;
+        let left = c
+            .listener
+            .inspect_timeout
+            .saturating_sub(c.accepted_at.elapsed());
+        if left.is_zero() {
+            return self.no_route(slot, NoRoute::Timeout);
+        }
+        let fd = c.client;
+        let pu = self.conns.submit(slot, Op::Inspect);
+        let tu = self.conns.submit(slot, Op::InspectTimeout);
+        self.ring.poll_readable(fd, left, pu, tu);
+    }
+
+    pub(super) fn on_inspect(&mut self, slot: usize, res: i32) {
+        let c = self.conns.get(slot);
+        if c.phase == Phase::Closing {
+            return;
+        }
+        if res < 0 {
+            // -ECANCELED: the linked timeout fired first.
+            return self.no_route(slot, NoRoute::Timeout);
+        }
+        let fd = c.client;
+        let n = sys::peek(fd, &mut self.peek[..]);
+        if n == -(libc::EAGAIN as isize) {
+            // Woken with nothing to read after all: wait again.
+            return self.inspect(slot);
+        }
+        if n <= 0 {
+            // EOF or a reset before a whole hello: nobody to serve.
+            return self.no_route(slot, NoRoute::Timeout);
+        }
+        let n = n as usize;
+        let verdict = clienthello::parse(&self.peek[..n], &mut self.hello);
+        let c = self.conns.get(slot);
+        let found = match verdict {
+            Hello::Incomplete if n < MAX_HELLO => {
+                sys::set_rcvlowat(fd, n as i32 + 1);
+                c.peeked = n as u16;
+                return self.inspect(slot);
+            }
+            Hello::Incomplete | Hello::Malformed => Err(NoRoute::Malformed),
+            Hello::NotTls => Err(NoRoute::NotTls),
+            Hello::NoSni => Err(NoRoute::NoSni),
+            Hello::Sni(name) => c.listener.routes.lookup(name).ok_or(NoRoute::UnknownName),
+        };
+        if c.peeked > 0 {
+            // Readable at one byte again, for the relay's recvs.
+            sys::set_rcvlowat(fd, 1);
+        }
+        match found {
+            Ok(pool) => self.route_to(slot, pool),
+            Err(why) => self.no_route(slot, why),
+        }
+    }
+
+    /// No route matched: the listener's default pool, or a close if it has none.
+    fn no_route(&mut self, slot: usize, why: NoRoute) {
+        let c = self.conns.get(slot);
+        c.listener.no_route(why);
+        tracing::debug!(listener = %c.listener.name, reason = why.as_str(), "no SNI route");
+        match c.listener.pool {
+            Some(pool) if why != NoRoute::Timeout => self.route_to(slot, pool),
+            _ => self.teardown(slot),
+        }
+    }
+
+    fn route_to(&mut self, slot: usize, pool: usize) {
+        let snap = self.shared.snapshot.load();
+        let c = self.conns.get(slot);
+        // A reload may have come between the accept and the hello: the pool is looked up
+        // by name in the snapshot in force now.
+        let name = &c.listener.pool_names[pool];
+        let chosen = match snap.pools.get(pool) {
+            Some(p) if &p.name == name => Some(p.clone()),
+            _ => snap.pool(name).cloned(),
+        };
+        drop(snap);
+        match chosen {
+            Some(p) => {
+                c.pool = p;
+                c.phase = Phase::Connecting;
+                self.enter_pool(slot);
+            }
+            // The pool was removed by that reload.
+            None => self.teardown(slot),
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The few raw system calls around the ring: sockets for backend connections, their
+//! addresses and shutdown, the process's open-file limit and the workers' CPUs.
+//!
+//! Owns: nothing but the calls; every descriptor here is one the worker owns.
+//! Must not touch: the ring or connection logic. One of the two places (with `ring.rs`) where
+//! the data plane may use `unsafe`, each block with its `SAFETY:` comment.
+#![allow(unsafe_code)]
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+
+/// A new TCP socket for a backend connection, close-on-exec, with TCP_NODELAY (a relay
+/// must not hold back the last small segment of a response) and, if given, a congestion
+/// control (validated at config load; should it fail here, the default stays).
+pub fn stream_socket(v6: bool, congestion: Option<&str>) -> io::Result<RawFd> {
+    let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+    // SAFETY: plain syscall with constant arguments; the result is checked.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let one: libc::c_int = 1;
+    // SAFETY: `one` is a valid c_int for the duration of the call; fd was just created.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            &one as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    if let Some(name) = congestion {
+        // SAFETY: `name` is valid for `name.len()` bytes during the call (the kernel
+        // copies at most that many); fd was just created.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_CONGESTION,
+                name.as_ptr() as *const libc::c_void,
+                name.len() as libc::socklen_t,
+            );
+        }
+    }
+    Ok(fd)
+}
+
+fn sock_name(fd: RawFd, peer: bool) -> Option<SocketAddr> {
+    // SAFETY: try_init hands a zeroed storage and its length; the call writes at most
+    // that many bytes and sets the length, as try_init requires.
+    let r = unsafe {
+        socket2::SockAddr::try_init(|storage, len| {
+            let r = if peer {
+                libc::getpeername(fd, storage.cast(), len)
+            } else {
+                libc::getsockname(fd, storage.cast(), len)
+            };
+            if r == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        })
+    };
+    r.ok().and_then(|(_, addr)| addr.as_socket())
+}
+
+/// The remote address of a connected socket.
+pub fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
+    sock_name(fd, true)
+}
+
+/// The local address of a socket.
+pub fn local_addr(fd: RawFd) -> Option<SocketAddr> {
+    sock_name(fd, false)
+}
+
+/// Shuts down the write side of a connected socket (the peer reads EOF).
+pub fn shutdown_write(fd: RawFd) {
+    // SAFETY: plain syscall on a descriptor the caller owns; the result is not needed.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+}
+
+/// Closes a descriptor synchronously (for error paths before the ring owns it).
+pub fn close(fd: RawFd) {
+    // SAFETY: the caller owns `fd` and does not use it afterwards.
+    unsafe { libc::close(fd) };
+}
+
+/// Copies the bytes waiting on `fd` into `buf` without taking them (MSG_PEEK), without
+/// blocking: the count, 0 at EOF, or -errno.
+pub fn peek(fd: RawFd, buf: &mut [u8]) -> isize {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        -(io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO) as isize)
+    } else {
+        n
+    }
+}
+
+/// SO_RCVLOWAT: the socket reads as readable only once `n` bytes wait (or at EOF).
+pub fn set_rcvlowat(fd: RawFd, n: i32) {
+    // SAFETY: the option value points at a live i32 of the size passed.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            &n as *const i32 as *const libc::c_void,
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Raises the soft open-file limit to the hard one (as HAProxy does); returns the limit.
+pub fn raise_nofile_limit() -> u64 {
+    // SAFETY: `lim` is a valid rlimit for both calls.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+        lim.rlim_cur
+    }
+}
+
+/// The CPUs this process may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `set` is a valid cpu_set_t for the call and for CPU_ISSET.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return (0..std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1))
+                .collect();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Pins the calling thread to one CPU.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: `set` is a valid, zeroed cpu_set_t; cpu < CPU_SETSIZE is checked by the caller
+    // through allowed_cpus().
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
