@@ -1,12 +1,22 @@
 //! ringlb: a layer-4 TCP load balancer for Linux on io_uring.
 //!
 //! # Layout
-//! - [`config`]: the TOML schema, defaults, and validation with key and line in every error.
-//! - [`backend`]: `Backend` (address + shared atomics), `Pool`, the `Snapshot` workers read.
+//! - [`config`]: the TOML schema, one file per section (listener, pool, health) with its
+//!   ranges and `validate_*`, and `values` (durations, bounded numbers, located errors) that
+//!   the scaler's config shares.
+//! - [`backend`]: `Backend`: an address and the atomics every worker shares (state, weight,
+//!   limit, slow start, counters). Imports nothing of ours.
+//! - [`snapshot`]: `Pool`, `Listener`, the `Snapshot` workers read, the pools' queues, and
+//!   `Shared` (what the control plane and the workers hold in common).
+//! - [`routes`]: source allow/deny (CIDRs as sorted ranges) and the SNI route table.
 //! - [`balance`]: backend selection behind one trait: round robin, least connections,
-//!   ring hash (xxh3, bounded loads) and Maglev, one file each.
-//! - [`proxy`]: the data plane. `worker` runs the per-core event loop, `conn` holds a
-//!   connection's state, `ring` wraps io_uring and its buffer ring (the only `unsafe`).
+//!   ring hash (xxh3, bounded loads) and Maglev, one file each; one filter (up, untried,
+//!   below its limit) applied outside them.
+//! - [`proxy`]: the data plane. `worker` runs the per-core loop and dispatch; `table` the
+//!   connection slab and user data; `bufqueue` a direction's buffers; one file per stage:
+//!   `accept` (admission, queue), `inspect` (SNI, with `clienthello`), `connect` (+PROXY
+//!   header), `relay`, `close`; `ring` (io_uring and its buffer ring) and `sys` (sockets,
+//!   rlimit, affinity) hold the only `unsafe` (the crate denies it elsewhere).
 //! - [`health`]: the rise/fall state machine and the TCP/HTTP probes.
 //! - [`metrics`]: metric names, the Prometheus recorder, the scrape.
 //! - [`control`]: the control plane on its own tokio thread: `state` (membership, runtime

@@ -303,6 +303,13 @@ fn sni_inspection_edges() {
     let mut buf = [0u8; 16];
     let n = s.read(&mut buf).unwrap_or(0);
     assert_eq!(n, 0, "a stalled ClientHello was answered");
+    // Half a hello and a half-close: closed at once (not polled for ever on the EOF).
+    let mut half = TcpStream::connect(to).unwrap();
+    half.write_all(&hello[..20]).unwrap();
+    half.shutdown(std::net::Shutdown::Write).unwrap();
+    half.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(half.read(&mut buf).unwrap_or(0), 0);
     // A plaintext client that says nothing at all is closed too (it cannot be routed), as
     // Proxy::start's probe was.
     let mut quiet = TcpStream::connect(to).unwrap();
@@ -316,7 +323,7 @@ fn sni_inspection_edges() {
             "ringlb_listener_no_route_total",
             "listener=\"tls\",reason=\"timeout\""
         ),
-        3.0
+        4.0
     );
 
     // Without a default pool, an unknown name, no SNI and plaintext are closed.
@@ -651,4 +658,49 @@ fn slow_start_ramps_a_backend_that_comes_up() {
         .find(|b| b["addr"] == new.addr.to_string())
         .unwrap();
     assert_eq!(listed["effective_weight"].as_f64(), Some(1.0), "{listed}");
+}
+
+#[test]
+fn routes_keep_proxy_protocol_and_http_health_checks() {
+    let rec = Recorder::start("ra");
+    let web = HttpBackend::start("web");
+    let (port, admin) = (free_port(), addr(free_port()));
+    let cfg = format!(
+        "[admin]\nlisten = \"{admin}\"\n\
+         [[listeners]]\nname = \"tls\"\nbind = \"127.0.0.1:{port}\"\npool = \"web\"\nproxy_protocol = \"v1\"\n\
+         routes = [{{ sni = \"a.test\", pool = \"a\" }}]\n{}{}",
+        pool_config("a", "round_robin", &[(rec.addr, 1)], ""),
+        pool_config(
+            "web",
+            "round_robin",
+            &[(web.addr, 1)],
+            "[pools.web.health]\nkind = \"http\"\ninterval = \"100ms\"\nfall = 1\nrise = 1\n"
+        ),
+    );
+    let _p = Proxy::start(&cfg, addr(port));
+    wait_until(Duration::from_secs(10), || {
+        TcpStream::connect(admin).is_ok()
+    });
+    // The routed connection gets the PROXY header first, then the hello as the client sent it.
+    let hello = ringlb::proxy::clienthello::build_hello(Some("a.test"), 16384);
+    assert_eq!(send_and_read(addr(port), &hello, 4096), b"ra\n");
+    let seen = rec.seen.lock().unwrap().clone();
+    let got = seen
+        .iter()
+        .find(|b| b.ends_with(&hello))
+        .expect("the hello reached the routed backend");
+    let header = String::from_utf8_lossy(&got[..got.len() - hello.len()]).to_string();
+    assert!(
+        header.starts_with("PROXY TCP4 127.0.0.1 127.0.0.1 ") && header.ends_with("\r\n"),
+        "{header:?}"
+    );
+    // The default pool's HTTP probes keep working: it goes down at a 503 and comes back.
+    web.health.store(503, std::sync::atomic::Ordering::Relaxed);
+    wait_until(Duration::from_secs(10), || {
+        backend_state(admin, web.addr).as_deref() == Some("down")
+    });
+    web.health.store(200, std::sync::atomic::Ordering::Relaxed);
+    wait_until(Duration::from_secs(10), || {
+        backend_state(admin, web.addr).as_deref() == Some("up")
+    });
 }

@@ -61,6 +61,11 @@ impl Worker {
         let verdict = clienthello::parse(&self.peek[..n], &mut self.hello);
         let c = self.conns.get(slot);
         let found = match verdict {
+            Hello::Incomplete if n <= c.peeked as usize => {
+                // Woken with no new bytes: only an EOF wakes a poll below SO_RCVLOWAT, so
+                // the client half-closed mid-hello. Polling again would spin.
+                return self.no_route(slot, NoRoute::Timeout);
+            }
             Hello::Incomplete if n < MAX_HELLO => {
                 sys::set_rcvlowat(fd, n as i32 + 1);
                 c.peeked = n as u16;

@@ -37,8 +37,8 @@ pub enum ActuatorConfig {
         /// SIGTERM, then SIGKILL after this long.
         #[serde(
             default = "default_grace",
-            serialize_with = "crate::config::duration_serde::serialize",
-            deserialize_with = "crate::config::duration_serde::within::<0, { crate::config::US_H }, _>"
+            serialize_with = "crate::config::values::duration_serde::serialize",
+            deserialize_with = "crate::config::values::duration_serde::within::<0, { crate::config::values::US_H }, _>"
         )]
         stop_grace: Duration,
     },

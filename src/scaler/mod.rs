@@ -20,7 +20,7 @@ pub mod policy;
 pub mod schedule;
 pub mod source;
 
-use crate::config::{US_DAY, US_H, US_MS, US_S};
+use crate::config::values::{US_DAY, US_H, US_MS, US_S};
 use actuator::{Actuator, ActuatorConfig};
 use policy::{Capacity, Limits, Policy, PolicyConfig};
 use serde::{Deserialize, Serialize};
@@ -45,8 +45,8 @@ pub struct ScalerConfig {
     pub admin_token_file: Option<PathBuf>,
     #[serde(
         default = "default_interval",
-        serialize_with = "crate::config::duration_serde::serialize",
-        deserialize_with = "crate::config::duration_serde::within::<{ 50 * US_MS }, { US_H }, _>"
+        serialize_with = "crate::config::values::duration_serde::serialize",
+        deserialize_with = "crate::config::values::duration_serde::within::<{ 50 * US_MS }, { US_H }, _>"
     )]
     pub interval: Duration,
     /// Where the scaler serves its own /metrics.
@@ -56,18 +56,21 @@ pub struct ScalerConfig {
     pub max: u32,
     #[serde(
         default,
-        serialize_with = "crate::config::duration_serde::serialize",
-        deserialize_with = "crate::config::duration_serde::within::<{ 0 }, { US_DAY }, _>"
+        serialize_with = "crate::config::values::duration_serde::serialize",
+        deserialize_with = "crate::config::values::duration_serde::within::<{ 0 }, { US_DAY }, _>"
     )]
     pub scale_out_cooldown: Duration,
     #[serde(
         default,
-        serialize_with = "crate::config::duration_serde::serialize",
-        deserialize_with = "crate::config::duration_serde::within::<{ 0 }, { US_DAY }, _>"
+        serialize_with = "crate::config::values::duration_serde::serialize",
+        deserialize_with = "crate::config::values::duration_serde::within::<{ 0 }, { US_DAY }, _>"
     )]
     pub scale_in_cooldown: Duration,
     /// How long a backend being scaled in may keep its connections.
-    #[serde(default = "default_drain", with = "crate::config::duration_serde")]
+    #[serde(
+        default = "default_drain",
+        with = "crate::config::values::duration_serde"
+    )]
     pub drain_timeout: Duration,
     /// Stop the backends this scaler launched when it exits (the demo does; by default they
     /// keep serving, so a scaler restart never cuts a connection).
@@ -81,8 +84,8 @@ pub struct ScalerConfig {
     /// (after repeated failures, launches back off).
     #[serde(
         default = "default_startup_timeout",
-        serialize_with = "crate::config::duration_serde::serialize",
-        deserialize_with = "crate::config::duration_serde::within::<{ US_S }, US_DAY, _>"
+        serialize_with = "crate::config::values::duration_serde::serialize",
+        deserialize_with = "crate::config::values::duration_serde::within::<{ US_S }, US_DAY, _>"
     )]
     pub startup_timeout: Duration,
     /// Which of our backends goes first on scale-in: the one with the fewest active
@@ -204,8 +207,9 @@ impl ScalerConfig {
     }
 
     pub fn parse(file: &str, text: &str) -> Result<ScalerConfig, String> {
-        let cfg: ScalerConfig = crate::config::parse_toml(file, text).map_err(|e| e.to_string())?;
-        let err = |m: String| crate::config::locate_key(file, text, m).to_string();
+        let cfg: ScalerConfig =
+            crate::config::values::parse_toml(file, text).map_err(|e| e.to_string())?;
+        let err = |m: String| crate::config::values::locate_key(file, text, m).to_string();
         if cfg.min > cfg.max {
             return Err(err(format!("min: {} is above max ({})", cfg.min, cfg.max)));
         }
@@ -561,7 +565,7 @@ impl Scaler {
             self.launch_not_before = Some(now + backoff);
             metrics::counter!("ringlb_scaler_startup_failures_total", "pool" => pool.clone())
                 .increment(1);
-            tracing::warn!(pool = %pool, backend = %a, startup_timeout = %crate::config::format_duration(self.cfg.startup_timeout), failures_in_a_row = self.startup_failures, next_launch_in = ?backoff, "backend never became healthy: deregistered and stopped; it will be replaced");
+            tracing::warn!(pool = %pool, backend = %a, startup_timeout = %crate::config::values::format_duration(self.cfg.startup_timeout), failures_in_a_row = self.startup_failures, next_launch_in = ?backoff, "backend never became healthy: deregistered and stopped; it will be replaced");
         }
         // A backend of ours that came up ends the run of startup failures.
         if backends.iter().any(|b| {
@@ -770,7 +774,7 @@ impl Scaler {
             } else if candidates.len() < n {
                 tracing::warn!(pool = %pool, want = n, ours = candidates.len(), "cannot scale in that far: the other backends were not launched by this scaler");
             }
-            let timeout = crate::config::format_duration(self.cfg.drain_timeout);
+            let timeout = crate::config::values::format_duration(self.cfg.drain_timeout);
             for b in candidates.into_iter().take(n) {
                 let path = format!("/pools/{pool}/backends/{}?drain_timeout={timeout}", b.addr);
                 match self.admin_call("DELETE", &path, None).await {

@@ -23,8 +23,8 @@ pub enum PolicyConfig {
         /// Scale in only to the highest recommendation of this window.
         #[serde(
             default = "default_stabilization",
-            serialize_with = "crate::config::duration_serde::serialize",
-            deserialize_with = "crate::config::duration_serde::within::<0, { crate::config::US_DAY }, _>"
+            serialize_with = "crate::config::values::duration_serde::serialize",
+            deserialize_with = "crate::config::values::duration_serde::within::<0, { crate::config::values::US_DAY }, _>"
         )]
         scale_in_stabilization: Duration,
     },

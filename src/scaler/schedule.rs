@@ -5,7 +5,7 @@
 //! Owns: which schedule is in force at a given time and the limits it gives. Pure: the time
 //! is passed in. Must not touch: the policies (they only see the limits) or HTTP.
 
-use crate::config::{Dur, US_S};
+use crate::config::values::{Dur, US_S};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 

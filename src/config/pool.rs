@@ -1,0 +1,211 @@
+//! `[pools.NAME]`: backends, the algorithm over them and its settings, connection limits
+//! and the queue, slow start.
+//!
+//! Owns: the pool schema, its defaults and ranges, and `validate_pool`.
+
+use super::health::HealthConfig;
+use super::values::*;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+use toml::Spanned;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    #[default]
+    RoundRobin,
+    LeastConn,
+    RingHash,
+    Maglev,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashKey {
+    #[default]
+    ClientIp,
+    ClientIpPort,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    #[serde(default)]
+    pub hash_key: HashKey,
+    /// ring_hash: points per unit of weight.
+    #[serde(default = "default_ring_points")]
+    pub ring_points: Spanned<u32>,
+    /// ring_hash / maglev: bounded loads (> 1.0), optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance_factor: Option<Spanned<f64>>,
+    /// maglev: lookup table size, a prime.
+    #[serde(default = "default_maglev_table_size")]
+    pub maglev_table_size: Spanned<u32>,
+    pub backends: Spanned<Vec<BackendConfig>>,
+    /// Most connections per backend (0: no limit), unless a backend entry sets its own.
+    #[serde(default)]
+    pub max_connections: Num<0, MAX_BACKEND_CONNECTIONS>,
+    /// Clients that may wait for a backend with room when every one is at its limit (0: none
+    /// wait; they are closed at once).
+    #[serde(default = "default_queue_size")]
+    pub queue_size: Num<0, MAX_QUEUE_SIZE>,
+    /// How long a client may wait in the queue before it is closed.
+    #[serde(default = "default_queue_timeout")]
+    pub queue_timeout: Dur<US_MS, { 5 * US_MIN }>,
+    /// round_robin and least_conn: a backend that comes up ramps its weight from 5% to all
+    /// of it over this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<Spanned<Dur<US_MS, US_H>>>,
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// TCP congestion control for connections to this pool's backends; unset = the system
+    /// default. Costs one setsockopt per backend connection when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_congestion: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub addr: SocketAddr,
+    #[serde(default = "default_weight")]
+    pub weight: Spanned<u32>,
+    /// This backend's own limit (0: none), over the pool's `max_connections`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<Num<0, MAX_BACKEND_CONNECTIONS>>,
+}
+
+impl BackendConfig {
+    /// The limit in force for this backend in pool `pool` (0: none).
+    pub fn limit(&self, pool: &PoolConfig) -> u32 {
+        self.max_connections.unwrap_or(pool.max_connections).get()
+    }
+}
+
+fn default_queue_size() -> Num<0, MAX_QUEUE_SIZE> {
+    Num(1024)
+}
+fn default_queue_timeout() -> Dur<US_MS, { 5 * US_MIN }> {
+    Dur(Duration::from_secs(5))
+}
+
+/// Points per unit of weight on a hash ring. 160 (ketama's number) left 10 equal backends at
+/// max/mean 1.12 over 10,000 keys; 1024 keeps them within 1.10 (see ring_hash's tests).
+pub const DEFAULT_RING_POINTS: u32 = 1024;
+fn default_ring_points() -> Spanned<u32> {
+    Spanned::new(0..0, DEFAULT_RING_POINTS)
+}
+fn default_maglev_table_size() -> Spanned<u32> {
+    Spanned::new(0..0, 65537)
+}
+fn default_weight() -> Spanned<u32> {
+    Spanned::new(0..0, 1)
+}
+
+/// Largest per-backend `max_connections`.
+pub const MAX_BACKEND_CONNECTIONS: u64 = 1_000_000;
+/// Largest pool `queue_size`.
+pub const MAX_QUEUE_SIZE: u64 = 1_000_000;
+
+/// Largest weight: keeps round-robin schedules and hash rings small.
+pub const MAX_WEIGHT: u32 = 256;
+
+/// Largest `balance_factor`: beyond it the bound on loads no longer bounds anything.
+pub const MAX_BALANCE_FACTOR: f64 = 100.0;
+
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut i = 2;
+    while i * i <= n {
+        if n.is_multiple_of(i) {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Checks one pool: its backends, its algorithm's settings, its health checks.
+pub(super) fn validate_pool(pname: &str, p: &PoolConfig) -> Result<(), Invalid> {
+    if p.backends.get_ref().is_empty() {
+        return Err((
+            span_of(&p.backends),
+            format!("pools.{pname}.backends: a pool needs at least one backend"),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for b in p.backends.get_ref() {
+        if !seen.insert(b.addr) {
+            return Err((
+                span_of(&p.backends),
+                format!("pools.{pname}.backends: {} is listed twice", b.addr),
+            ));
+        }
+        let w = *b.weight.get_ref();
+        if w == 0 || w > MAX_WEIGHT {
+            return Err((
+                span_of(&b.weight),
+                format!(
+                    "pools.{pname}.backends.weight: {w} for {} is out of range 1..={MAX_WEIGHT}",
+                    b.addr
+                ),
+            ));
+        }
+        if b.addr.port() == 0 {
+            return Err((
+                span_of(&p.backends),
+                format!("pools.{pname}.backends.addr: {} has no port", b.addr),
+            ));
+        }
+    }
+    if let Some(ss) = &p.slow_start
+        && matches!(p.algorithm, Algorithm::RingHash | Algorithm::Maglev)
+    {
+        return Err((
+            span_of(ss),
+            format!(
+                "pools.{pname}.slow_start: {:?} does not ramp weights (consistent hashing must not move keys); slow_start is for round_robin and least_conn",
+                p.algorithm
+            ),
+        ));
+    }
+    let points = *p.ring_points.get_ref();
+    if points == 0 || points > 10_000 {
+        return Err((
+            span_of(&p.ring_points),
+            format!("pools.{pname}.ring_points: {points} is out of range 1..=10000"),
+        ));
+    }
+    let m = *p.maglev_table_size.get_ref();
+    if !is_prime(m as u64) || !(7..=5_000_011).contains(&m) {
+        return Err((
+            span_of(&p.maglev_table_size),
+            format!(
+                "pools.{pname}.maglev_table_size: {m} must be a prime from 7 to 5000011 (e.g. 65537)"
+            ),
+        ));
+    }
+    if let Some(f) = &p.balance_factor {
+        let v = *f.get_ref();
+        if !(v > 1.0 && v <= MAX_BALANCE_FACTOR) {
+            return Err((
+                span_of(f),
+                format!(
+                    "pools.{pname}.balance_factor: {v} must be above 1.0 and at most {MAX_BALANCE_FACTOR} (e.g. 1.25)"
+                ),
+            ));
+        }
+    }
+    if let Some(cc) = &p.tcp_congestion {
+        super::listener::check_congestion(cc.get_ref())
+            .map_err(|m| (span_of(cc), format!("pools.{pname}.tcp_congestion: {m}")))?;
+    }
+    super::health::validate_health(pname, &p.health)?;
+    Ok(())
+}
