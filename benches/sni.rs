@@ -12,6 +12,9 @@
 //! proxy CPU µs per connection (on-CPU time from /proc schedstat), and ringlb/haproxy per rep.
 //! Needs: haproxy, openssl, python3, taskset (Debian packages).
 
+#[path = "../tests/common/tls.rs"]
+mod tls;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -98,26 +101,7 @@ impl Drop for Running {
 }
 
 fn tls_server(dir: &Path, cn: &str) -> (u16, Child) {
-    let (cert, key) = (dir.join(format!("{cn}.crt")), dir.join(format!("{cn}.key")));
-    let ok = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", &format!("/CN={cn}")])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl");
-    assert!(ok.success());
+    let (cert, key) = tls::self_signed(dir, cn);
     let port = free_port();
     let c = spawn(
         LOAD_CPU,

@@ -10,7 +10,8 @@ use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-/// An address on one scale for both families.
+/// An address on one scale for both families: IPv4 as IPv4-mapped IPv6, so an IPv4 rule and
+/// an IPv4-mapped client (a v4 client of a `[::]` listener) meet on the same number.
 fn key(ip: IpAddr) -> u128 {
     match ip {
         IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
@@ -47,18 +48,10 @@ impl CidrSet {
         self.ranges.is_empty()
     }
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let k = key(canonical(ip));
+        let k = key(ip);
         // The last range starting at or below k.
         let i = self.ranges.partition_point(|&(lo, _)| lo <= k);
         i > 0 && self.ranges[i - 1].1 >= k
-    }
-}
-
-/// An IPv4-mapped IPv6 client (a v4 client on a dual-stack listener) as the IPv4 it is.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(a) => a.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
     }
 }
 

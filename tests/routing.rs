@@ -103,26 +103,7 @@ struct TlsServer {
 
 impl TlsServer {
     fn start(dir: &std::path::Path, cn: &str) -> TlsServer {
-        let (cert, key) = (dir.join(format!("{cn}.crt")), dir.join(format!("{cn}.key")));
-        let ok = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-            ])
-            .args(["-nodes", "-days", "1", "-subj", &format!("/CN={cn}")])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("openssl (Debian: openssl) is needed");
-        assert!(ok.success());
+        let (cert, key) = tls::self_signed(dir, cn);
         let port = free_port();
         let child = Command::new("openssl")
             .args(["s_server", "-rev", "-accept", &format!("127.0.0.1:{port}")])
@@ -433,6 +414,101 @@ fn allow_and_deny_by_source_with_a_reload() {
     held.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"still here\n");
     assert!(metric(metrics, "ringlb_listener_denied_total", "listener=\"l\"") >= 2.0);
+}
+
+#[test]
+fn ipv4_clients_of_a_dual_stack_listener_match_ipv4_rules() {
+    let backend = TestBackend::start("b1");
+    let port = free_port();
+    let cfg = format!(
+        "[[listeners]]\nname = \"dual\"\nbind = \"[::]:{port}\"\npool = \"p\"\n\
+         allow = [\"127.0.0.2\", \"::1\"]\n{}",
+        pool_config("p", "round_robin", &[(backend.addr, 1)], "")
+    );
+    let _p = Proxy::start(
+        &cfg,
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+    );
+    // The kernel shows these clients as ::ffff:127.0.0.x; the rules are IPv4.
+    let read_greeting = |s: TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        greeting(&s, Duration::from_secs(10))
+    };
+    assert_eq!(
+        read_greeting(connect_from([127, 0, 0, 2].into(), addr(port))).as_deref(),
+        Some("b1")
+    );
+    assert_eq!(
+        read_greeting(connect_from([127, 0, 0, 3].into(), addr(port))),
+        None
+    );
+    let v6 = TcpStream::connect(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))).unwrap();
+    assert_eq!(read_greeting(v6).as_deref(), Some("b1"));
+}
+
+#[test]
+fn hostile_hellos_from_the_network_are_routed_or_closed() {
+    // Random bytes, truncated and mutated ClientHellos, each from its own client, in
+    // 1-to-64-byte segments: every one ends (routed to the default pool or closed), and the
+    // proxy keeps serving.
+    let rd = Recorder::start("rd");
+    let (port, metrics) = (free_port(), addr(free_port()));
+    let cfg = format!(
+        "[metrics]\nlisten = \"{metrics}\"\n\
+         [[listeners]]\nname = \"tls\"\nbind = \"127.0.0.1:{port}\"\npool = \"d\"\ninspect_timeout = \"300ms\"\n\
+         routes = [{{ sni = \"a.test\", pool = \"d\" }}]\n{}",
+        pool_config("d", "round_robin", &[(rd.addr, 1)], ""),
+    );
+    let _p = Proxy::start(&cfg, addr(port));
+    let mut seed = 0x5eed_u64;
+    let cases: usize = std::env::var("RINGLB_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let handles: Vec<_> = (0..cases)
+        .map(|i| {
+            let mut bytes =
+                ringlb::proxy::clienthello::build_hello(Some("a.test"), 1 + i * 7 % 300);
+            let mut noise = vec![0u8; 64];
+            fill(&mut noise, &mut seed);
+            match i % 4 {
+                0 => bytes = noise.clone(),
+                1 => bytes.truncate(noise[0] as usize % bytes.len()),
+                2 => {
+                    for k in 0..4 {
+                        let at = noise[k] as usize * 7 % bytes.len();
+                        bytes[at] = noise[k + 8];
+                    }
+                }
+                _ => {
+                    // A length field claiming more than is sent.
+                    bytes[3] = 0x3f;
+                    bytes.truncate(40);
+                }
+            }
+            let chunk = 1 + noise[1] as usize % 64;
+            std::thread::spawn(move || {
+                let _ = send_and_read(addr(port), &bytes, chunk);
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let hello = ringlb::proxy::clienthello::build_hello(Some("a.test"), 16384);
+    assert_eq!(
+        send_and_read(addr(port), &hello, 4096),
+        b"rd\n",
+        "the proxy stopped serving"
+    );
+    assert_eq!(
+        metric(
+            metrics,
+            "ringlb_listener_active_connections",
+            "listener=\"tls\""
+        ),
+        0.0
+    );
 }
 
 /// Connects and returns the stream once the proxy counts it (accepted, then queued or

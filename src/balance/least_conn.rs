@@ -80,6 +80,31 @@ mod tests {
     }
 
     #[test]
+    fn slow_start_lowers_the_share() {
+        use crate::backend::BackendState;
+        let b = backends(&[1, 1]);
+        let lc = LeastConn::new(&b, &[0, 1]);
+        b[1].set_slow_start(std::time::Duration::from_secs(3600));
+        b[1].set_state(BackendState::Down);
+        b[1].set_state(BackendState::Up);
+        // Held connections: the ramping backend (5% of its weight) gets about 1 in 20.
+        for n in 0..210u64 {
+            let p = Pick {
+                key: 0,
+                rand: n,
+                tried: &[],
+            };
+            let i = lc.pick(&b, &p).unwrap();
+            b[i].stats.active.fetch_add(1, Ordering::Relaxed);
+        }
+        assert!(
+            (8..=14).contains(&b[1].active()),
+            "ramping backend holds {} of 210",
+            b[1].active()
+        );
+    }
+
+    #[test]
     fn ties_are_spread() {
         let b = backends(&[1, 1, 1, 1]);
         let lc = LeastConn::new(&b, &[0, 1, 2, 3]);

@@ -466,6 +466,23 @@ impl Ring {
         self.push(sqe);
     }
 
+    /// A staged slot for a request with a linked timeout, holding `timeout`. The request and
+    /// its timeout go into one submission batch, and the slot must not be reused before that
+    /// batch is submitted: room for both is made first.
+    fn stage(&mut self, timeout: Duration) -> &mut Staged {
+        let free = {
+            let sq = self.uring.submission();
+            sq.capacity() - sq.len()
+        };
+        if self.nstaged == STAGED || free < 2 {
+            self.submit();
+        }
+        let slot = &mut self.staged[self.nstaged];
+        self.nstaged += 1;
+        slot.timeout = types::Timespec::from(timeout);
+        slot
+    }
+
     /// Connects `fd` to `addr`, with a linked timeout. Two completions follow: the connect's
     /// (`-ECANCELED` when the timeout fired) and the timeout's.
     pub fn connect(
@@ -476,17 +493,7 @@ impl Ring {
         connect_ud: u64,
         timeout_ud: u64,
     ) {
-        // The connect and its timeout go into one submission batch, and the staged slot must
-        // not be reused before that batch is submitted: make room for both first.
-        let free = {
-            let sq = self.uring.submission();
-            sq.capacity() - sq.len()
-        };
-        if self.nstaged == STAGED || free < 2 {
-            self.submit();
-        }
-        let slot = &mut self.staged[self.nstaged];
-        self.nstaged += 1;
+        let slot = self.stage(timeout);
         let len = addr.len() as usize;
         // SAFETY: `addr.as_ptr()` is valid for `addr.len()` bytes, and a SockAddr is never
         // longer than sockaddr_storage, which is what `slot.addr` is.
@@ -497,7 +504,6 @@ impl Ring {
                 len,
             );
         }
-        slot.timeout = types::Timespec::from(timeout);
         let connect = opcode::Connect::new(
             types::Fd(fd),
             &slot.addr as *const _ as *const libc::sockaddr,
@@ -517,16 +523,7 @@ impl Ring {
     /// completions follow: the poll's (its revents, or `-ECANCELED` when the timeout fired)
     /// and the timeout's.
     pub fn poll_readable(&mut self, fd: RawFd, timeout: Duration, poll_ud: u64, timeout_ud: u64) {
-        let free = {
-            let sq = self.uring.submission();
-            sq.capacity() - sq.len()
-        };
-        if self.nstaged == STAGED || free < 2 {
-            self.submit();
-        }
-        let slot = &mut self.staged[self.nstaged];
-        self.nstaged += 1;
-        slot.timeout = types::Timespec::from(timeout);
+        let slot = self.stage(timeout);
         let poll = opcode::PollAdd::new(types::Fd(fd), (libc::POLLIN | libc::POLLRDHUP) as u32)
             .build()
             .flags(squeue::Flags::IO_LINK)
