@@ -304,6 +304,9 @@ pub struct Shared {
     pub buffer_ring_exhausted: AtomicU64,
     /// Relay directions found unarmed by the tick's check and re-armed (a bug if ever > 0).
     pub relay_repairs: AtomicU64,
+    /// One doorbell (an eventfd) per worker, set by the data plane when it starts: a worker
+    /// that frees a slot owed to a client queued on another rings that one's.
+    pub doorbells: std::sync::OnceLock<Box<[std::os::fd::OwnedFd]>>,
 }
 
 /// The outcome of the last reload, as Prometheus' own `_config_last_reload_*` series put it.
@@ -340,6 +343,7 @@ impl Shared {
             connection_budget: AtomicI64::new(i64::MAX),
             buffer_ring_exhausted: AtomicU64::new(0),
             relay_repairs: AtomicU64::new(0),
+            doorbells: std::sync::OnceLock::new(),
             reloads: ReloadStatus {
                 last_successful: AtomicBool::new(true),
                 last_success_time: AtomicU64::new(unix_now()),

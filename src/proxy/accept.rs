@@ -246,10 +246,52 @@ impl Worker {
         self.queued.dirty = true;
     }
 
-    /// A connection to one of `pool`'s backends ended: its queue may move.
+    /// A connection to one of `pool`'s backends ended: its queue may move. If the oldest
+    /// client waiting for that pool is on another worker, that worker's doorbell is rung, so
+    /// it serves its client now rather than at its next tick.
     pub(super) fn pool_freed(&mut self, pool: &Arc<Pool>) {
-        if pool.limited {
-            self.queued.dirty = true;
+        if !pool.limited {
+            return;
+        }
+        self.queued.dirty = true;
+        let q = &pool.queue;
+        if q.length.load(Relaxed) == 0 {
+            return;
+        }
+        let me = self.id % q.heads.len();
+        let mine = q.heads[me].load(Relaxed);
+        let oldest = q
+            .heads
+            .iter()
+            .enumerate()
+            .filter(|&(w, _)| w != me)
+            .map(|(w, h)| (h.load(Relaxed), w))
+            .min();
+        if let Some((ticket, w)) = oldest
+            && ticket < mine
+            && let Some(bells) = self.shared.doorbells.get()
+            && let Some(bell) = bells.get(w)
+        {
+            sys::ring_doorbell(bell.as_raw_fd());
+        }
+    }
+
+    /// Listens for this worker's doorbell.
+    pub(super) fn arm_doorbell(&mut self) {
+        if let Some(bell) = self.shared.doorbells.get().and_then(|b| b.get(self.id)) {
+            self.ring
+                .poll_multi(bell.as_raw_fd(), user_data(0, 0, Op::Doorbell));
+        }
+    }
+
+    /// The doorbell rang: a worker freed a slot owed to one of the clients queued here.
+    pub(super) fn on_doorbell(&mut self, c: Cqe) {
+        if let Some(bell) = self.shared.doorbells.get().and_then(|b| b.get(self.id)) {
+            sys::reset_doorbell(bell.as_raw_fd());
+        }
+        self.queued.dirty = true;
+        if !c.more() && !self.stopping {
+            self.arm_doorbell();
         }
     }
 

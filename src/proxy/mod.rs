@@ -76,6 +76,11 @@ pub fn start(cfg: &Config, shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>, S
     for _ in 0..n {
         sockets.push(bind(&snapshot)?);
     }
+    let doorbells = (0..n)
+        .map(|_| sys::eventfd())
+        .collect::<Result<Box<[_]>, _>>()
+        .map_err(|e| format!("cannot create the workers' eventfds: {e}"))?;
+    let _ = shared.doorbells.set(doorbells);
     let cpus = sys::allowed_cpus();
     let (count, size) = (
         *cfg.buffer_count.get_ref() as u16,

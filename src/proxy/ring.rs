@@ -535,6 +535,16 @@ impl Ring {
         self.push(timer);
     }
 
+    /// A completion each time `fd` becomes readable, until cancelled or an error
+    /// (multishot poll).
+    pub fn poll_multi(&mut self, fd: RawFd, user_data: u64) {
+        let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(user_data);
+        self.push(sqe);
+    }
+
     /// Closes `fd`. Only a failure posts a completion (carrying `user_data`): a close that
     /// works needs no answer, and skipping its CQE saves a completion per descriptor.
     pub fn close(&mut self, fd: RawFd, user_data: u64) {

@@ -123,6 +123,31 @@ pub fn set_rcvlowat(fd: RawFd, n: i32) {
     }
 }
 
+/// A non-blocking, close-on-exec eventfd: a worker's doorbell (see `accept.rs`).
+pub fn eventfd() -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: eventfd(2) takes no pointers.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Rings an eventfd doorbell (adds 1; a full counter, which cannot happen here, is ignored).
+pub fn ring_doorbell(fd: RawFd) {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: `one` is valid for reads of its 8 bytes for the duration of the call.
+    unsafe { libc::write(fd, one.as_ptr() as *const libc::c_void, one.len()) };
+}
+
+/// Resets an eventfd doorbell (reads its counter; nothing to read is fine).
+pub fn reset_doorbell(fd: RawFd) {
+    let mut buf = [0u8; 8];
+    // SAFETY: `buf` is valid for writes of its 8 bytes for the duration of the call.
+    unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+}
+
 /// Raises the soft open-file limit to the hard one (as HAProxy does); returns the limit.
 pub fn raise_nofile_limit() -> u64 {
     // SAFETY: `lim` is a valid rlimit for both calls.

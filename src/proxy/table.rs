@@ -37,6 +37,8 @@ pub enum Op {
     Header = 13,
     /// cancel of a listener's accept: not tracked
     AcceptCancel = 14,
+    /// this worker's doorbell rang (a slot for one of its queued clients): not tracked
+    Doorbell = 15,
 }
 
 impl Op {
@@ -57,13 +59,17 @@ impl Op {
             12 => Close,
             13 => Header,
             14 => AcceptCancel,
+            15 => Doorbell,
             _ => return None,
         })
     }
     /// Whether a request of this kind names a connection and is counted in its in-flight
     /// requests (accepts, the tick and closes are not).
     pub fn tracked(self) -> bool {
-        !matches!(self, Op::Accept | Op::Tick | Op::Close | Op::AcceptCancel)
+        !matches!(
+            self,
+            Op::Accept | Op::Tick | Op::Close | Op::AcceptCancel | Op::Doorbell
+        )
     }
 }
 

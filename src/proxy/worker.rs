@@ -115,6 +115,7 @@ impl Worker {
             "relay ready (recv_cap: multishot recvs bounded per arming; needs Linux 6.17+)"
         );
         self.ring.tick(TICK, table::user_data(0, 0, Op::Tick));
+        self.arm_doorbell();
         self.ring
             .set_busy_poll(self.shared.snapshot.load().busy_poll);
         for i in 0..self.listening.len() {
@@ -153,6 +154,7 @@ impl Worker {
         match op {
             Op::Tick => self.on_tick(),
             Op::Accept => self.on_accept(slot as usize, c),
+            Op::Doorbell => self.on_doorbell(c),
             Op::AcceptCancel | Op::Close => {}
             _ => {
                 let slot = slot as usize;
