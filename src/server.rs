@@ -93,9 +93,12 @@ impl Server {
         let state = State::new(config.clone(), workers)?;
         let shared = state.shared.clone();
         shared.set_descriptor_limit(limit);
-        let handles = proxy::start(&config, shared.clone())?;
-        let control = match Control::start(state, endpoints) {
-            Ok(c) => c,
+        // The control plane first: once the workers accept, every descriptor may go to
+        // clients (the budget keeps only a reserve), and under a low open-file limit a burst
+        // of clients could leave the control runtime none to start with.
+        let control = Control::start(state, endpoints)?;
+        let handles = match proxy::start(&config, shared.clone()) {
+            Ok(h) => h,
             Err(e) => {
                 shared.stopping.store(true, Ordering::Relaxed);
                 return Err(e);

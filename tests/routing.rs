@@ -570,7 +570,7 @@ fn queue_config(
     timeout: &str,
 ) -> String {
     format!(
-        "workers = {workers}\n[metrics]\nlisten = \"{metrics}\"\n{}[pools.p]\nbackends = [{{ addr = \"{backend}\", max_connections = 2 }}]\nqueue_timeout = \"{timeout}\"\n",
+        "workers = {workers}\n[metrics]\nlisten = \"{metrics}\"\n{}[pools.p]\nbackends = [{{ addr = \"{backend}\", max_connections = 2 }}]\nqueue_timeout = \"{timeout}\"\nqueue_size = 8\n",
         listener_config("l", port, "p", ""),
     )
 }
@@ -615,6 +615,32 @@ fn max_connections_queues_in_arrival_order() {
         greeting(c3, Duration::from_secs(10)).as_deref(),
         Some("ping")
     );
+}
+
+#[test]
+fn a_full_queue_closes_newcomers_at_once() {
+    let backend = TestBackend::start("b1");
+    let (_p, to, metrics) = queue_proxy(backend.addr, 1, "30s");
+    // 2 served, 8 waiting (queue_size = 8), and the eleventh finds the queue full.
+    let clients: Vec<TcpStream> = (1..=10).map(|i| arrive(to, metrics, i as f64)).collect();
+    wait_until(Duration::from_secs(5), || {
+        metric(metrics, "ringlb_pool_queue_length", "pool=\"p\"") == 8.0
+    });
+    let late = TcpStream::connect(to).unwrap();
+    assert_eq!(
+        greeting(&late, Duration::from_secs(10)),
+        None,
+        "closed, not queued"
+    );
+    assert_eq!(
+        metric(metrics, "ringlb_pool_queue_overflows_total", "pool=\"p\""),
+        1.0
+    );
+    assert_eq!(
+        metric(metrics, "ringlb_pool_queue_length", "pool=\"p\""),
+        8.0
+    );
+    drop(clients);
 }
 
 #[test]
