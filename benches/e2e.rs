@@ -265,9 +265,14 @@ fn start_ringlb(dir: &Path, name: &str, bin: &str, i: usize, busy: bool) -> Targ
     if busy {
         top.push_str("\nbusy_poll = \"50us\"");
     }
+    // RINGLB_BENCH_HTTP_<NAME>: extra keys for this target's http listener (e.g. SNI routes
+    // or allow rules, to measure a feature on against the same build with it off).
+    let http_extra = std::env::var(format!("RINGLB_BENCH_HTTP_{name}"))
+        .unwrap_or_default()
+        .replace(';', "\n");
     let cfg = format!(
         "workers = 1\nshutdown_timeout = \"1s\"\n{top}\n\
-         [[listeners]]\nname = \"http\"\nbind = \"127.0.0.1:{http}\"\npool = \"http\"\n\
+         [[listeners]]\nname = \"http\"\nbind = \"127.0.0.1:{http}\"\npool = \"http\"\n{http_extra}\n\
          [[listeners]]\nname = \"iperf\"\nbind = \"127.0.0.1:{iperf}\"\npool = \"iperf\"\n\
          [[listeners]]\nname = \"idle\"\nbind = \"127.0.0.1:{idle}\"\npool = \"idle\"\nbacklog = 4096\n\
          [pools.http]\nbackends = [{{ addr = \"127.0.0.1:{BACKEND_HTTP}\" }}]\n\

@@ -63,7 +63,17 @@ impl Server {
             admin: config
                 .admin
                 .as_ref()
-                .map(|a| bind_endpoint("admin", a.listen).map(|l| (l, token)))
+                .map(|a| {
+                    bind_endpoint("admin", a.listen).map(|l| {
+                        (
+                            l,
+                            crate::control::admin::Access {
+                                token,
+                                acl: a.acl(),
+                            },
+                        )
+                    })
+                })
                 .transpose()?,
         };
         if endpoints.metrics.is_some() {
@@ -104,6 +114,10 @@ impl Server {
                 return Err(e);
             }
         };
+        shared.ready.store(true, Ordering::Relaxed);
+        if let Some(a) = config.admin.as_ref().filter(|a| a.insecure_no_token) {
+            tracing::warn!(listen = %a.listen, "[admin] insecure_no_token: the admin API takes requests from anyone who can reach it, without a token");
+        }
         for (name, bind, pool) in listeners {
             tracing::info!(listener = %name, %bind, %pool, workers, "listening");
         }

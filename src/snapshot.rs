@@ -307,6 +307,8 @@ pub struct Shared {
     /// One doorbell (an eventfd) per worker, set by the data plane when it starts: a worker
     /// that frees a slot owed to a client queued on another rings that one's.
     pub doorbells: std::sync::OnceLock<Box<[std::os::fd::OwnedFd]>>,
+    /// Every worker's listeners accept (`/readyz`).
+    pub ready: AtomicBool,
 }
 
 /// The outcome of the last reload, as Prometheus' own `_config_last_reload_*` series put it.
@@ -344,6 +346,7 @@ impl Shared {
             buffer_ring_exhausted: AtomicU64::new(0),
             relay_repairs: AtomicU64::new(0),
             doorbells: std::sync::OnceLock::new(),
+            ready: AtomicBool::new(false),
             reloads: ReloadStatus {
                 last_successful: AtomicBool::new(true),
                 last_success_time: AtomicU64::new(unix_now()),

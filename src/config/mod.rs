@@ -70,8 +70,30 @@ pub struct MetricsConfig {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// Every request but `/healthz` and `/readyz` needs `Authorization: Bearer <token>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// Lets a non-loopback `listen` go without a token (logged as a warning at every start).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_no_token: bool,
+    /// Source CIDRs that may reach the admin API at all (empty: everyone), as listeners'.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<Spanned<String>>,
+}
+
+impl AdminConfig {
+    /// The `allow` rules as a lookup set (already validated).
+    pub fn acl(&self) -> crate::routes::SourceAcl {
+        let nets: Vec<ipnet::IpNet> = self
+            .allow
+            .iter()
+            .filter_map(|c| crate::routes::parse_cidr(c.get_ref()).ok())
+            .collect();
+        crate::routes::SourceAcl {
+            allow: crate::routes::CidrSet::new(&nets),
+            deny: Default::default(),
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -131,6 +153,21 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), Invalid> {
+        if let Some(a) = &self.admin {
+            if !a.listen.ip().is_loopback() && a.token_file.is_none() && !a.insecure_no_token {
+                return Err((
+                    None,
+                    format!(
+                        "admin.listen: {} is reachable from other hosts and [admin] has no token_file: anyone who can reach it could drain, add or remove backends. Set token_file, listen on 127.0.0.1, or set insecure_no_token = true",
+                        a.listen
+                    ),
+                ));
+            }
+            for c in &a.allow {
+                crate::routes::parse_cidr(c.get_ref())
+                    .map_err(|m| (span_of(c), format!("admin.allow: {m}")))?;
+            }
+        }
         if self.listeners.is_empty() {
             return Err((
                 None,
@@ -204,7 +241,17 @@ impl Config {
     /// The first setting outside the listeners that differs between `a` and `b` and is
     /// read only at start, so that a reload would silently not apply it.
     pub fn needs_restart(a: &Config, b: &Config) -> Option<&'static str> {
-        let addr = |c: &Config| c.admin.as_ref().map(|x| (x.listen, x.token_file.clone()));
+        let addr = |c: &Config| {
+            c.admin.as_ref().map(|x| {
+                let allow: Vec<&String> = x.allow.iter().map(|a| a.get_ref()).collect();
+                (
+                    x.listen,
+                    x.token_file.clone(),
+                    x.insecure_no_token,
+                    allow.into_iter().cloned().collect::<Vec<_>>(),
+                )
+            })
+        };
         [
             (a.workers != b.workers, "workers"),
             (a.pin_workers != b.pin_workers, "pin_workers"),
@@ -215,7 +262,10 @@ impl Config {
                 a.metrics.as_ref().map(|m| m.listen) != b.metrics.as_ref().map(|m| m.listen),
                 "[metrics] listen",
             ),
-            (addr(a) != addr(b), "[admin] listen or token_file"),
+            (
+                addr(a) != addr(b),
+                "[admin] listen, token_file, insecure_no_token or allow",
+            ),
         ]
         .into_iter()
         .find_map(|(differs, what)| differs.then_some(what))

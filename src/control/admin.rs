@@ -25,6 +25,13 @@ use std::sync::Arc;
 struct App {
     control: Control,
     token: Option<Arc<String>>,
+    acl: Arc<crate::routes::SourceAcl>,
+}
+
+/// Who may use the admin API: the bearer token (None: no token) and the source rules.
+pub struct Access {
+    pub token: Option<String>,
+    pub acl: crate::routes::SourceAcl,
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -76,6 +83,22 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `[admin] allow`: a source outside the rules gets 403 on every path, probes included.
+async fn admit_source(
+    State(app): State<App>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if !app.acl.is_empty() && !app.acl.admits(peer.ip()) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "this address may not use the admin API ([admin] allow)",
+        );
+    }
+    next.run(req).await
 }
 
 async fn authenticate(
@@ -280,6 +303,27 @@ async fn weight(
     }
 }
 
+/// Ready once every worker's listeners accept (set by the server after the data plane
+/// starts), and no longer once a stop begins, so that a load balancer in front (a kubelet
+/// readiness probe) takes this instance out before it drains. No token: it reveals counts.
+async fn readyz(State(app): State<App>) -> Response {
+    let shared = app.control.lock().shared.clone();
+    use std::sync::atomic::Ordering::Relaxed;
+    let listeners = shared.snapshot.load().listeners.len();
+    let (code, status) = if shared.stopping.load(Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "stopping")
+    } else if shared.ready.load(Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    };
+    (
+        code,
+        axum::Json(json!({ "status": status, "listeners": listeners })),
+    )
+        .into_response()
+}
+
 async fn healthz(State(app): State<App>) -> Response {
     let empty = app.control.lock().pools_without_backends();
     if empty.is_empty() {
@@ -298,12 +342,18 @@ async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such endpoint")
 }
 
-/// The admin API.
-pub fn router(control: Control, token: Option<String>) -> Router {
+/// The admin API. `/healthz` and `/readyz` need no token (probes carry none) and reveal
+/// only states, counts and pool names; everything else needs it. `[admin] allow` applies to
+/// all.
+pub fn router(control: Control, access: Access) -> Router {
     let app = App {
         control,
-        token: token.map(Arc::new),
+        token: access.token.map(Arc::new),
+        acl: Arc::new(access.acl),
     };
+    let probes = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
     Router::new()
         .route("/backends", get(list))
         .route("/pools/{pool}/backends", post(add))
@@ -315,9 +365,10 @@ pub fn router(control: Control, token: Option<String>) -> Router {
         )
         .route("/pools/{pool}/backends/{addr}", delete(remove))
         .route("/pools/{pool}/backends/{addr}/weight", put(weight))
-        .route("/healthz", get(healthz))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), authenticate))
+        .merge(probes)
+        .layer(middleware::from_fn_with_state(app.clone(), admit_source))
         .with_state(app)
 }
 

@@ -30,7 +30,7 @@ pub struct Control {
 /// Listeners bound before anything starts, so a taken port fails the start cleanly.
 pub struct Endpoints {
     pub metrics: Option<std::net::TcpListener>,
-    pub admin: Option<(std::net::TcpListener, Option<String>)>,
+    pub admin: Option<(std::net::TcpListener, admin::Access)>,
 }
 
 impl Control {
@@ -71,8 +71,8 @@ impl Control {
                             Err(e) => result = Err(e),
                         }
                     }
-                    if let Some((l, token)) = endpoints.admin
-                        && let Err(e) = serve(l, admin::router(c.clone(), token))
+                    if let Some((l, access)) = endpoints.admin
+                        && let Err(e) = serve(l, admin::router(c.clone(), access))
                     {
                         result = Err(e);
                     }
@@ -215,7 +215,8 @@ fn serve(listener: std::net::TcpListener, router: axum::Router) -> Result<(), St
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        if let Err(e) = axum::serve(listener, service).await {
             tracing::error!(error = %e, "HTTP endpoint stopped");
         }
     });
