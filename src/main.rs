@@ -77,7 +77,17 @@ fn main() {
             Ok(c) => {
                 print!("{}{}", c.route_table(), c.to_toml());
                 eprintln!("ringlb: {} is valid", config.display());
-                0
+                // The config is fine; whether this host can run it is the preflight's say.
+                match ringlb::proxy::preflight::check() {
+                    Ok(ok) => {
+                        eprintln!("ringlb: {ok}");
+                        0
+                    }
+                    Err(e) => {
+                        eprintln!("ringlb: {e}");
+                        1
+                    }
+                }
             }
             Err(e) => {
                 eprintln!("ringlb: config error: {e}");

@@ -10,6 +10,7 @@ mod bufqueue;
 pub mod clienthello;
 mod close;
 pub mod conn;
+pub mod preflight;
 mod connect;
 mod inspect;
 mod relay;
@@ -109,7 +110,7 @@ pub fn start(cfg: &Config, shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>, S
                 let worker = match worker::Worker::new(id, shared, socks, count, size) {
                     Ok(w) => w,
                     Err(e) => {
-                        let _ = tx.send(Err(format!("worker {id}: cannot set up io_uring: {e}")));
+                        let _ = tx.send(Err(format!("worker {id}: {}", preflight::explain(&e))));
                         return;
                     }
                 };

@@ -1,0 +1,285 @@
+//! The access log: one record per connection, written at close, as HAProxy's `option
+//! tcplog`, NGINX stream's `access_log` and Envoy's tcp_proxy access log do.
+//!
+//! Owns: [`Record`] (fixed-size, filled by a worker at close), the per-worker bounded queues
+//! ([`Queues`], lock-free `ArrayQueue`s: a push is a few atomics, no lock, no allocation),
+//! and the one logger thread that drains them, formats each record (text or JSON) and
+//! writes it with buffered I/O to the listener's destination (stderr or a file, reopened on
+//! SIGHUP/SIGUSR1 for logrotate). A full queue drops the record and counts it
+//! (`ringlb_access_log_dropped_total`): the data plane never waits for the log.
+//! Must not touch: sockets or the ring; a worker only pushes.
+
+use crate::backend::Backend;
+use crate::snapshot::Listener;
+use crossbeam_queue::ArrayQueue;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Records a worker may have waiting for the logger before it drops them.
+pub const QUEUE_RECORDS: usize = 8192;
+/// How long the logger sleeps when every queue is empty.
+const IDLE: Duration = Duration::from_millis(20);
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum End {
+    /// Both sides finished; the client sent its EOF first.
+    #[default]
+    ClientClosed,
+    /// Both sides finished; the backend sent its EOF first.
+    BackendClosed,
+    /// The client reset or a send to it failed.
+    ClientError,
+    /// The backend reset or a send to it failed.
+    BackendError,
+    IdleTimeout,
+    /// Every connect attempt was refused.
+    ConnectRefused,
+    /// The last connect attempt timed out (or failed otherwise).
+    ConnectTimeout,
+    /// No routable backend.
+    NoBackend,
+    /// Refused by the listener's allow/deny rules.
+    Denied,
+    /// Waited `queue_timeout` in the pool's queue.
+    QueueTimeout,
+    /// The pool's queue was full.
+    QueueFull,
+    /// SNI: no route and no default pool, or no ClientHello within `inspect_timeout`.
+    NoRoute,
+    /// Closed at the end of `shutdown_timeout`.
+    Shutdown,
+    /// Its backend was removed at the end of its drain timeout.
+    DrainTimeout,
+    /// Out of descriptors or the listener's `max_connections`.
+    Rejected,
+}
+
+impl End {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::ClientClosed => "client_closed",
+            End::BackendClosed => "backend_closed",
+            End::ClientError => "client_error",
+            End::BackendError => "backend_error",
+            End::IdleTimeout => "idle_timeout",
+            End::ConnectRefused => "connect_refused",
+            End::ConnectTimeout => "connect_timeout",
+            End::NoBackend => "no_backend",
+            End::Denied => "denied",
+            End::QueueTimeout => "queue_timeout",
+            End::QueueFull => "queue_full",
+            End::NoRoute => "no_route",
+            End::Shutdown => "shutdown",
+            End::DrainTimeout => "drain_timeout",
+            End::Rejected => "rejected",
+        }
+    }
+}
+
+/// One connection, as the log shows it. Built by a worker at close from what the
+/// connection already holds; the `Arc`s are clones (an atomic add), not allocations.
+pub struct Record {
+    /// When the client was accepted (Unix ms).
+    pub start_ms: u64,
+    pub listener: Arc<Listener>,
+    pub client: Option<SocketAddr>,
+    /// The pool (`None` before one was chosen), and the backend of the last attempt.
+    pub pool: Option<Arc<str>>,
+    pub backend: Option<Arc<Backend>>,
+    pub attempts: u8,
+    /// Time to connect (µs; 0 if never connected), and the connection's whole life (µs).
+    pub connect_us: u32,
+    pub duration_us: u64,
+    /// Bytes `[client to backend, backend to client]`.
+    pub bytes: [u64; 2],
+    pub end: End,
+}
+
+/// Where a listener's records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Off,
+    Stderr,
+    File(std::path::PathBuf),
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Result<Target, String> {
+        match s {
+            "off" => Ok(Target::Off),
+            "stderr" => Ok(Target::Stderr),
+            "" => Err("access_log: \"\" is neither \"off\", \"stderr\" nor a path".into()),
+            p if p.starts_with('/') || p.starts_with('.') => Ok(Target::File(p.into())),
+            p => Err(format!(
+                "access_log: {p:?} is neither \"off\", \"stderr\" nor a path (a path starts with / or .)"
+            )),
+        }
+    }
+}
+
+/// The workers' queues and the logger's counters, shared.
+pub struct Queues {
+    pub per_worker: Vec<ArrayQueue<Record>>,
+    /// Records dropped because a queue was full.
+    pub dropped: AtomicU64,
+    /// Records written.
+    pub written: AtomicU64,
+    /// Set on SIGHUP/SIGUSR1: the logger reopens its files.
+    pub reopen: AtomicBool,
+    pub stop: AtomicBool,
+}
+
+impl Queues {
+    pub fn new(workers: usize) -> Arc<Queues> {
+        Arc::new(Queues {
+            per_worker: (0..workers.max(1))
+                .map(|_| ArrayQueue::new(QUEUE_RECORDS))
+                .collect(),
+            dropped: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            reopen: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    /// A worker's push: never waits; a full queue drops the record and counts it.
+    #[inline]
+    pub fn push(&self, worker: usize, r: Record) {
+        let q = &self.per_worker[worker % self.per_worker.len()];
+        if q.push(r).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Open destinations, by target.
+struct Sinks {
+    open: Vec<(Target, Box<dyn Write + Send>)>,
+}
+
+impl Sinks {
+    fn get(&mut self, t: &Target) -> Option<&mut Box<dyn Write + Send>> {
+        if let Some(i) = self.open.iter().position(|(k, _)| k == t) {
+            return Some(&mut self.open[i].1);
+        }
+        let w: Box<dyn Write + Send> = match t {
+            Target::Off => return None,
+            Target::Stderr => Box::new(std::io::BufWriter::with_capacity(
+                64 * 1024,
+                std::io::stderr(),
+            )),
+            Target::File(p) => match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+            {
+                Ok(f) => Box::new(std::io::BufWriter::with_capacity(64 * 1024, f)),
+                Err(e) => {
+                    tracing::error!(path = %p.display(), error = %e, "cannot open the access log; its records are dropped until it can be opened (SIGHUP retries)");
+                    return None;
+                }
+            },
+        };
+        self.open.push((t.clone(), w));
+        self.open.last_mut().map(|(_, w)| w)
+    }
+    fn flush(&mut self) {
+        for (_, w) in &mut self.open {
+            let _ = w.flush();
+        }
+    }
+}
+
+/// Starts the logger thread.
+pub fn start(queues: Arc<Queues>) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("ringlb-log".into())
+        .spawn(move || run(&queues))
+        .expect("start the access-log thread")
+}
+
+fn run(q: &Queues) {
+    let mut sinks = Sinks { open: Vec::new() };
+    let mut line = String::with_capacity(512);
+    loop {
+        if q.reopen.swap(false, Ordering::Relaxed) {
+            sinks.flush();
+            sinks.open.clear();
+        }
+        let mut any = false;
+        for wq in &q.per_worker {
+            while let Some(r) = wq.pop() {
+                any = true;
+                let target = &r.listener.access_log;
+                let json = r.listener.access_log_json;
+                line.clear();
+                format_record(&r, json, &mut line);
+                if let Some(w) = sinks.get(target)
+                    && w.write_all(line.as_bytes()).is_ok()
+                {
+                    q.written.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    q.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if !any {
+            sinks.flush();
+            if q.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(IDLE);
+        }
+    }
+}
+
+/// One line: `text` as HAProxy's tcplog reads (fields by position), or one JSON object.
+pub fn format_record(r: &Record, json: bool, out: &mut String) {
+    use std::fmt::Write;
+    let start = chrono::DateTime::from_timestamp_millis(r.start_ms as i64)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ");
+    let client = r
+        .client
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "-".into());
+    let pool = r.pool.as_deref().unwrap_or("-");
+    let backend = r
+        .backend
+        .as_ref()
+        .map(|b| b.addr.to_string())
+        .unwrap_or_else(|| "-".into());
+    let connect_ms = r.connect_us as f64 / 1000.0;
+    let duration_ms = r.duration_us as f64 / 1000.0;
+    if json {
+        let v = serde_json::json!({
+            "start": start.to_string(),
+            "listener": r.listener.name,
+            "client": r.client.map(|a| a.to_string()),
+            "pool": r.pool.as_deref(),
+            "backend": r.backend.as_ref().map(|b| b.addr.to_string()),
+            "attempts": r.attempts,
+            "connect_ms": connect_ms,
+            "duration_ms": duration_ms,
+            "bytes_to_backend": r.bytes[0],
+            "bytes_to_client": r.bytes[1],
+            "end": r.end.as_str(),
+        });
+        let _ = writeln!(out, "{v}");
+    } else {
+        let _ = writeln!(
+            out,
+            "{start} {} {client} {pool}/{backend} attempts={} connect_ms={connect_ms:.3} duration_ms={duration_ms:.3} bytes_to_backend={} bytes_to_client={} end={}",
+            r.listener.name,
+            r.attempts,
+            r.bytes[0],
+            r.bytes[1],
+            r.end.as_str()
+        );
+    }
+}
