@@ -132,18 +132,28 @@ pub struct Queues {
     /// Set on SIGHUP/SIGUSR1: the logger reopens its files.
     pub reopen: AtomicBool,
     pub stop: AtomicBool,
+    /// The logger has written what was queued at the stop and ended.
+    pub finished: AtomicBool,
 }
 
 impl Queues {
     pub fn new(workers: usize) -> Arc<Queues> {
+        // RINGLB_ACCESS_LOG_QUEUE: records per worker queue (tuning, and the tests' way to
+        // make a stalled destination overflow quickly).
+        let records = std::env::var("RINGLB_ACCESS_LOG_QUEUE")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(QUEUE_RECORDS)
+            .clamp(1, 1 << 20);
         Arc::new(Queues {
             per_worker: (0..workers.max(1))
-                .map(|_| ArrayQueue::new(QUEUE_RECORDS))
+                .map(|_| ArrayQueue::new(records))
                 .collect(),
             dropped: AtomicU64::new(0),
             written: AtomicU64::new(0),
             reopen: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
         })
     }
 
@@ -231,6 +241,7 @@ fn run(q: &Queues) {
         if !any {
             sinks.flush();
             if q.stop.load(Ordering::Relaxed) {
+                q.finished.store(true, Ordering::Relaxed);
                 return;
             }
             std::thread::sleep(IDLE);

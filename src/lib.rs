@@ -28,6 +28,8 @@
 //!   largest wish), `schedule` (scheduled min/max), `actuator` (process, exec; process
 //!   groups, adoption after a restart), `plot` (events and their SVG timeline); talks HTTP
 //!   only.
+//! - [`accesslog`]: one record per connection; per-worker bounded queues drained by one
+//!   logger thread (text or JSON, stderr or a file reopened on SIGHUP/SIGUSR1).
 //! - [`atomic_file`]: temp file, fsync, rename: how both state files are written.
 //! - [`notify`]: systemd readiness (READY=1 once listeners accept, STOPPING=1, RELOADING=1).
 //! - [`demo`]: `ringlb demo`: built-in backends plus a balancer on loopback.
@@ -39,6 +41,7 @@
 #![deny(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod accesslog;
 pub mod atomic_file;
 pub mod backend;
 pub mod balance;

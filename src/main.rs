@@ -61,16 +61,39 @@ enum Command {
     },
 }
 
-fn main() {
-    tracing_subscriber::fmt()
+/// The process's own log on stderr: text, or JSON lines with `log_format = "json"` in the
+/// config being served (or RINGLB_LOG_FORMAT=json, which wins).
+fn init_tracing(json: bool) {
+    let json = match std::env::var("RINGLB_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") => false,
+        _ => json,
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RINGLB_LOG")
                 .unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+}
+
+fn main() {
     let cli = Cli::parse();
+    // `serve` logs as its config says; a config that does not load is reported in text.
+    let json = match &cli.command {
+        Command::Serve { config } => ringlb::config::Config::load(config)
+            .map(|c| c.log_format == ringlb::config::LogFormat::Json)
+            .unwrap_or(false),
+        _ => false,
+    };
+    init_tracing(json);
     let code = match cli.command {
         Command::Serve { config } => ringlb::server::serve(&config),
         Command::Check { config } => match ringlb::config::Config::load(&config) {

@@ -175,6 +175,14 @@ pub fn install() -> Result<(), String> {
         "Relay directions found unarmed and re-armed (should stay 0)."
     );
     describe_gauge!("ringlb_build_info", "1, labelled with the version.");
+    describe_counter!(
+        "ringlb_access_log_dropped_total",
+        "Access-log records dropped: a worker's queue was full (the logger fell behind) or the destination could not be written."
+    );
+    describe_counter!(
+        "ringlb_access_log_records_total",
+        "Access-log records written."
+    );
     describe_histogram!(
         "ringlb_connection_duration_seconds",
         Unit::Seconds,
@@ -269,6 +277,10 @@ pub fn render(shared: &Shared) -> String {
             .absolute(shared.buffer_ring_exhausted.load(Relaxed));
         counter!("ringlb_relay_repairs_total").absolute(shared.relay_repairs.load(Relaxed));
         gauge!("ringlb_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        if let Some(q) = shared.access_log.get() {
+            counter!("ringlb_access_log_dropped_total").absolute(q.dropped.load(Relaxed));
+            counter!("ringlb_access_log_records_total").absolute(q.written.load(Relaxed));
+        }
     }
     match HANDLE.get() {
         Some(h) => {

@@ -11,7 +11,7 @@ use crate::control::state::State;
 use crate::control::{Control, Endpoints};
 use crate::proxy;
 use crate::snapshot::Shared;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -25,6 +25,8 @@ pub struct Server {
     path: Option<PathBuf>,
     workers: Vec<std::thread::JoinHandle<()>>,
     signals: signal_hook::iterator::Signals,
+    /// The access log's logger thread, once some listener logs.
+    access_log: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Binds a control-plane endpoint (before anything starts, so a taken port fails the start).
@@ -39,7 +41,7 @@ impl Server {
     pub fn start(config: Config, path: Option<PathBuf>) -> Result<Server, String> {
         // Handlers first: a SIGTERM that arrives the moment the listeners accept must drain,
         // not kill the process by the default action.
-        let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
             .map_err(|e| format!("cannot handle signals: {e}"))?;
         let limit = proxy::sys::raise_nofile_limit();
         let token = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
@@ -103,6 +105,7 @@ impl Server {
         let state = State::new(config.clone(), workers)?;
         let shared = state.shared.clone();
         shared.set_descriptor_limit(limit);
+        let access_log = start_access_log(config.logs_access(), &shared, workers);
         // The control plane first: once the workers accept, every descriptor may go to
         // clients (the budget keeps only a reserve), and under a low open-file limit a burst
         // of clients could leave the control runtime none to start with.
@@ -131,6 +134,7 @@ impl Server {
         // Every worker's listener accepts and the control plane serves: tell systemd.
         crate::notify::notify("READY=1\nSTATUS=listening");
         Ok(Server {
+            access_log,
             shared,
             control,
             shutdown_timeout,
@@ -157,6 +161,7 @@ impl Server {
             .ok_or("this balancer has no config file to reload")?;
         let config = Config::load(path).map_err(|e| e.to_string())?;
         let shutdown_timeout = config.shutdown_timeout.get();
+        let logs = config.logs_access();
         let control = self.control.clone();
         // The last line of defence, not the first: validation is total, so this should never
         // catch anything. If applying does panic, the reload is refused instead of the panic
@@ -170,6 +175,9 @@ impl Server {
             },
         )??;
         self.shutdown_timeout = shutdown_timeout;
+        if self.access_log.is_none() {
+            self.access_log = start_access_log(logs, &self.shared, self.workers.len());
+        }
         Ok(())
     }
 
@@ -194,7 +202,17 @@ impl Server {
             signal_hook::iterator::Signals::new([] as [i32; 0]).map_err(|e| e.to_string())?,
         );
         for sig in signals.forever() {
+            if sig == SIGUSR1 {
+                // logrotate: reopen the access-log files.
+                if let Some(q) = self.shared.access_log.get() {
+                    q.reopen.store(true, Ordering::Relaxed);
+                }
+                continue;
+            }
             if sig == SIGHUP {
+                if let Some(q) = self.shared.access_log.get() {
+                    q.reopen.store(true, Ordering::Relaxed);
+                }
                 crate::notify::notify("RELOADING=1");
                 match self.reload() {
                     Ok(()) => tracing::info!("configuration reloaded"),
@@ -223,12 +241,35 @@ impl Server {
                     open_connections = self.shared.open_connections(),
                     "shutdown_timeout passed: closing the rest"
                 );
-                return;
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        if let Some(q) = self.shared.access_log.get() {
+            // The logger writes what the workers left in the queues, then ends; a stalled
+            // destination (a full pipe) gets 2 s, not the power to hold the stop.
+            q.stop.store(true, Ordering::Relaxed);
+            let waited = Instant::now();
+            while !q.finished.load(Ordering::Relaxed) && waited.elapsed() < Duration::from_secs(2) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         tracing::info!("stopped");
     }
+}
+
+/// Starts the access log's logger thread if some listener logs and it is not running yet.
+fn start_access_log(
+    wanted: bool,
+    shared: &Arc<Shared>,
+    workers: usize,
+) -> Option<std::thread::JoinHandle<()>> {
+    if !wanted || shared.access_log.get().is_some() {
+        return None;
+    }
+    let q = crate::accesslog::Queues::new(workers);
+    let _ = shared.access_log.set(q.clone());
+    Some(crate::accesslog::start(q))
 }
 
 /// What a caught panic said.

@@ -73,6 +73,8 @@ impl PoolQueue {
 /// for the workers. Immutable: a change builds a new one.
 pub struct Pool {
     pub name: String,
+    /// The name again, shared: an access-log record takes a clone, not an allocation.
+    pub name_arc: Arc<str>,
     pub algorithm: Algorithm,
     pub hash_key: HashKey,
     pub backends: Vec<Arc<Backend>>,
@@ -124,6 +126,7 @@ impl Pool {
         let balancer = balance::build(cfg, &backends);
         Pool {
             name: name.to_string(),
+            name_arc: Arc::from(name),
             algorithm: cfg.algorithm,
             hash_key: cfg.hash_key,
             backends,
@@ -177,6 +180,9 @@ pub struct Listener {
     pub inspect_timeout: Duration,
     /// Source allow/deny (empty: everyone).
     pub acl: SourceAcl,
+    /// Where this listener's access log goes, and whether as JSON.
+    pub access_log: crate::accesslog::Target,
+    pub access_log_json: bool,
     pub connect_timeout: Duration,
     pub retries: u32,
     pub idle_timeout: Duration,
@@ -190,6 +196,12 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// Whether this listener writes an access log.
+    #[inline]
+    pub fn logs(&self) -> bool {
+        self.access_log != crate::accesslog::Target::Off
+    }
+
     /// Counts a connection without a route.
     pub fn no_route(&self, why: NoRoute) {
         self.stats.no_route[why as usize].fetch_add(1, Ordering::Relaxed);
@@ -257,6 +269,9 @@ impl Snapshot {
                     routes: SniRoutes::new(&routes),
                     pool_names: pool_names.clone(),
                     inspect_timeout: lc.inspect_timeout.get(),
+                    access_log: crate::accesslog::Target::parse(lc.access_log.get_ref())
+                        .unwrap_or(crate::accesslog::Target::Off),
+                    access_log_json: lc.access_log_format == crate::config::LogFormat::Json,
                     acl: SourceAcl {
                         allow: cidrs(&lc.allow),
                         deny: cidrs(&lc.deny),
@@ -309,6 +324,8 @@ pub struct Shared {
     pub doorbells: std::sync::OnceLock<Box<[std::os::fd::OwnedFd]>>,
     /// Every worker's listeners accept (`/readyz`).
     pub ready: AtomicBool,
+    /// The access log's queues, once some listener logs (see `accesslog.rs`).
+    pub access_log: std::sync::OnceLock<Arc<crate::accesslog::Queues>>,
 }
 
 /// The outcome of the last reload, as Prometheus' own `_config_last_reload_*` series put it.
@@ -347,6 +364,7 @@ impl Shared {
             relay_repairs: AtomicU64::new(0),
             doorbells: std::sync::OnceLock::new(),
             ready: AtomicBool::new(false),
+            access_log: std::sync::OnceLock::new(),
             reloads: ReloadStatus {
                 last_successful: AtomicBool::new(true),
                 last_success_time: AtomicU64::new(unix_now()),

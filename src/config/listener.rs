@@ -33,6 +33,12 @@ pub struct ListenerConfig {
     /// Source CIDRs refused (deny wins over allow).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deny: Vec<Spanned<String>>,
+    /// One line per connection at close: "off", "stderr" or a file path (reopened on SIGHUP
+    /// and SIGUSR1, for logrotate).
+    #[serde(default = "default_access_log")]
+    pub access_log: Spanned<String>,
+    #[serde(default)]
+    pub access_log_format: LogFormat,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur<US_MS, { 5 * US_MIN }>,
     /// Other backends tried when a connect fails.
@@ -54,6 +60,19 @@ pub struct ListenerConfig {
     /// socket, which accepted connections inherit; unset = the system default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_congestion: Option<Spanned<String>>,
+}
+
+/// How a log is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+fn default_access_log() -> Spanned<String> {
+    Spanned::new(0..0, "off".into())
 }
 
 /// One SNI route of a listener.
@@ -172,6 +191,8 @@ pub(super) fn validate_listener(
         }
         None => {}
     }
+    crate::accesslog::Target::parse(l.access_log.get_ref())
+        .map_err(|m| (span_of(&l.access_log), format!("listeners.{m}")))?;
     if l.routes.len() > MAX_ROUTES {
         return Err((
             span_of(&l.name),

@@ -50,6 +50,10 @@ pub struct Config {
     /// (0: sleep at once). Like HAProxy's `busy-polling`, but bounded: an idle worker sleeps.
     #[serde(default = "default_busy_poll")]
     pub busy_poll: Dur<0, MAX_BUSY_POLL_US>,
+    /// The process's own log (tracing) as "text" or "json" (also RINGLB_LOG_FORMAT); read at
+    /// start.
+    #[serde(default)]
+    pub log_format: LogFormat,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -257,6 +261,7 @@ impl Config {
             (a.pin_workers != b.pin_workers, "pin_workers"),
             (a.buffer_size != b.buffer_size, "buffer_size"),
             (a.buffer_count != b.buffer_count, "buffer_count"),
+            (a.log_format != b.log_format, "log_format"),
             (a.state_file != b.state_file, "state_file"),
             (
                 a.metrics.as_ref().map(|m| m.listen) != b.metrics.as_ref().map(|m| m.listen),
@@ -272,6 +277,13 @@ impl Config {
     }
 
     /// The effective configuration (defaults filled in), as TOML.
+    /// Whether some listener writes an access log.
+    pub fn logs_access(&self) -> bool {
+        self.listeners
+            .iter()
+            .any(|l| l.access_log.get_ref() != "off")
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }

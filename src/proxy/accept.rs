@@ -8,11 +8,12 @@
 //! Must not touch: backend sockets (that begins in `connect.rs`); a queued client has
 //! nothing in flight and nothing read.
 
-use super::conn::{Conn, Dir, Phase};
+use super::conn::{Conn, Dir, LogInfo, Phase};
 use super::ring::Cqe;
 use super::sys;
 use super::table::{Op, user_data};
 use super::worker::{AcceptState, Worker};
+use crate::accesslog::End;
 use crate::balance::key_hash;
 use crate::config::HashKey;
 use crate::snapshot::{Pool, PoolQueue};
@@ -128,6 +129,14 @@ impl Worker {
         let stats = &listener.stats;
         stats.connections.fetch_add(1, Relaxed);
         let active = stats.active.fetch_add(1, Relaxed) + 1;
+        // The client's address: for the allow/deny rules and the access log (one
+        // getpeername, only when either is configured).
+        let logs = listener.logs();
+        let peer = if logs || !listener.acl.is_empty() {
+            sys::peer_addr(fd)
+        } else {
+            None
+        };
         let budget = self.shared.connection_budget.load(Relaxed);
         if self.shared.open_connections() >= budget {
             // As many connections as descriptors allow: refuse this one and pause accepting
@@ -135,6 +144,7 @@ impl Worker {
             stats.active.fetch_sub(1, Relaxed);
             stats.rejected.fetch_add(1, Relaxed);
             sys::close(fd);
+            self.log_refused(&listener, peer, End::Rejected);
             self.pause_accepting();
             return;
         }
@@ -144,18 +154,17 @@ impl Worker {
             stats.active.fetch_sub(1, Relaxed);
             stats.rejected.fetch_add(1, Relaxed);
             sys::close(fd);
+            self.log_refused(&listener, peer, End::Rejected);
             self.cancel_accept(li);
             return;
         }
-        if !listener.acl.is_empty() {
-            // A client whose address cannot be read (it reset already) is refused too.
-            let allowed = sys::peer_addr(fd).is_some_and(|a| listener.acl.admits(a.ip()));
-            if !allowed {
-                stats.active.fetch_sub(1, Relaxed);
-                stats.denied.fetch_add(1, Relaxed);
-                sys::close(fd);
-                return;
-            }
+        // A client whose address cannot be read (it reset already) is refused too.
+        if !listener.acl.is_empty() && !peer.is_some_and(|a| listener.acl.admits(a.ip())) {
+            stats.active.fetch_sub(1, Relaxed);
+            stats.denied.fetch_add(1, Relaxed);
+            sys::close(fd);
+            self.log_refused(&listener, peer, End::Denied);
+            return;
         }
         let inspect = !listener.routes.is_empty();
         let now = self.now;
@@ -181,16 +190,56 @@ impl Worker {
             header_sent: 0,
             peeked: 0,
             ticket: 0,
+            end: None,
+            logged: logs,
             accepted_at: std::time::Instant::now(),
             connect_started: std::time::Instant::now(),
         });
         self.shared.worker_connections[self.id].fetch_add(1, Relaxed);
+        if logs {
+            if self.logs.len() <= slot {
+                self.logs.resize(slot + 1, LogInfo::default());
+            }
+            self.logs[slot] = LogInfo {
+                client: peer,
+                ..LogInfo::default()
+            };
+        }
         if inspect {
             self.inspect(slot);
         } else {
             self.enter_pool(slot);
         }
         self.release_if_idle(slot);
+    }
+
+    /// A client refused before it had a slot, in the access log.
+    fn log_refused(
+        &mut self,
+        listener: &Arc<crate::snapshot::Listener>,
+        client: Option<std::net::SocketAddr>,
+        end: End,
+    ) {
+        if !listener.logs() {
+            return;
+        }
+        if let Some(q) = self.shared.access_log.get() {
+            q.push(
+                self.id,
+                crate::accesslog::Record {
+                    start_ms: crate::backend::unix_now_ms(),
+                    listener: listener.clone(),
+                    client,
+                    pool: None,
+                    backend: None,
+                    attempts: 0,
+                    connect_us: 0,
+                    duration_us: 0,
+                    bytes: [0, 0],
+                    end,
+                },
+            );
+        }
     }
 
     /// The connection's pool is known: connect, or wait behind those already queued.
@@ -223,7 +272,7 @@ impl Worker {
             q.length.fetch_sub(1, Relaxed);
             q.overflows.fetch_add(1, Relaxed);
             tracing::debug!(pool = %c.pool.name, "queue full: closing");
-            return self.teardown(slot);
+            return self.teardown(slot, End::QueueFull);
         }
         let ticket = q.next_ticket.fetch_add(1, Relaxed);
         c.phase = Phase::Queued;
@@ -332,7 +381,7 @@ impl Worker {
                 let current = self.shared.snapshot.load().pool(&c.pool.name).cloned();
                 let Some(pool) = current else {
                     self.queued.pools[qi].1.pop_front();
-                    self.close(slot);
+                    self.close(slot, End::NoBackend);
                     continue;
                 };
                 if crate::balance::all_full(&pool.backends, c.tried()) {
@@ -373,7 +422,7 @@ impl Worker {
                 if live {
                     q.timeouts.fetch_add(1, Relaxed);
                     tracing::debug!(worker = self.id, slot, "queue timeout");
-                    self.close(slot);
+                    self.close(slot, End::QueueTimeout);
                 }
             }
         }

@@ -8,12 +8,13 @@
 use super::conn::{Phase, Recv, Side};
 use super::table::Op;
 use super::worker::Worker;
+use crate::accesslog::{End, Record};
 use std::sync::atomic::Ordering::Relaxed;
 
 impl Worker {
     /// Ends a connection now: teardown, and release if nothing is in flight.
-    pub(super) fn close(&mut self, slot: usize) {
-        self.teardown(slot);
+    pub(super) fn close(&mut self, slot: usize, why: End) {
+        self.teardown(slot, why);
         self.release_if_idle(slot);
     }
 
@@ -23,11 +24,12 @@ impl Worker {
     /// Cancels go by user data, one per request: the kernel finds each with a hash lookup,
     /// where cancelling everything on a descriptor walks the ring's whole poll table (with
     /// `Connection: close` load that walk was ~1.5-2% of the worker's perf samples).
-    pub(super) fn teardown(&mut self, slot: usize) {
+    pub(super) fn teardown(&mut self, slot: usize, why: End) {
         let c = self.conns.get(slot);
         if c.phase == Phase::Closing {
             return;
         }
+        c.end.get_or_insert(why);
         let phase = c.phase;
         c.phase = Phase::Closing;
         if c.inflight == 0 {
@@ -86,8 +88,40 @@ impl Worker {
             c.pool.queue.length.fetch_sub(1, Relaxed);
             self.queued_changed();
         }
+        if c.logged {
+            self.log_connection(slot, &c);
+        }
         if c.backend.is_some() {
             self.pool_freed(&c.pool);
         }
+    }
+
+    /// Hands the connection's record to the logger (never waits: a full queue drops it).
+    fn log_connection(&mut self, slot: usize, c: &super::conn::Conn) {
+        let Some(q) = self.shared.access_log.get() else {
+            return;
+        };
+        let info = self.logs.get(slot).copied().unwrap_or_default();
+        let started = std::time::SystemTime::now() - c.accepted_at.elapsed();
+        let record = Record {
+            start_ms: started
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            listener: c.listener.clone(),
+            client: info.client,
+            pool: (c.ntried > 0 || c.backend.is_some()).then(|| c.pool.name_arc.clone()),
+            backend: c.backend.clone().or_else(|| {
+                c.tried()
+                    .last()
+                    .and_then(|&i| c.pool.backends.get(i as usize).cloned())
+            }),
+            attempts: c.ntried,
+            connect_us: info.connect_us,
+            duration_us: c.accepted_at.elapsed().as_micros().min(u64::MAX as u128) as u64,
+            bytes: info.bytes,
+            end: c.end.unwrap_or_default(),
+        };
+        q.push(self.id, record);
     }
 }

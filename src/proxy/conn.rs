@@ -39,6 +39,13 @@ impl Side {
             Side::ToClient => Op::RecvBackend,
         }
     }
+    /// How the connection ended if the side this direction reads from fails.
+    pub fn source_end_error(self) -> crate::accesslog::End {
+        match self {
+            Side::ToBackend => crate::accesslog::End::ClientError,
+            Side::ToClient => crate::accesslog::End::BackendError,
+        }
+    }
     /// The send that empties this direction.
     pub fn send_op(self) -> Op {
         match self {
@@ -134,10 +141,25 @@ pub struct Conn {
     pub peeked: u16,
     /// In a pool's queue: this connection's ticket (0: not queued).
     pub ticket: u64,
+    /// Why it ended (the first reason given wins), for the access log.
+    pub end: Option<crate::accesslog::End>,
+    /// Its listener writes an access log: the worker keeps a [`LogInfo`] for this slot.
+    pub logged: bool,
     /// When the client was accepted, and when the current connect attempt (or the wait in
     /// the queue) began.
     pub accepted_at: std::time::Instant,
     pub connect_started: std::time::Instant,
+}
+
+/// What the access log needs beyond the connection itself, kept only for the connections
+/// of listeners that log (a side table indexed by slot, so connections of listeners that do
+/// not log cost nothing for it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogInfo {
+    pub client: Option<SocketAddr>,
+    /// Bytes `[to backend, to client]`.
+    pub bytes: [u64; 2],
+    pub connect_us: u32,
 }
 
 impl Conn {

@@ -10,6 +10,7 @@ use super::ring::HEADER_MAX;
 use super::sys;
 use super::table::Op;
 use super::worker::Worker;
+use crate::accesslog::End;
 use crate::backend::ConnectError;
 use crate::balance::{Pick, all_full};
 use crate::config::ProxyProtocol;
@@ -44,7 +45,8 @@ impl Worker {
                 c.listener.stats.no_backend.fetch_add(1, Relaxed);
                 tracing::debug!(listener = %c.listener.name, "no routable backend");
             }
-            self.teardown(slot);
+            // After failed attempts the last one's reason stands (set in on_connect).
+            self.teardown(slot, End::NoBackend);
             return;
         };
         let backend = c.pool.backends[i].clone();
@@ -68,7 +70,7 @@ impl Worker {
                     tracing::warn!(error = %e, "cannot create a backend socket");
                 }
                 self.accept_warned += 1;
-                self.teardown(slot);
+                self.teardown(slot, End::Rejected);
                 return;
             }
         };
@@ -89,6 +91,16 @@ impl Worker {
         }
         let backend = c.backend.clone().expect("connecting to a backend");
         if res == 0 {
+            c.end = None;
+            if c.logged
+                && let Some(info) = self.logs.get_mut(slot)
+            {
+                info.connect_us = c
+                    .connect_started
+                    .elapsed()
+                    .as_micros()
+                    .min(u32::MAX as u128) as u32;
+            }
             backend.stats.failures_in_row.store(0, Relaxed);
             c.pool
                 .connect_duration
@@ -105,6 +117,11 @@ impl Worker {
             _ => ConnectError::Other,
         };
         backend.stats.connect_errors[reason as usize].fetch_add(1, Relaxed);
+        // What the access log says if no later attempt connects.
+        c.end = Some(match reason {
+            ConnectError::Refused => End::ConnectRefused,
+            _ => End::ConnectTimeout,
+        });
         backend.stats.failures_in_row.fetch_add(1, Relaxed);
         backend.stats.active.fetch_sub(1, Relaxed);
         tracing::debug!(backend = %backend.addr, ?reason, "connect failed");
@@ -130,7 +147,7 @@ impl Worker {
         };
         if n == 0 {
             // The client's addresses are gone (it reset): nothing to announce.
-            return self.teardown(slot);
+            return self.teardown(slot, End::ClientError);
         }
         c.phase = Phase::Header;
         c.header_len = n as u8;
@@ -146,7 +163,7 @@ impl Worker {
             return;
         }
         if res <= 0 {
-            return self.teardown(slot);
+            return self.teardown(slot, End::BackendError);
         }
         c.header_sent += res as u8;
         if c.header_sent < c.header_len {

@@ -18,6 +18,7 @@ use super::conn::Phase;
 use super::sys;
 use super::table::Op;
 use super::worker::Worker;
+use crate::accesslog::End;
 use crate::routes::NoRoute;
 
 impl Worker {
@@ -93,7 +94,7 @@ impl Worker {
         tracing::debug!(listener = %c.listener.name, reason = why.as_str(), "no SNI route");
         match c.listener.pool {
             Some(pool) if why != NoRoute::Timeout => self.route_to(slot, pool),
-            _ => self.teardown(slot),
+            _ => self.teardown(slot, End::NoRoute),
         }
     }
 
@@ -115,7 +116,7 @@ impl Worker {
                 self.enter_pool(slot);
             }
             // The pool was removed by that reload.
-            None => self.teardown(slot),
+            None => self.teardown(slot, End::NoRoute),
         }
     }
 }

@@ -45,7 +45,10 @@ pub fn explain(e: &std::io::Error) -> String {
         Some(libc::EINVAL) => format!(
             "this kernel ({kernel}) refused the ring's setup or its buffer ring (IORING_REGISTER_PBUF_RING needs Linux 5.19+)"
         ),
-        Some(libc::ENOMEM) => "not enough locked memory for the ring (RLIMIT_MEMLOCK, on kernels before 5.12)".to_string(),
+        Some(libc::ENOMEM) => {
+            "not enough locked memory for the ring (RLIMIT_MEMLOCK, on kernels before 5.12)"
+                .to_string()
+        }
         _ => format!("{e}"),
     };
     format!("cannot use io_uring: {why} ({e})")

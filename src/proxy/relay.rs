@@ -14,6 +14,7 @@ use super::ring::Cqe;
 use super::sys;
 use super::table::Op;
 use super::worker::Worker;
+use crate::accesslog::End;
 use std::sync::atomic::Ordering::Relaxed;
 
 /// Queued buffers in one direction at which its recv is cancelled (backpressure)...
@@ -93,7 +94,13 @@ impl Worker {
             0 => {
                 // EOF from the source: once its queue is sent, shut the destination's write
                 // side (or close, if the other direction is already done).
-                self.conns.get(slot).dir(side).eof = true;
+                let c = self.conns.get(slot);
+                c.dir(side).eof = true;
+                // Whoever sent the first EOF closed the connection, for the access log.
+                c.end.get_or_insert(match side {
+                    Side::ToBackend => End::ClientClosed,
+                    Side::ToClient => End::BackendClosed,
+                });
                 self.finish_if_drained(slot, side);
             }
             libc::ENOBUFS => {
@@ -104,7 +111,8 @@ impl Worker {
                 self.parked.push((slot as u32, gen_, side));
             }
             libc::ECANCELED => self.rearm_if_ready(slot, side),
-            _ => self.teardown(slot),
+            // A reset or error on the side this direction reads from.
+            _ => self.teardown(slot, side.source_end_error()),
         }
     }
 
@@ -128,9 +136,14 @@ impl Worker {
         }
         if res <= 0 {
             // EPIPE/ECONNRESET: the destination is gone.
-            return self.teardown(slot);
+            return self.teardown(slot, side.other().source_end_error());
         }
         c.last_active = now;
+        if c.logged
+            && let Some(info) = self.logs.get_mut(slot)
+        {
+            info.bytes[side as usize] += res as u64;
+        }
         let backend = c.backend.clone();
         let d = c.dir(side);
         d.unflushed += res as u64;
@@ -162,7 +175,7 @@ impl Worker {
         }
         d.done = true;
         if c.dir(side.other()).done {
-            return self.teardown(slot);
+            return self.teardown(slot, End::ClientClosed);
         }
         // A plain shutdown(2), not IORING_OP_SHUTDOWN: io_uring always hands that op to an
         // io-wq thread (REQ_F_FORCE_ASYNC), a thread hop per connection; the syscall never

@@ -62,6 +62,8 @@ pub struct Worker {
     /// Connections waiting in a pool's queue, oldest first (see `accept.rs`).
     pub(super) queued: super::accept::Waiting,
     pub(super) now: u32,
+    /// Access-log details by slot, for connections of listeners that log.
+    pub(super) logs: Vec<super::conn::LogInfo>,
     /// Inspection scratch: the bytes a client has sent (peeked), and its joined handshake.
     pub(super) peek: Box<[u8; super::clienthello::MAX_HELLO]>,
     pub(super) hello: Box<[u8; super::clienthello::MAX_HELLO]>,
@@ -98,6 +100,7 @@ impl Worker {
             parked: Vec::new(),
             queued: Default::default(),
             now: 0,
+            logs: Vec::new(),
             peek: Box::new([0; super::clienthello::MAX_HELLO]),
             hello: Box::new([0; super::clienthello::MAX_HELLO]),
             rng: 0x9e37_79b9_7f4a_7c15 ^ (id as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9),
@@ -218,7 +221,7 @@ impl Worker {
             };
             if c.backend.as_ref().is_some_and(|b| b.is_removed()) {
                 // Its backend was removed (a drain that timed out): close what remains.
-                self.close(slot);
+                self.close(slot, crate::accesslog::End::DrainTimeout);
                 continue;
             }
             if c.phase != Phase::Relaying {
@@ -229,7 +232,7 @@ impl Worker {
             let idle_ms = (self.now - c.last_active) as u64 * tick_ms;
             if idle_ms >= c.listener.idle_timeout.as_millis() as u64 {
                 tracing::debug!(worker = self.id, slot, "idle timeout");
-                self.close(slot);
+                self.close(slot, crate::accesslog::End::IdleTimeout);
             }
         }
     }
