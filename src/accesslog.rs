@@ -249,48 +249,98 @@ fn run(q: &Queues) {
     }
 }
 
-/// One line: `text` as HAProxy's tcplog reads (fields by position), or one JSON object.
+/// One line: `text` (fields by position, as HAProxy's tcplog), or one JSON object. Written
+/// straight into `out` (no intermediate strings or JSON values: the logger's CPU is the
+/// process's CPU).
 pub fn format_record(r: &Record, json: bool, out: &mut String) {
     use std::fmt::Write;
     let start = chrono::DateTime::from_timestamp_millis(r.start_ms as i64)
         .unwrap_or_default()
         .format("%Y-%m-%dT%H:%M:%S%.3fZ");
-    let client = r
-        .client
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| "-".into());
-    let pool = r.pool.as_deref().unwrap_or("-");
-    let backend = r
-        .backend
-        .as_ref()
-        .map(|b| b.addr.to_string())
-        .unwrap_or_else(|| "-".into());
     let connect_ms = r.connect_us as f64 / 1000.0;
     let duration_ms = r.duration_us as f64 / 1000.0;
+    let pool = r.pool.as_deref();
+    let backend = r.backend.as_ref().map(|b| b.addr);
     if json {
-        let v = serde_json::json!({
-            "start": start.to_string(),
-            "listener": r.listener.name,
-            "client": r.client.map(|a| a.to_string()),
-            "pool": r.pool.as_deref(),
-            "backend": r.backend.as_ref().map(|b| b.addr.to_string()),
-            "attempts": r.attempts,
-            "connect_ms": connect_ms,
-            "duration_ms": duration_ms,
-            "bytes_to_backend": r.bytes[0],
-            "bytes_to_client": r.bytes[1],
-            "end": r.end.as_str(),
-        });
-        let _ = writeln!(out, "{v}");
-    } else {
+        let _ = write!(out, "{{\"start\":\"{start}\",\"listener\":");
+        json_str(out, &r.listener.name);
+        match r.client {
+            Some(a) => {
+                let _ = write!(out, ",\"client\":\"{a}\"");
+            }
+            None => out.push_str(",\"client\":null"),
+        }
+        out.push_str(",\"pool\":");
+        match pool {
+            Some(p) => json_str(out, p),
+            None => out.push_str("null"),
+        }
+        match backend {
+            Some(a) => {
+                let _ = write!(out, ",\"backend\":\"{a}\"");
+            }
+            None => out.push_str(",\"backend\":null"),
+        }
         let _ = writeln!(
             out,
-            "{start} {} {client} {pool}/{backend} attempts={} connect_ms={connect_ms:.3} duration_ms={duration_ms:.3} bytes_to_backend={} bytes_to_client={} end={}",
-            r.listener.name,
+            ",\"attempts\":{},\"connect_ms\":{connect_ms:.3},\"duration_ms\":{duration_ms:.3},\"bytes_to_backend\":{},\"bytes_to_client\":{},\"end\":\"{}\"}}",
             r.attempts,
             r.bytes[0],
             r.bytes[1],
             r.end.as_str()
         );
+    } else {
+        let _ = write!(out, "{start} {} ", r.listener.name);
+        match r.client {
+            Some(a) => {
+                let _ = write!(out, "{a} ");
+            }
+            None => out.push_str("- "),
+        }
+        let _ = write!(out, "{}/", pool.unwrap_or("-"));
+        match backend {
+            Some(a) => {
+                let _ = write!(out, "{a}");
+            }
+            None => out.push('-'),
+        }
+        let _ = writeln!(
+            out,
+            " attempts={} connect_ms={connect_ms:.3} duration_ms={duration_ms:.3} bytes_to_backend={} bytes_to_client={} end={}",
+            r.attempts,
+            r.bytes[0],
+            r.bytes[1],
+            r.end.as_str()
+        );
+    }
+}
+
+/// A JSON string (quoted and escaped) onto `out`.
+fn json_str(out: &mut String, s: &str) {
+    use std::fmt::Write;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_str;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut s = String::new();
+        json_str(&mut s, "a\"b\\c\nd\u{1}é");
+        let back: String = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, "a\"b\\c\nd\u{1}é");
     }
 }

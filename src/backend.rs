@@ -96,6 +96,8 @@ pub struct Backend {
     /// (Unix ms; 0: up since the process started, which does not ramp).
     slow_start_ms: AtomicU64,
     up_since_ms: AtomicU64,
+    /// When the current drain began (Unix seconds; 0: not draining).
+    draining_since: AtomicU64,
     pub stats: CachePadded<BackendStats>,
 }
 
@@ -116,6 +118,11 @@ impl Backend {
             max_connections: AtomicU32::new(0),
             slow_start_ms: AtomicU64::new(0),
             up_since_ms: AtomicU64::new(0),
+            draining_since: AtomicU64::new(if state == BackendState::Draining {
+                unix_now().max(1)
+            } else {
+                0
+            }),
             stats: CachePadded::new(BackendStats::default()),
         }
     }
@@ -130,6 +137,17 @@ impl Backend {
             self.up_since_ms
                 .store(unix_now_ms().max(1), Ordering::Relaxed);
         }
+        if s == BackendState::Draining && old != BackendState::Draining as u8 {
+            self.draining_since
+                .store(unix_now().max(1), Ordering::Relaxed);
+        } else if s != BackendState::Draining {
+            self.draining_since.store(0, Ordering::Relaxed);
+        }
+    }
+    /// When the current drain began (Unix seconds), if it is draining.
+    pub fn draining_since(&self) -> Option<u64> {
+        let t = self.draining_since.load(Ordering::Relaxed);
+        (t > 0).then_some(t)
     }
     /// Limits the backend to `n` connections at once (0: none).
     pub fn set_max_connections(&self, n: u32) {

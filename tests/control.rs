@@ -472,6 +472,55 @@ fn admin_add_drain_delete_and_bad_input() {
 }
 
 #[test]
+fn drain_then_ready_brings_traffic_back() {
+    let a = TestBackend::start("a");
+    let b = TestBackend::start("b");
+    let lb = start(
+        &format!(
+            "{}{}",
+            pool_config("p", "round_robin", &[(a.addr, 1), (b.addr, 1)], ""),
+            health("tcp", "")
+        ),
+        "",
+    );
+    let (held, name) = loop {
+        let (s, name) = greet(lb.lb);
+        if name == "b" {
+            break (s, name);
+        }
+    };
+    assert_eq!(name, "b");
+    let drain = format!("/pools/p/backends/{}/drain", b.addr);
+    assert_eq!(http(lb.admin, "POST", &drain, None, None).0, 202);
+    let listed = first_pool_backends(lb.admin);
+    let entry = listed
+        .iter()
+        .find(|e| e["addr"] == b.addr.to_string())
+        .unwrap();
+    assert_eq!(entry["state"], "draining");
+    assert!(entry["draining_since"].as_u64().unwrap() > 0, "{entry}");
+    assert_eq!(entry["active_connections"], 1, "{entry}");
+    assert!(
+        (0..6).all(|_| greet(lb.lb).1 == "a"),
+        "a drained backend took traffic"
+    );
+    // Ready: routable again (its checks pass), and it takes its share once more.
+    let ready = format!("/pools/p/backends/{}/ready", b.addr);
+    let (status, body) = http(lb.admin, "POST", &ready, None, None);
+    assert_eq!(status, 200, "{body}");
+    wait_state(lb.admin, b.addr, "up", Duration::from_secs(5));
+    let names: Vec<String> = (0..6).map(|_| greet(lb.lb).1).collect();
+    assert_eq!(names.iter().filter(|n| *n == "b").count(), 3, "{names:?}");
+    let listed = first_pool_backends(lb.admin);
+    let entry = listed
+        .iter()
+        .find(|e| e["addr"] == b.addr.to_string())
+        .unwrap();
+    assert!(entry["draining_since"].is_null(), "{entry}");
+    drop(held);
+}
+
+#[test]
 fn delete_closes_what_is_left_when_the_drain_timeout_passes() {
     let a = TestBackend::start("a");
     let lb = start(&pool_config("p", "round_robin", &[(a.addr, 1)], ""), "");

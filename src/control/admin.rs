@@ -60,6 +60,9 @@ fn backend_json(b: &Backend) -> Value {
         "state": b.state().as_str(),
         "active_connections": b.active().max(0),
         "connections_total": b.stats.connections.load(Relaxed),
+        // A drain: when it began (Unix seconds; since this process started it, for one
+        // restored from the state file), and the connections it still waits for.
+        "draining_since": b.draining_since(),
         "protected": b.protection_left().is_some(),
         "protection_expires_in": b.protection_left(),
     })
