@@ -15,6 +15,10 @@ enum Command {
     Serve {
         #[arg(short, long)]
         config: PathBuf,
+        /// Take the listening sockets from the ringlb running on `upgrade_socket` (a
+        /// zero-downtime binary upgrade: the old one drains and exits).
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file and print the effective config (exit 0), or the error (exit 1).
     Check {
@@ -88,14 +92,14 @@ fn main() {
     let cli = Cli::parse();
     // `serve` logs as its config says; a config that does not load is reported in text.
     let json = match &cli.command {
-        Command::Serve { config } => ringlb::config::Config::load(config)
+        Command::Serve { config, .. } => ringlb::config::Config::load(config)
             .map(|c| c.log_format == ringlb::config::LogFormat::Json)
             .unwrap_or(false),
         _ => false,
     };
     init_tracing(json);
     let code = match cli.command {
-        Command::Serve { config } => ringlb::server::serve(&config),
+        Command::Serve { config, upgrade } => ringlb::server::serve(&config, upgrade),
         Command::Check { config } => match ringlb::config::Config::load(&config) {
             Ok(c) => {
                 print!("{}{}", c.route_table(), c.to_toml());

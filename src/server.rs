@@ -27,6 +27,8 @@ pub struct Server {
     signals: signal_hook::iterator::Signals,
     /// The access log's logger thread, once some listener logs.
     access_log: Option<std::thread::JoinHandle<()>>,
+    /// Offers this process's sockets to a successor (`ringlb serve --upgrade`).
+    handover: Option<crate::control::upgrade::Handover>,
 }
 
 /// Binds a control-plane endpoint (before anything starts, so a taken port fails the start).
@@ -39,6 +41,24 @@ impl Server {
     /// Binds and starts everything; returns once every worker accepts and the control
     /// plane serves.
     pub fn start(config: Config, path: Option<PathBuf>) -> Result<Server, String> {
+        Self::start_with(config, path, false)
+    }
+
+    /// [`Server::start`], or with `upgrade`, taking the listening sockets (and the admin and
+    /// metrics endpoints) from the process running on `upgrade_socket`, which then stops.
+    pub fn start_with(
+        config: Config,
+        path: Option<PathBuf>,
+        upgrade: bool,
+    ) -> Result<Server, String> {
+        let mut inherited = if upgrade {
+            let at = config.upgrade_socket().ok_or(
+                "--upgrade needs an upgrade_socket (or a state_file, whose directory holds it)",
+            )?;
+            crate::control::upgrade::receive(&at)?
+        } else {
+            crate::control::upgrade::Inherited::default()
+        };
         // Handlers first: a SIGTERM that arrives the moment the listeners accept must drain,
         // not kill the process by the default action.
         let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
@@ -60,13 +80,20 @@ impl Server {
             metrics: config
                 .metrics
                 .as_ref()
-                .map(|m| bind_endpoint("metrics", m.listen))
+                .map(|m| match inherited.metrics.take() {
+                    Some(fd) => Ok(std::net::TcpListener::from(fd)),
+                    None => bind_endpoint("metrics", m.listen),
+                })
                 .transpose()?,
             admin: config
                 .admin
                 .as_ref()
                 .map(|a| {
-                    bind_endpoint("admin", a.listen).map(|l| {
+                    match inherited.admin.take() {
+                        Some(fd) => Ok(std::net::TcpListener::from(fd)),
+                        None => bind_endpoint("admin", a.listen),
+                    }
+                    .map(|l| {
                         (
                             l,
                             crate::control::admin::Access {
@@ -109,8 +136,23 @@ impl Server {
         // The control plane first: once the workers accept, every descriptor may go to
         // clients (the budget keeps only a reserve), and under a low open-file limit a burst
         // of clients could leave the control runtime none to start with.
+        // Duplicates of the endpoints, for a successor (see `control/upgrade.rs`).
+        let dup = |l: &Option<std::net::TcpListener>| {
+            l.as_ref()
+                .and_then(|l| l.try_clone().ok())
+                .map(std::os::fd::OwnedFd::from)
+        };
+        let (admin_dup, metrics_dup) = (
+            dup(&endpoints
+                .admin
+                .as_ref()
+                .map(|(l, _)| l.try_clone())
+                .and_then(|r| r.ok())),
+            dup(&endpoints.metrics),
+        );
         let control = Control::start(state, endpoints)?;
-        let handles = match proxy::start(&config, shared.clone()) {
+        let inherited_listeners = std::mem::take(&mut inherited.listeners);
+        let (handles, offer) = match proxy::start(&config, shared.clone(), inherited_listeners) {
             Ok(h) => h,
             Err(e) => {
                 shared.stopping.store(true, Ordering::Relaxed);
@@ -118,6 +160,28 @@ impl Server {
             }
         };
         shared.ready.store(true, Ordering::Relaxed);
+        // This process accepts: the one it replaces may stop.
+        inherited.ready()?;
+        let handover = match config.upgrade_socket() {
+            Some(at) => {
+                let c = control.clone();
+                let offer = crate::control::upgrade::Offer {
+                    listeners: offer,
+                    admin: admin_dup,
+                    metrics: metrics_dup,
+                };
+                match crate::control::upgrade::Handover::start(&at, offer, move || {
+                    c.stop_endpoints()
+                }) {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no zero-downtime upgrade for this process");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         if let Some(a) = config.admin.as_ref().filter(|a| a.insecure_no_token) {
             tracing::warn!(listen = %a.listen, "[admin] insecure_no_token: the admin API takes requests from anyone who can reach it, without a token");
         }
@@ -134,6 +198,7 @@ impl Server {
         // Every worker's listener accepts and the control plane serves: tell systemd.
         crate::notify::notify("READY=1\nSTATUS=listening");
         Ok(Server {
+            handover,
             access_log,
             shared,
             control,
@@ -231,6 +296,11 @@ impl Server {
     /// Stops accepting and waits up to `timeout` for open connections to finish.
     pub fn stop(self, timeout: Duration) {
         crate::notify::notify("STOPPING=1");
+        if let Some(h) = &self.handover {
+            // Our duplicates of the listening sockets: closed, so that once the workers
+            // close theirs nothing is left listening here (a successor has its own).
+            h.close();
+        }
         self.shared.stopping.store(true, Ordering::Relaxed);
         let open = self.shared.open_connections();
         tracing::info!(open_connections = open, timeout = ?timeout, "stopping: no new connections; waiting for open ones");
@@ -281,7 +351,7 @@ pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// `ringlb serve --config FILE`: returns the process exit code.
-pub fn serve(path: &Path) -> i32 {
+pub fn serve(path: &Path, upgrade: bool) -> i32 {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -289,7 +359,9 @@ pub fn serve(path: &Path) -> i32 {
             return 1;
         }
     };
-    match Server::start(config, Some(path.to_path_buf())).and_then(|s| s.run_until_stopped()) {
+    match Server::start_with(config, Some(path.to_path_buf()), upgrade)
+        .and_then(|s| s.run_until_stopped())
+    {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("ringlb: {e}");

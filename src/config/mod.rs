@@ -40,6 +40,10 @@ pub struct Config {
     /// Where runtime backend changes are persisted (control plane).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_file: Option<PathBuf>,
+    /// Where this process offers its listening sockets to `ringlb serve --upgrade` (default:
+    /// `ringlb-upgrade.sock` beside `state_file`; without either, no upgrade).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_socket: Option<PathBuf>,
     /// Size of one relay buffer, in bytes (the kernel fills it on recv).
     #[serde(default = "default_buffer_size")]
     pub buffer_size: Spanned<u32>,
@@ -262,6 +266,7 @@ impl Config {
             (a.buffer_size != b.buffer_size, "buffer_size"),
             (a.buffer_count != b.buffer_count, "buffer_count"),
             (a.log_format != b.log_format, "log_format"),
+            (a.upgrade_socket != b.upgrade_socket, "upgrade_socket"),
             (a.state_file != b.state_file, "state_file"),
             (
                 a.metrics.as_ref().map(|m| m.listen) != b.metrics.as_ref().map(|m| m.listen),
@@ -277,6 +282,16 @@ impl Config {
     }
 
     /// The effective configuration (defaults filled in), as TOML.
+    /// The upgrade socket in force: `upgrade_socket`, or beside `state_file`.
+    pub fn upgrade_socket(&self) -> Option<PathBuf> {
+        self.upgrade_socket.clone().or_else(|| {
+            self.state_file
+                .as_ref()
+                .and_then(|f| f.parent())
+                .map(|d| d.join("ringlb-upgrade.sock"))
+        })
+    }
+
     /// Whether some listener writes an access log.
     pub fn logs_access(&self) -> bool {
         self.listeners

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod state;
+pub mod upgrade;
 
 use crate::backend::{Backend, BackendState};
 use crate::health::{self, Health, Outcome};
@@ -25,6 +26,8 @@ const POLL: Duration = Duration::from_millis(100);
 pub struct Control {
     state: Arc<Mutex<State>>,
     runtime: tokio::runtime::Handle,
+    /// The admin and metrics servers, stopped when a successor takes their sockets.
+    endpoints: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 /// Listeners bound before anything starts, so a taken port fails the start cleanly.
@@ -34,6 +37,18 @@ pub struct Endpoints {
 }
 
 impl Control {
+    /// Stops serving the admin and metrics endpoints (a successor serves them now).
+    pub fn stop_endpoints(&self) {
+        for t in self
+            .endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+    }
+
     /// Starts the control thread: health checks for every member, and the endpoints.
     pub fn start(state: State, endpoints: Endpoints) -> Result<Control, String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -43,6 +58,7 @@ impl Control {
         let control = Control {
             state: Arc::new(Mutex::new(state)),
             runtime: runtime.handle().clone(),
+            endpoints: Arc::new(Mutex::new(Vec::new())),
         };
         let c = control.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -59,7 +75,11 @@ impl Control {
                     let mut result = Ok(());
                     if let Some(l) = endpoints.metrics {
                         match serve(l, admin::metrics_router(shared.clone())) {
-                            Ok(()) => {
+                            Ok(task) => {
+                                c.endpoints
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .push(task);
                                 // Histograms are drained into their buckets here, scraped or not.
                                 tokio::spawn(async {
                                     loop {
@@ -71,10 +91,15 @@ impl Control {
                             Err(e) => result = Err(e),
                         }
                     }
-                    if let Some((l, access)) = endpoints.admin
-                        && let Err(e) = serve(l, admin::router(c.clone(), access))
-                    {
-                        result = Err(e);
+                    if let Some((l, access)) = endpoints.admin {
+                        match serve(l, admin::router(c.clone(), access)) {
+                            Ok(task) => c
+                                .endpoints
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(task),
+                            Err(e) => result = Err(e),
+                        }
                     }
                     let _ = ready_tx.send(result);
                     std::future::pending::<()>().await
@@ -211,14 +236,17 @@ impl Control {
 }
 
 /// Serves `router` on an already bound listener, on the current runtime.
-fn serve(listener: std::net::TcpListener, router: axum::Router) -> Result<(), String> {
+fn serve(
+    listener: std::net::TcpListener,
+    router: axum::Router,
+) -> Result<tokio::task::AbortHandle, String> {
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
         if let Err(e) = axum::serve(listener, service).await {
             tracing::error!(error = %e, "HTTP endpoint stopped");
         }
     });
-    Ok(())
+    Ok(task.abort_handle())
 }

@@ -65,7 +65,7 @@ impl Worker {
             if l.state != AcceptState::Idle || self.now < l.paused_until {
                 continue;
             }
-            let listener = &snap.listeners[i];
+            let listener = &snap.listeners[l.listener];
             let max = listener.max_connections as i64;
             if max == 0 || listener.stats.active.load(Relaxed) < max {
                 self.arm_accept(i);
@@ -109,7 +109,7 @@ impl Worker {
         // Accepted while stopping (the accept's cancel had not landed yet): the kernel
         // completed this handshake and the client may have sent its request already, so it
         // is served like the connections that came before, not closed unanswered.
-        self.admit(li, c.result);
+        self.admit(li, self.listening[li].listener, c.result);
         if self.listening[li].state == AcceptState::Idle
             && self.now >= self.listening[li].paused_until
         {
@@ -119,9 +119,9 @@ impl Worker {
 
     /// Admission of an accepted client: refused at once (closed, counted) when over a
     /// limit or not allowed; otherwise given a slot and sent on to inspection or connect.
-    fn admit(&mut self, li: usize, fd: RawFd) {
+    fn admit(&mut self, li: usize, listener: usize, fd: RawFd) {
         let snap = self.shared.snapshot.load();
-        let listener = snap.listeners[li].clone();
+        let listener = snap.listeners[listener].clone();
         // Without a default pool, an inspected connection holds the first pool until its
         // route is known (it is never used to connect: no route closes the connection).
         let pool = snap.pools[listener.pool.unwrap_or(0)].clone();

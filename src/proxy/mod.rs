@@ -34,48 +34,114 @@ pub fn worker_count(cfg: &Config) -> usize {
     }
 }
 
-/// Binds one listening socket per listener for one worker.
-fn bind(snapshot: &Snapshot) -> Result<Vec<Socket>, String> {
+/// Duplicates of every listening socket, by listener: what a process offers its successor.
+pub type Offered = Vec<(String, Vec<std::os::fd::OwnedFd>)>;
+
+/// Listening sockets an upgrade inherited, by listener name (see `control/upgrade.rs`).
+pub type Inherited = std::collections::BTreeMap<String, Vec<std::os::fd::OwnedFd>>;
+
+/// One listening socket per listener for one worker: an inherited one where there is one
+/// (checked to be bound where the config says), else a new SO_REUSEPORT socket.
+fn bind(snapshot: &Snapshot, inherited: &mut Inherited) -> Result<Vec<(usize, Socket)>, String> {
     snapshot
         .listeners
         .iter()
-        .map(|l| {
-            let err = |what: &str, e: std::io::Error| {
-                format!("listener {:?}: cannot {what} {}: {e}", l.name, l.bind)
-            };
-            let s = Socket::new(
-                Domain::for_address(l.bind),
-                Type::STREAM.cloexec(),
-                Some(Protocol::TCP),
-            )
-            .map_err(|e| err("create a socket for", e))?;
-            s.set_reuse_address(true)
-                .map_err(|e| err("set SO_REUSEADDR on", e))?;
-            s.set_reuse_port(true)
-                .map_err(|e| err("set SO_REUSEPORT on", e))?;
-            // Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt per accept.
-            s.set_tcp_nodelay(true)
-                .map_err(|e| err("set TCP_NODELAY on", e))?;
-            if let Some(cc) = &l.tcp_congestion {
-                s.set_tcp_congestion(cc.as_bytes())
-                    .map_err(|e| err(&format!("set TCP_CONGESTION {cc:?} on"), e))?;
+        .enumerate()
+        .map(|(i, l)| {
+            if let Some(fd) = inherited.get_mut(&l.name).and_then(|v| v.pop()) {
+                return adopt(l, fd).map(|s| (i, s));
             }
-            s.bind(&l.bind.into()).map_err(|e| err("bind", e))?;
-            s.listen(l.backlog.min(i32::MAX as u32) as i32)
-                .map_err(|e| err("listen on", e))?;
-            Ok(s)
+            bind_one(l).map(|s| (i, s))
         })
         .collect()
 }
 
+/// An inherited listening socket, if it is bound where listener `l` is.
+fn adopt(l: &crate::snapshot::Listener, fd: std::os::fd::OwnedFd) -> Result<Socket, String> {
+    let s = Socket::from(fd);
+    let at = s
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .ok_or_else(|| format!("listener {:?}: the inherited socket has no address", l.name))?;
+    if at != l.bind {
+        return Err(format!(
+            "listener {:?}: the inherited socket is bound to {at}, the config says {}: an upgrade keeps the listeners' addresses",
+            l.name, l.bind
+        ));
+    }
+    Ok(s)
+}
+
+fn bind_one(l: &crate::snapshot::Listener) -> Result<Socket, String> {
+    let err = |what: &str, e: std::io::Error| {
+        format!("listener {:?}: cannot {what} {}: {e}", l.name, l.bind)
+    };
+    let s = Socket::new(
+        Domain::for_address(l.bind),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )
+    .map_err(|e| err("create a socket for", e))?;
+    s.set_reuse_address(true)
+        .map_err(|e| err("set SO_REUSEADDR on", e))?;
+    s.set_reuse_port(true)
+        .map_err(|e| err("set SO_REUSEPORT on", e))?;
+    // Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt per accept.
+    s.set_tcp_nodelay(true)
+        .map_err(|e| err("set TCP_NODELAY on", e))?;
+    if let Some(cc) = &l.tcp_congestion {
+        s.set_tcp_congestion(cc.as_bytes())
+            .map_err(|e| err(&format!("set TCP_CONGESTION {cc:?} on"), e))?;
+    }
+    s.bind(&l.bind.into()).map_err(|e| err("bind", e))?;
+    s.listen(l.backlog.min(i32::MAX as u32) as i32)
+        .map_err(|e| err("listen on", e))?;
+    Ok(s)
+}
+
 /// Binds every worker's listeners, starts the workers, and returns once each has its ring
 /// running (or the first error).
-pub fn start(cfg: &Config, shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>, String> {
+///
+/// `inherited`: listening sockets from an upgrade, used before any is bound; those left
+/// over (the old process had more workers) go to the workers in turn, so that nothing
+/// queued on them waits for ever. Returns the workers and a duplicate of every listening
+/// socket by listener (what this process offers its own successor).
+pub fn start(
+    cfg: &Config,
+    shared: Arc<Shared>,
+    mut inherited: Inherited,
+) -> Result<(Vec<JoinHandle<()>>, Offered), String> {
     let n = worker_count(cfg);
     let snapshot = shared.snapshot.load_full();
     let mut sockets = Vec::with_capacity(n);
     for _ in 0..n {
-        sockets.push(bind(&snapshot)?);
+        sockets.push(bind(&snapshot, &mut inherited)?);
+    }
+    for (name, rest) in inherited.iter_mut() {
+        let Some(i) = snapshot.listeners.iter().position(|l| &l.name == name) else {
+            if !rest.is_empty() {
+                tracing::warn!(listener = %name, "upgrade: the old process had a listener this config does not; its sockets are closed");
+            }
+            continue;
+        };
+        for (k, fd) in rest.drain(..).enumerate() {
+            let s = adopt(&snapshot.listeners[i], fd)?;
+            sockets[k % n].push((i, s));
+        }
+    }
+    let mut offer: Offered = snapshot
+        .listeners
+        .iter()
+        .map(|l| (l.name.clone(), Vec::new()))
+        .collect();
+    for socks in &sockets {
+        for (i, s) in socks {
+            let dup = s
+                .try_clone()
+                .map_err(|e| format!("cannot duplicate a listening socket: {e}"))?;
+            offer[*i].1.push(dup.into());
+        }
     }
     let doorbells = (0..n)
         .map(|_| sys::eventfd())
@@ -148,5 +214,5 @@ pub fn start(cfg: &Config, shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>, S
             Err(_) => return Err("a worker died while starting".into()),
         }
     }
-    Ok(handles)
+    Ok((handles, offer))
 }

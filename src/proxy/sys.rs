@@ -148,6 +148,106 @@ pub fn reset_doorbell(fd: RawFd) {
     unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
 }
 
+/// Sends `data` and the descriptors `fds` over a unix stream socket (SCM_RIGHTS): the
+/// receiver gets its own descriptors for the same open files (the listening-socket handover
+/// of an upgrade).
+pub fn send_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let fd_bytes = std::mem::size_of_val(fds);
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
+    let mut cmsg = vec![0u8; space.max(1)];
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: msghdr is plain old data; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        msg.msg_control = cmsg.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = space as _;
+        // SAFETY: msg_control points at `space` bytes, enough for one header and `fds`
+        // (CMSG_SPACE); CMSG_FIRSTHDR returns a pointer inside it, CMSG_DATA past its header.
+        unsafe {
+            let h = libc::CMSG_FIRSTHDR(&msg);
+            (*h).cmsg_level = libc::SOL_SOCKET;
+            (*h).cmsg_type = libc::SCM_RIGHTS;
+            (*h).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
+            std::ptr::copy_nonoverlapping(fds.as_ptr() as *const u8, libc::CMSG_DATA(h), fd_bytes);
+        }
+    }
+    // SAFETY: `msg` and everything it points at (iov, data, cmsg) live across the call.
+    let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n as usize != data.len() {
+        return Err(io::Error::other("short sendmsg"));
+    }
+    Ok(())
+}
+
+/// Receives up to `buf.len()` bytes and up to `max_fds` descriptors sent with [`send_fds`].
+pub fn recv_fds(
+    sock: RawFd,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> io::Result<(usize, Vec<std::os::fd::OwnedFd>)> {
+    use std::os::fd::FromRawFd;
+    let fd_bytes = max_fds * std::mem::size_of::<RawFd>();
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
+    let mut cmsg = vec![0u8; space.max(1)];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain old data; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space as _;
+    // SAFETY: `msg` points at `buf` and `cmsg`, both live and writable across the call;
+    // MSG_CMSG_CLOEXEC marks the received descriptors close-on-exec.
+    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled `msg_controllen` bytes of `cmsg` with well-formed headers;
+    // CMSG_FIRSTHDR/CMSG_NXTHDR walk them within that length, and each SCM_RIGHTS payload
+    // holds (cmsg_len - CMSG_LEN(0)) / 4 descriptors that are now ours.
+    unsafe {
+        let mut h = libc::CMSG_FIRSTHDR(&msg);
+        while !h.is_null() {
+            if (*h).cmsg_level == libc::SOL_SOCKET && (*h).cmsg_type == libc::SCM_RIGHTS {
+                let payload = (*h).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let count = payload / std::mem::size_of::<RawFd>();
+                let data = libc::CMSG_DATA(h) as *const RawFd;
+                for i in 0..count {
+                    fds.push(std::os::fd::OwnedFd::from_raw_fd(std::ptr::read_unaligned(
+                        data.add(i),
+                    )));
+                }
+            }
+            h = libc::CMSG_NXTHDR(&msg, h);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other("more descriptors were sent than expected"));
+    }
+    Ok((n as usize, fds))
+}
+
+/// SIGTERM to this process: a stop asked for from inside (after an upgrade's handover),
+/// taken by the same signal loop as any other.
+pub fn terminate_self() {
+    // SAFETY: getpid(2) and kill(2) take no pointers.
+    unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+}
+
 /// Raises the soft open-file limit to the hard one (as HAProxy does); returns the limit.
 pub fn raise_nofile_limit() -> u64 {
     // SAFETY: `lim` is a valid rlimit for both calls.

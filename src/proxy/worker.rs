@@ -44,6 +44,9 @@ pub(super) enum AcceptState {
 
 /// One listening socket of this worker.
 pub(super) struct Listening {
+    /// Index into the snapshot's listeners (a worker may hold several sockets of one
+    /// listener: those an upgrade inherited from an old process with more workers).
+    pub listener: usize,
     pub socket: Option<socket2::Socket>,
     pub state: AcceptState,
     /// No accept before this tick (after EMFILE).
@@ -78,7 +81,7 @@ impl Worker {
     pub fn new(
         id: usize,
         shared: Arc<Shared>,
-        sockets: Vec<socket2::Socket>,
+        sockets: Vec<(usize, socket2::Socket)>,
         buffer_count: u16,
         buffer_size: u32,
     ) -> std::io::Result<Worker> {
@@ -89,7 +92,8 @@ impl Worker {
             shared,
             listening: sockets
                 .into_iter()
-                .map(|s| Listening {
+                .map(|(listener, s)| Listening {
+                    listener,
                     socket: Some(s),
                     state: AcceptState::Idle,
                     paused_until: 0,

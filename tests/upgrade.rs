@@ -1,0 +1,207 @@
+//! Zero-downtime upgrade with the real binary: a client loop opening connections all along,
+//! plus held connections, across `ringlb serve --upgrade` to a second process of the same
+//! binary. Not one connection is refused or reset, the held ones finish on the old process,
+//! which then exits 0, and the new one serves the admin API from the socket it inherited.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// One connection through the proxy: greeting, an echo, close. The error, if any.
+fn one_round(to: std::net::SocketAddr) -> Result<(), String> {
+    let s = TcpStream::connect(to).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line)
+        .map_err(|e| format!("greeting: {e}"))?;
+    if line != "b1\n" {
+        return Err(format!("greeting {line:?}"));
+    }
+    (&s).write_all(b"ping\n")
+        .map_err(|e| format!("write: {e}"))?;
+    line.clear();
+    r.read_line(&mut line).map_err(|e| format!("echo: {e}"))?;
+    if line != "ping\n" {
+        return Err(format!("echo {line:?}"));
+    }
+    Ok(())
+}
+
+/// The inodes of the sockets listening on `port` (from /proc/net/tcp): the same set before
+/// and after the upgrade means the new process accepts on the very sockets the old one had,
+/// so nothing in their backlogs can be lost, however fast or slow anyone accepts.
+fn listening_sockets(port: u16) -> std::collections::BTreeSet<u64> {
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            (local_port == port && f.get(3) == Some(&"0A")).then(|| f.get(9)?.parse().ok())?
+        })
+        .collect()
+}
+
+#[test]
+fn an_upgrade_refuses_and_resets_nothing() {
+    let backend = TestBackend::start("b1");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let (port, admin) = (free_port(), addr(free_port()));
+    let cfg = format!(
+        "workers = 2\nupgrade_socket = {:?}\n[admin]\nlisten = \"{admin}\"\n{}{}",
+        sock.display().to_string(),
+        listener_config("l", port, "p", ""),
+        pool_config("p", "round_robin", &[(backend.addr, 1)], "")
+    );
+    let mut old = Proxy::start(&cfg, addr(port));
+    wait_until(Duration::from_secs(10), || sock.exists());
+    let to = addr(port);
+    let sockets = listening_sockets(port);
+    assert_eq!(
+        sockets.len(),
+        2,
+        "one SO_REUSEPORT socket per worker: {sockets:?}"
+    );
+    // Held connections, open across the upgrade.
+    let mut held: Vec<TcpStream> = (0..3).map(|_| greet(to).0).collect();
+
+    // The client loop: a connection every few ms, all through the upgrade.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    let looper = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match one_round(to) {
+                    Ok(()) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => failed.lock().unwrap().push(e),
+                }
+                std::thread::sleep(Duration::from_millis(4));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let before = ok.load(Ordering::Relaxed);
+
+    let mut new = KillOnDrop(
+        Command::new(BIN)
+            .args(["serve", "--upgrade", "--config"])
+            .arg(&old.config_path)
+            .env("RINGLB_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    // The old process hands over, stops taking connections and waits for its held ones.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        old.wait_exit(Duration::from_millis(10)),
+        None,
+        "the old process left its held connections"
+    );
+    assert_eq!(
+        listening_sockets(port),
+        sockets,
+        "the new process listens on other sockets"
+    );
+    for s in &mut held {
+        s.write_all(b"held\n").unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"held\n");
+    }
+    drop(held);
+    assert_eq!(
+        old.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "the old process did not exit 0"
+    );
+    assert_eq!(
+        listening_sockets(port),
+        sockets,
+        "the old process took sockets with it"
+    );
+    // The new process carries on alone, admin API included.
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    looper.join().unwrap();
+    let failed = failed.lock().unwrap().clone();
+    let total = ok.load(Ordering::Relaxed);
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed: {:?}",
+        failed.len(),
+        total + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        total - before > 100,
+        "too few connections during the upgrade: {}",
+        total - before
+    );
+    let (status, body) = http(admin, "GET", "/readyz", None, None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(new.0.try_wait().unwrap(), None, "the new process died");
+    let _ = Command::new("kill")
+        .args(["-TERM", &new.0.id().to_string()])
+        .status();
+    assert_eq!(
+        wait_for_exit(&mut new.0, Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+/// A child killed when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn upgrade_without_a_running_process_says_so() {
+    let backend = TestBackend::start("b1");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "upgrade_socket = {:?}\n{}{}",
+            dir.path().join("nobody.sock").display().to_string(),
+            listener_config("l", free_port(), "p", ""),
+            pool_config("p", "round_robin", &[(backend.addr, 1)], "")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--upgrade", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("upgrade") && err.contains("nobody.sock"),
+        "{err}"
+    );
+}
+
+use std::sync::Mutex;
