@@ -17,6 +17,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+/// `process_*` series (CPU seconds, resident memory, open descriptors, threads, start
+/// time), read from /proc at each scrape by the metrics-process crate.
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
 
 /// Latency buckets for connects and probes, in seconds (100 µs to 5 s).
 const LATENCY: &[f64] = &[
@@ -65,6 +68,9 @@ pub fn install() -> Result<(), String> {
         .and_then(|b| b.install_recorder())
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     let _ = HANDLE.set(handle);
+    let process = metrics_process::Collector::default();
+    process.describe();
+    let _ = PROCESS.set(process);
     describe_counter!(
         "ringlb_listener_connections_total",
         "Connections accepted by the listener."
@@ -281,6 +287,9 @@ pub fn render(shared: &Shared) -> String {
             counter!("ringlb_access_log_dropped_total").absolute(q.dropped.load(Relaxed));
             counter!("ringlb_access_log_records_total").absolute(q.written.load(Relaxed));
         }
+    }
+    if let Some(p) = PROCESS.get() {
+        p.collect();
     }
     match HANDLE.get() {
         Some(h) => {

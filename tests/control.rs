@@ -254,6 +254,15 @@ fn metrics_match_the_traffic() {
             &[("direction", "to_client")]
         ) >= 60.0 + 12.0
     );
+    // The process's own series (metrics-process, from /proc).
+    assert!(
+        m.samples
+            .iter()
+            .any(|x| x.metric == "process_cpu_seconds_total")
+    );
+    assert!(sample(&m, "process_threads", &[]) >= 3.0);
+    assert!(sample(&m, "process_resident_memory_bytes", &[]) > 1e6);
+    assert!(sample(&m, "process_open_fds", &[]) >= 5.0);
     // Histograms, HELP and TYPE for every family; no duplicate series.
     let (_, text) = http(lb.metrics, "GET", "/metrics", None, None);
     for family in [
