@@ -109,7 +109,7 @@ impl Pool {
                 .backends
                 .get_ref()
                 .iter()
-                .find(|bc| bc.addr == b.addr)
+                .find(|bc| bc.addr == Some(b.addr))
                 .map(|bc| bc.limit(cfg))
                 .unwrap_or(cfg.max_connections.get());
             b.set_max_connections(max);

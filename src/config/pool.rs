@@ -66,12 +66,47 @@ pub struct PoolConfig {
     /// default. Costs one setsockopt per backend connection when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_congestion: Option<Spanned<String>>,
+    /// How often DNS-named backends are resolved again.
+    #[serde(default = "default_resolve_interval")]
+    pub resolve_interval: Dur<{ 100 * US_MS }, US_H>,
+    /// DNS servers for named backends ("IP:53"); empty: the system's (/etc/resolv.conf).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolvers: Vec<SocketAddr>,
+}
+
+fn default_resolve_interval() -> Dur<{ 100 * US_MS }, US_H> {
+    Dur(Duration::from_secs(5))
+}
+
+impl PoolConfig {
+    /// The DNS-named backend entries: (name, port, weight).
+    pub fn named(&self) -> impl Iterator<Item = (&str, u16, u32)> {
+        self.backends.get_ref().iter().filter_map(|b| {
+            Some((
+                b.name.as_ref()?.get_ref().as_str(),
+                b.port?,
+                *b.weight.get_ref(),
+            ))
+        })
+    }
+    /// Whether `addr` is one of this pool's fixed addresses.
+    pub fn lists(&self, addr: SocketAddr) -> bool {
+        self.backends.get_ref().iter().any(|b| b.addr == Some(addr))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
-    pub addr: SocketAddr,
+    /// A fixed address, or:
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<SocketAddr>,
+    /// a DNS name and port: every A/AAAA answer is a backend (re-resolved every
+    /// `resolve_interval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Spanned<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     #[serde(default = "default_weight")]
     pub weight: Spanned<u32>,
     /// This backend's own limit (0: none), over the pool's `max_connections`.
@@ -141,10 +176,44 @@ pub(super) fn validate_pool(pname: &str, p: &PoolConfig) -> Result<(), Invalid> 
     }
     let mut seen = HashSet::new();
     for b in p.backends.get_ref() {
-        if !seen.insert(b.addr) {
+        let shown = match (&b.addr, &b.name, b.port) {
+            (Some(a), None, None) => a.to_string(),
+            (None, Some(n), Some(port)) => {
+                let name = n.get_ref();
+                let ok_label = |l: &str| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes()
+                            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+                };
+                let bare = name.strip_suffix('.').unwrap_or(name);
+                if bare.is_empty() || bare.len() > 253 || !bare.split('.').all(ok_label) {
+                    return Err((
+                        span_of(n),
+                        format!("pools.{pname}.backends.name: {name:?} is not a DNS name"),
+                    ));
+                }
+                if port == 0 {
+                    return Err((
+                        span_of(n),
+                        format!("pools.{pname}.backends.port: 0 is not a port (for {name:?})"),
+                    ));
+                }
+                format!("{name}:{port}")
+            }
+            _ => {
+                return Err((
+                    span_of(&p.backends),
+                    format!(
+                        "pools.{pname}.backends: each backend needs either addr = \"IP:PORT\" or name = \"dns.name\" with port = N"
+                    ),
+                ));
+            }
+        };
+        if !seen.insert(shown.clone()) {
             return Err((
                 span_of(&p.backends),
-                format!("pools.{pname}.backends: {} is listed twice", b.addr),
+                format!("pools.{pname}.backends: {shown} is listed twice"),
             ));
         }
         let w = *b.weight.get_ref();
@@ -152,15 +221,14 @@ pub(super) fn validate_pool(pname: &str, p: &PoolConfig) -> Result<(), Invalid> 
             return Err((
                 span_of(&b.weight),
                 format!(
-                    "pools.{pname}.backends.weight: {w} for {} is out of range 1..={MAX_WEIGHT}",
-                    b.addr
+                    "pools.{pname}.backends.weight: {w} for {shown} is out of range 1..={MAX_WEIGHT}"
                 ),
             ));
         }
-        if b.addr.port() == 0 {
+        if b.addr.is_some_and(|a| a.port() == 0) {
             return Err((
                 span_of(&p.backends),
-                format!("pools.{pname}.backends.addr: {} has no port", b.addr),
+                format!("pools.{pname}.backends.addr: {shown} has no port"),
             ));
         }
     }

@@ -7,6 +7,7 @@
 //! `State` publishes.
 
 pub mod admin;
+mod discovery;
 pub mod state;
 pub mod upgrade;
 
@@ -71,6 +72,9 @@ impl Control {
                     for b in members {
                         c.watch(b);
                     }
+                    // Always running (a reload may add named backends); idle, it only looks at
+                    // the config every 100 ms.
+                    tokio::spawn(c.clone().discovery_loop());
                     let shared = c.lock().shared.clone();
                     let mut result = Ok(());
                     if let Some(l) = endpoints.metrics {

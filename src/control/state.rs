@@ -141,6 +141,8 @@ pub struct State {
     /// Members being drained before they leave.
     leaving: Vec<(Arc<Backend>, Leaving, Departure)>,
     departures: u64,
+    /// What the pools' DNS names resolved to last (see `discovery.rs`).
+    pub resolved: Resolved,
 }
 
 impl Overlay {
@@ -187,15 +189,20 @@ impl Overlay {
     /// backends it does not list, and pools it does not have. The `remove` entry of a
     /// backend whose DELETE is still draining (`deleting`) stays: a file that lists it again
     /// before the drain ends must not bring it back.
-    fn pruned(&self, config: &Config, deleting: &[(String, SocketAddr)]) -> Overlay {
+    fn pruned(
+        &self,
+        config: &Config,
+        resolved: &Resolved,
+        deleting: &[(String, SocketAddr)],
+    ) -> Overlay {
         let mut o = self.clone();
         o.pools.retain(|name, list| {
-            let Some(pc) = config.pools.get(name) else {
+            if !config.pools.contains_key(name) {
                 return false;
-            };
+            }
             list.retain(|addr, e| {
                 e.op == Membership::Add
-                    || pc.backends.get_ref().iter().any(|b| b.addr == *addr)
+                    || listed(config, resolved, name, *addr)
                     || (e.op == Membership::Remove
                         && deleting.iter().any(|(p, a)| p == name && a == addr))
             });
@@ -205,18 +212,50 @@ impl Overlay {
     }
 }
 
-/// Whether `config` lists `addr` in `pool`.
-fn listed(config: &Config, pool: &str, addr: SocketAddr) -> bool {
-    config
-        .pools
-        .get(pool)
-        .is_some_and(|p| p.backends.get_ref().iter().any(|b| b.addr == addr))
+/// What DNS-named backends resolved to, by (pool, name, port): kept from the last good
+/// answer (a failed or empty lookup changes nothing).
+pub type Resolved = BTreeMap<(String, String, u16), Vec<SocketAddr>>;
+
+/// A pool's backends from DNS: (address, weight), first answer first, each address once.
+fn resolved_of(
+    resolved: &Resolved,
+    pool: &str,
+    pc: &crate::config::PoolConfig,
+) -> Vec<(SocketAddr, u32)> {
+    let mut out: Vec<(SocketAddr, u32)> = Vec::new();
+    for (name, port, weight) in pc.named() {
+        for a in resolved
+            .get(&(pool.to_string(), name.to_string(), port))
+            .into_iter()
+            .flatten()
+        {
+            if !pc.lists(*a) && !out.iter().any(|(x, _)| x == a) {
+                out.push((*a, weight));
+            }
+        }
+    }
+    out
+}
+
+/// Whether `config` lists `addr` in `pool`, fixed or by a name that resolved to it.
+fn listed(config: &Config, resolved: &Resolved, pool: &str, addr: SocketAddr) -> bool {
+    config.pools.get(pool).is_some_and(|p| {
+        p.lists(addr)
+            || resolved_of(resolved, pool, p)
+                .iter()
+                .any(|(a, _)| *a == addr)
+    })
 }
 
 /// The members a config plus overlay give, reusing `existing` backends (same `Arc`) so their
 /// states, counters and connections carry on. Backends the overlay adds start `starting`;
 /// those it drains are draining.
-fn members_of(config: &Config, overlay: &Overlay, existing: &Members) -> Members {
+fn members_of(
+    config: &Config,
+    overlay: &Overlay,
+    resolved: &Resolved,
+    existing: &Members,
+) -> Members {
     let mut out = Members::new();
     for (name, pc) in &config.pools {
         let old = existing.get(name);
@@ -252,14 +291,27 @@ fn members_of(config: &Config, overlay: &Overlay, existing: &Members) -> Members
             list.push(b);
         };
         for bc in pc.backends.get_ref() {
-            let e = changes.and_then(|c| c.get(&bc.addr));
+            let Some(addr) = bc.addr else { continue };
+            let e = changes.and_then(|c| c.get(&addr));
             if e.is_some_and(|e| e.op == Membership::Remove) {
                 continue;
             }
-            join(bc.addr, *bc.weight.get_ref(), BackendState::Up, e);
+            join(addr, *bc.weight.get_ref(), BackendState::Up, e);
+        }
+        // From DNS: new addresses start `starting`, up after `rise` checks (as admin adds).
+        let from_dns = resolved_of(resolved, name, pc);
+        for &(addr, weight) in &from_dns {
+            let e = changes.and_then(|c| c.get(&addr));
+            if e.is_some_and(|e| e.op == Membership::Remove) {
+                continue;
+            }
+            join(addr, weight, BackendState::Starting, e);
         }
         for (addr, e) in changes.into_iter().flatten() {
-            if e.op == Membership::Add && !pc.backends.get_ref().iter().any(|b| b.addr == *addr) {
+            if e.op == Membership::Add
+                && !pc.lists(*addr)
+                && !from_dns.iter().any(|(a, _)| a == addr)
+            {
                 join(*addr, 1, BackendState::Starting, Some(e));
             }
         }
@@ -275,7 +327,7 @@ impl State {
             Some(p) => Overlay::load(p)?,
             None => Overlay::default(),
         };
-        let members = members_of(&config, &overlay, &Members::new());
+        let members = members_of(&config, &overlay, &Resolved::new(), &Members::new());
         let shared = Shared::new(Snapshot::assemble(&config, &members, None), workers);
         Ok(State {
             state_file: config.state_file.clone(),
@@ -285,7 +337,29 @@ impl State {
             shared,
             leaving: Vec::new(),
             departures: 0,
+            resolved: Resolved::new(),
         })
+    }
+
+    /// A DNS name of `pool` resolved to `addrs` (non-empty): new addresses join as
+    /// `starting`, vanished ones drain and leave, as a reload that listed them would have it.
+    /// An unchanged answer changes nothing.
+    pub fn set_resolved(
+        &mut self,
+        pool: &str,
+        name: &str,
+        port: u16,
+        mut addrs: Vec<SocketAddr>,
+    ) -> Result<Reloaded, String> {
+        addrs.sort();
+        addrs.dedup();
+        let key = (pool.to_string(), name.to_string(), port);
+        if self.resolved.get(&key) == Some(&addrs) {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        tracing::info!(pool, name, port, addresses = ?addrs, "DNS answer changed");
+        self.resolved.insert(key, addrs);
+        self.reload(self.config.clone())
     }
 
     /// Publishes the current members as a new snapshot (balancers rebuilt).
@@ -524,7 +598,7 @@ impl State {
             }
         }
         // Gone, and the file does not list it: the tombstone says nothing any more.
-        if !listed(&self.config, &b.pool, b.addr)
+        if !listed(&self.config, &self.resolved, &b.pool, b.addr)
             && self.overlay.entry(&b.pool, b.addr).op == Membership::Remove
         {
             let next = self.overlay.with(&b.pool, b.addr, Entry::default());
@@ -610,13 +684,13 @@ impl State {
             .filter(|(_, why, _)| *why == Leaving::Deleted)
             .map(|(b, _, _)| (b.pool.clone(), b.addr))
             .collect();
-        let overlay = self.overlay.pruned(&config, &deleting);
+        let overlay = self.overlay.pruned(&config, &self.resolved, &deleting);
         if overlay != self.overlay
             && let Some(p) = &self.state_file
         {
             overlay.save(p)?;
         }
-        let mut members = members_of(&config, &overlay, &self.members);
+        let mut members = members_of(&config, &overlay, &self.resolved, &self.members);
         let member_of = |m: &Members, b: &Arc<Backend>| {
             m.get(&b.pool)
                 .is_some_and(|l| l.iter().any(|x| Arc::ptr_eq(x, b)))
