@@ -16,11 +16,13 @@
 //!   connection slab and user data; `bufqueue` a direction's buffers; one file per stage:
 //!   `accept` (admission, queue), `inspect` (SNI, with `clienthello`), `connect` (+PROXY
 //!   header), `relay`, `close`; `ring` (io_uring and its buffer ring) and `sys` (sockets,
-//!   rlimit, affinity) hold the only `unsafe` (the crate denies it elsewhere).
+//!   rlimit, affinity, fd passing) hold the only `unsafe` (the crate denies it elsewhere);
+//!   `preflight` explains what blocks io_uring.
 //! - [`health`]: the rise/fall state machine and the TCP/HTTP probes.
 //! - [`metrics`]: metric names, the Prometheus recorder, the scrape.
 //! - [`control`]: the control plane on its own tokio thread: `state` (membership, runtime
-//!   changes, persistence), `admin` (HTTP API and /metrics), health-check and drain tasks.
+//!   changes, persistence), `admin` (HTTP API, probes, /metrics), `discovery` (DNS-named
+//!   backends), `upgrade` (socket handover to a successor), health-check and drain tasks.
 //! - [`server`]: `ringlb serve`: starts the workers, handles signals (SIGTERM drains,
 //!   SIGHUP reloads) and shuts down.
 //! - [`scaler`]: `ringlb scale`, the companion autoscaler: `source` (readings, and hyper's
