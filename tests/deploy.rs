@@ -236,3 +236,72 @@ fn the_autoscale_demo_survives_a_closed_stdout_and_stops_on_ctrl_c() {
         "{err}"
     );
 }
+
+/// The shipped seccomp profile, enforced by libseccomp (deploy/container/seccomp-run.py): ringlb
+/// serves under it, relays, takes admin and metrics requests, writes its access log and
+/// stops cleanly; and under the same profile without io_uring, `check` says seccomp is what
+/// blocks it.
+#[test]
+fn the_seccomp_profile_runs_ringlb_and_a_blocked_io_uring_is_explained() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let profile = format!("{root}/deploy/container/seccomp-ringlb.json");
+    let runner = format!("{root}/deploy/container/seccomp-run.py");
+    let backend = TestBackend::start("b1");
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin, metrics) = (free_port(), addr(free_port()), addr(free_port()));
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[admin]\nlisten = \"{admin}\"\n[metrics]\nlisten = \"{metrics}\"\n{}{}",
+            listener_config(
+                "l",
+                port,
+                "p",
+                &format!("access_log = {:?}", dir.path().join("a.log").display().to_string())
+            ),
+            pool_config("p", "least_conn", &[(backend.addr, 1)], "")
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .args([&runner, &profile, "--", BIN, "serve", "--config"])
+        .arg(&cfg)
+        .env("RINGLB_LOG", "warn")
+        .spawn()
+        .expect("/usr/bin/python3 with python3-seccomp");
+    wait_until(Duration::from_secs(10), || TcpStream::connect(addr(port)).is_ok());
+    for _ in 0..5 {
+        assert_eq!(greet(addr(port)).1, "b1");
+    }
+    assert_eq!(http(admin, "GET", "/backends", None, None).0, 200);
+    assert_eq!(http(metrics, "GET", "/metrics", None, None).0, 200);
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status();
+    assert_eq!(greet(addr(port)).1, "b1");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = wait_for_exit(&mut child, Duration::from_secs(15)).expect("stops");
+    assert_eq!(status.code(), Some(0), "ringlb under the profile did not stop cleanly");
+    assert!(std::fs::read_to_string(dir.path().join("a.log")).unwrap().lines().count() >= 5);
+
+    // The same profile without io_uring: the preflight names seccomp.
+    let mut p: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&profile).unwrap()).unwrap();
+    let names = p["syscalls"][0]["names"].as_array_mut().unwrap();
+    names.retain(|n| !n.as_str().unwrap().starts_with("io_uring"));
+    let blocked = dir.path().join("no-uring.json");
+    std::fs::write(&blocked, p.to_string()).unwrap();
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(&runner)
+        .arg(&blocked)
+        .args(["--", BIN, "check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("seccomp") && err.contains("io_uring_setup"), "{err}");
+}
