@@ -167,6 +167,11 @@ pub fn install() -> Result<(), String> {
         Unit::Seconds,
         "When the configuration in force was loaded (start or last good reload)."
     );
+    describe_gauge!(
+        "ringlb_config_last_reload_timestamp_seconds",
+        Unit::Seconds,
+        "When the last reload was tried, applied or refused (start time before any)."
+    );
     describe_counter!(
         "ringlb_config_reload_failures_total",
         "Reloads refused (a broken file, or one that needs a restart)."
@@ -277,6 +282,8 @@ pub fn render(shared: &Shared) -> String {
         });
         gauge!("ringlb_config_last_reload_success_timestamp_seconds")
             .set(r.last_success_time.load(Relaxed) as f64);
+        gauge!("ringlb_config_last_reload_timestamp_seconds")
+            .set(r.last_attempt_time.load(Relaxed) as f64);
         counter!("ringlb_config_reload_failures_total").absolute(r.failures.load(Relaxed));
         counter!("ringlb_config_reloads_total").absolute(r.successes.load(Relaxed));
         counter!("ringlb_buffer_ring_exhausted_total")

@@ -335,6 +335,8 @@ pub struct ReloadStatus {
     /// When the configuration in force was loaded (start, or the last good reload), in
     /// seconds since the epoch.
     pub last_success_time: AtomicU64,
+    /// When the last reload was tried, applied or refused (the start, before any).
+    pub last_attempt_time: AtomicU64,
     pub failures: AtomicU64,
     pub successes: AtomicU64,
 }
@@ -342,6 +344,7 @@ pub struct ReloadStatus {
 impl ReloadStatus {
     pub fn record(&self, ok: bool) {
         self.last_successful.store(ok, Ordering::Relaxed);
+        self.last_attempt_time.store(unix_now(), Ordering::Relaxed);
         if ok {
             self.last_success_time.store(unix_now(), Ordering::Relaxed);
             self.successes.fetch_add(1, Ordering::Relaxed);
@@ -368,6 +371,7 @@ impl Shared {
             reloads: ReloadStatus {
                 last_successful: AtomicBool::new(true),
                 last_success_time: AtomicU64::new(unix_now()),
+                last_attempt_time: AtomicU64::new(unix_now()),
                 failures: AtomicU64::new(0),
                 successes: AtomicU64::new(0),
             },

@@ -192,6 +192,13 @@ fn sighup_with_each_broken_file_is_refused_and_nothing_stops() {
         unlabelled_metric(metrics, "ringlb_config_last_reload_successful"),
         Some(1.0)
     );
+    let started = unlabelled_metric(metrics, "ringlb_config_last_reload_timestamp_seconds")
+        .expect("the reload timestamp");
+    let good_since = unlabelled_metric(
+        metrics,
+        "ringlb_config_last_reload_success_timestamp_seconds",
+    )
+    .expect("the good-reload timestamp");
     for (i, (name, bytes)) in files.iter().enumerate() {
         // `ringlb check` and a reload share one validation: check refuses it too.
         let path = lb.dir.path().join("candidate.toml");
@@ -231,6 +238,21 @@ fn sighup_with_each_broken_file_is_refused_and_nothing_stops() {
             .unwrap();
         echo_once(&mut fresh, b"new connection");
     }
+    // Refused reloads move the attempt's timestamp, not the last good one's.
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(&lb.config_path, &files[0].1).unwrap();
+    lb.signal("HUP");
+    wait_until(Duration::from_secs(5), || {
+        unlabelled_metric(metrics, "ringlb_config_last_reload_timestamp_seconds")
+            .is_some_and(|t| t > started)
+    });
+    assert_eq!(
+        unlabelled_metric(
+            metrics,
+            "ringlb_config_last_reload_success_timestamp_seconds"
+        ),
+        Some(good_since)
+    );
     // A good file afterwards applies.
     std::fs::write(&lb.config_path, good.replace("weight = 1", "weight = 7")).unwrap();
     lb.signal("HUP");

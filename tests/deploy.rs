@@ -258,7 +258,10 @@ fn the_seccomp_profile_runs_ringlb_and_a_blocked_io_uring_is_explained() {
                 "l",
                 port,
                 "p",
-                &format!("access_log = {:?}", dir.path().join("a.log").display().to_string())
+                &format!(
+                    "access_log = {:?}",
+                    dir.path().join("a.log").display().to_string()
+                )
             ),
             pool_config("p", "least_conn", &[(backend.addr, 1)], "")
         ),
@@ -270,7 +273,9 @@ fn the_seccomp_profile_runs_ringlb_and_a_blocked_io_uring_is_explained() {
         .env("RINGLB_LOG", "warn")
         .spawn()
         .expect("/usr/bin/python3 with python3-seccomp");
-    wait_until(Duration::from_secs(10), || TcpStream::connect(addr(port)).is_ok());
+    wait_until(Duration::from_secs(10), || {
+        TcpStream::connect(addr(port)).is_ok()
+    });
     for _ in 0..5 {
         assert_eq!(greet(addr(port)).1, "b1");
     }
@@ -284,8 +289,18 @@ fn the_seccomp_profile_runs_ringlb_and_a_blocked_io_uring_is_explained() {
         .args(["-TERM", &child.id().to_string()])
         .status();
     let status = wait_for_exit(&mut child, Duration::from_secs(15)).expect("stops");
-    assert_eq!(status.code(), Some(0), "ringlb under the profile did not stop cleanly");
-    assert!(std::fs::read_to_string(dir.path().join("a.log")).unwrap().lines().count() >= 5);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "ringlb under the profile did not stop cleanly"
+    );
+    assert!(
+        std::fs::read_to_string(dir.path().join("a.log"))
+            .unwrap()
+            .lines()
+            .count()
+            >= 5
+    );
 
     // The same profile without io_uring: the preflight names seccomp.
     let mut p: serde_json::Value =
@@ -303,5 +318,8 @@ fn the_seccomp_profile_runs_ringlb_and_a_blocked_io_uring_is_explained() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("seccomp") && err.contains("io_uring_setup"), "{err}");
+    assert!(
+        err.contains("seccomp") && err.contains("io_uring_setup"),
+        "{err}"
+    );
 }
