@@ -160,8 +160,6 @@ impl Server {
             }
         };
         shared.ready.store(true, Ordering::Relaxed);
-        // This process accepts: the one it replaces may stop.
-        inherited.ready()?;
         let handover = match config.upgrade_socket() {
             Some(at) => {
                 let c = control.clone();
@@ -182,6 +180,10 @@ impl Server {
             }
             None => None,
         };
+        // This process accepts, and offers its own sockets to a successor (its handover
+        // socket is bound first, so that the old process never sees a moment without one):
+        // the one it replaces may stop.
+        inherited.ready()?;
         if let Some(a) = config.admin.as_ref().filter(|a| a.insecure_no_token) {
             tracing::warn!(listen = %a.listen, "[admin] insecure_no_token: the admin API takes requests from anyone who can reach it, without a token");
         }

@@ -177,6 +177,48 @@ impl Drop for KillOnDrop {
 }
 
 #[test]
+fn upgrades_chain_one_after_another() {
+    let backend = TestBackend::start("b1");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let port = free_port();
+    let cfg = format!(
+        "workers = 1\nupgrade_socket = {:?}\n{}{}",
+        sock.display().to_string(),
+        listener_config("l", port, "p", ""),
+        pool_config("p", "round_robin", &[(backend.addr, 1)], "")
+    );
+    let mut first = Proxy::start(&cfg, addr(port));
+    wait_until(Duration::from_secs(10), || sock.exists());
+    let sockets = listening_sockets(port);
+    let config_path = first.config_path.clone();
+    let upgrade = || {
+        KillOnDrop(
+            Command::new(BIN)
+                .args(["serve", "--upgrade", "--config"])
+                .arg(&config_path)
+                .env("RINGLB_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut second = upgrade();
+    assert_eq!(first.wait_exit(Duration::from_secs(15)), Some(0));
+    assert!(one_round(addr(port)).is_ok());
+    // The socket file is the second process's now: the first one's exit left it in place.
+    wait_until(Duration::from_secs(10), || sock.exists());
+    let mut third = upgrade();
+    assert_eq!(
+        wait_for_exit(&mut second.0, Duration::from_secs(15)).and_then(|s| s.code()),
+        Some(0)
+    );
+    assert!(one_round(addr(port)).is_ok());
+    assert_eq!(listening_sockets(port), sockets);
+    assert_eq!(third.0.try_wait().unwrap(), None);
+}
+
+#[test]
 fn upgrade_without_a_running_process_says_so() {
     let backend = TestBackend::start("b1");
     let dir = tempfile::tempdir().unwrap();

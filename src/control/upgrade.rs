@@ -103,6 +103,9 @@ pub struct Handover {
     /// Duplicates of the sockets, closed when a stop begins (so that a plain stop does not
     /// keep listening sockets open in the SO_REUSEPORT group while no one accepts on them).
     sockets: std::sync::Arc<std::sync::Mutex<Option<Offer>>>,
+    /// A successor took the sockets: the socket file at `path` is its now, not ours to
+    /// remove.
+    taken: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The sockets on offer.
@@ -126,6 +129,8 @@ impl Handover {
             .map_err(|e| format!("upgrade_socket {}: cannot listen: {e}", path.display()))?;
         let sockets = std::sync::Arc::new(std::sync::Mutex::new(Some(offer)));
         let held = sockets.clone();
+        let taken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let taken_flag = taken.clone();
         std::thread::Builder::new()
             .name("ringlb-upgrade".into())
             .spawn(move || {
@@ -133,6 +138,7 @@ impl Handover {
                     let Ok(conn) = conn else { continue };
                     match hand_over(&conn, &held) {
                         Ok(true) => {
+                            taken_flag.store(true, std::sync::atomic::Ordering::Relaxed);
                             tracing::info!(
                                 "upgrade: the new process accepts on our sockets; stopping"
                             );
@@ -151,6 +157,7 @@ impl Handover {
         Ok(Handover {
             path: path.to_path_buf(),
             sockets,
+            taken,
         })
     }
 
@@ -159,7 +166,9 @@ impl Handover {
         if let Ok(mut s) = self.sockets.lock() {
             *s = None;
         }
-        let _ = std::fs::remove_file(&self.path);
+        if !self.taken.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
