@@ -18,6 +18,7 @@
 //!   header), `relay`, `close`; `ring` (io_uring and its buffer ring) and `sys` (sockets,
 //!   rlimit, affinity, fd passing) hold the only `unsafe` (the crate denies it elsewhere);
 //!   `preflight` explains what blocks io_uring.
+//! - [`cpus`]: how many CPUs `workers = 0` means: affinity capped by the cgroup quota.
 //! - [`health`]: the rise/fall state machine and the TCP/HTTP probes.
 //! - [`metrics`]: metric names, the Prometheus recorder, the scrape.
 //! - [`control`]: the control plane on its own tokio thread: `state` (membership, runtime
@@ -49,6 +50,7 @@ pub mod backend;
 pub mod balance;
 pub mod config;
 pub mod control;
+pub mod cpus;
 pub mod demo;
 pub mod health;
 pub mod metrics;

@@ -323,3 +323,107 @@ fn the_seccomp_profile_runs_ringlb_and_a_blocked_io_uring_is_explained() {
         "{err}"
     );
 }
+
+/// A cgroup with a CPU quota of its own (v1 `cpu` hierarchy, or v2 with the cpu
+/// controller), removed on drop.
+struct QuotaCgroup {
+    dir: std::path::PathBuf,
+}
+
+impl QuotaCgroup {
+    /// `quota` µs per 100 ms period.
+    fn new(quota: u64) -> QuotaCgroup {
+        let name = format!("ringlb-test-{}-{quota}", std::process::id());
+        let v1 = std::path::Path::new("/sys/fs/cgroup/cpu");
+        if v1.join("cpu.cfs_quota_us").exists() {
+            let dir = v1.join(&name);
+            std::fs::create_dir(&dir).expect("a v1 cpu cgroup (run as root)");
+            std::fs::write(dir.join("cpu.cfs_period_us"), "100000").unwrap();
+            std::fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string()).unwrap();
+            return QuotaCgroup { dir };
+        }
+        let v2 = std::path::Path::new("/sys/fs/cgroup");
+        let _ = std::fs::write(v2.join("cgroup.subtree_control"), "+cpu");
+        let dir = v2.join(&name);
+        std::fs::create_dir(&dir).expect("a v2 cgroup (run as root)");
+        std::fs::write(dir.join("cpu.max"), format!("{quota} 100000"))
+            .expect("cgroup v2 without the cpu controller: no way to set a quota here");
+        QuotaCgroup { dir }
+    }
+}
+
+impl Drop for QuotaCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Starts `ringlb serve` with `workers = 0` inside `cgroup` (or the test's own), and returns
+/// the number of workers it logged choosing.
+fn auto_workers_in(cgroup: Option<&QuotaCgroup>) -> usize {
+    let backend = TestBackend::start("b1");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "workers = 0\n{}{}",
+            listener_config("l", port, "p", ""),
+            pool_config("p", "round_robin", &[(backend.addr, 1)], "")
+        ),
+    )
+    .unwrap();
+    let script = match cgroup {
+        Some(c) => format!(
+            "echo $$ > {}/cgroup.procs && exec \"$0\" serve --config \"$1\"",
+            c.dir.display()
+        ),
+        None => "exec \"$0\" serve --config \"$1\"".into(),
+    };
+    let mut child = Command::new("sh")
+        .args(["-c", &script, BIN])
+        .arg(&cfg)
+        .env("RINGLB_LOG", "info")
+        .env("RINGLB_LOG_FORMAT", "json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(10), || {
+        TcpStream::connect(addr(port)).is_ok()
+    });
+    assert_eq!(greet(addr(port)).1, "b1");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    wait_for_exit(&mut child, Duration::from_secs(15)).expect("stops");
+    let err = stderr_of(&mut child);
+    let line = err
+        .lines()
+        .find(|l| l.contains("workers = 0"))
+        .unwrap_or_else(|| panic!("no line on how the workers were counted:\n{err}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    v["fields"]["workers"].as_u64().unwrap() as usize
+}
+
+#[test]
+fn workers_0_follows_the_cgroup_cpu_quota() {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert!(
+        cpus >= 2,
+        "this test needs 2 CPUs to tell a quota from none"
+    );
+    // No quota of its own: one worker per CPU.
+    assert_eq!(auto_workers_in(None), cpus);
+    // Half a CPU of time: one worker, not one per CPU.
+    let half = QuotaCgroup::new(50_000);
+    assert_eq!(auto_workers_in(Some(&half)), 1);
+    // 1.5 CPUs: rounded up to 2 (capped by the CPUs there are).
+    let one_and_half = QuotaCgroup::new(150_000);
+    assert_eq!(auto_workers_in(Some(&one_and_half)), 2.min(cpus));
+}

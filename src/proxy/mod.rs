@@ -25,13 +25,31 @@ use socket2::{Domain, Protocol, Socket, Type};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-/// How many workers a config asks for (0 = one per CPU this process may use).
+/// How many workers a config asks for (0 = one per CPU this process may use: its affinity
+/// mask, capped by its cgroup's CPU quota; see [`crate::cpus`]). Worked out and logged
+/// once: `workers` is read only at start, so every later snapshot must agree with it.
 pub fn worker_count(cfg: &Config) -> usize {
     if cfg.workers.get() > 0 {
-        cfg.workers.get() as usize
-    } else {
-        sys::allowed_cpus().len().max(1)
+        return cfg.workers.get() as usize;
     }
+    static AUTO: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *AUTO.get_or_init(auto_workers)
+}
+
+fn auto_workers() -> usize {
+    let affinity = sys::allowed_cpus().len();
+    let quota = crate::cpus::current_quota();
+    let n = crate::cpus::usable(affinity, quota);
+    match quota {
+        Some(q) => tracing::info!(
+            workers = n,
+            cpus = affinity,
+            cpu_quota = format!("{}/{}", q.quota, q.period),
+            "workers = 0: one per CPU, capped by the cgroup CPU quota"
+        ),
+        None => tracing::info!(workers = n, cpus = affinity, "workers = 0: one per CPU"),
+    }
+    n
 }
 
 /// Duplicates of every listening socket, by listener: what a process offers its successor.
