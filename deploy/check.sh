@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checks every file in deploy/ with the real tool for it. Usage: deploy/check.sh path/to/ringlb
-# Needs: promtool (Debian's prometheus), systemd-analyze (systemd), python3 with yaml (python3-yaml).
+# Needs: promtool (Debian's prometheus), systemd-analyze (systemd), python3 with yaml (python3-yaml),
+# kubernetes-validate (PyPI; its schemas are bundled, so it runs offline).
 set -euo pipefail
 bin=$(realpath "${1:?usage: deploy/check.sh path/to/ringlb}")
 cd "$(dirname "$0")"
@@ -32,12 +33,24 @@ for p in d["panels"]:
 print(f"ok: {len(d['panels'])} panels")
 PY
 
-step "Kubernetes manifests: YAML, required fields, minimal RBAC, embedded configs"
+step "kubernetes-validate --strict: every manifest against the oldest and newest Kubernetes we support"
+manifests=$(ls kubernetes/*.yaml | grep -v kustomization.yaml)
+for v in 1.30.0 1.37.0; do
+  kubernetes-validate --strict --quiet -k "$v" $manifests || fail=1
+  echo "ok: Kubernetes $v: $(echo $manifests)"
+done
+
+step "Kubernetes manifests: the kustomization, required fields, minimal RBAC, embedded configs"
 $py - "$bin" "$tmp" <<'PY'
-import subprocess, sys, yaml
+import glob, os, subprocess, sys, yaml
 bin, tmp = sys.argv[1], sys.argv[2]
+k = yaml.safe_load(open("kubernetes/kustomization.yaml"))
+assert k["kind"] == "Kustomization", "kustomization.yaml is not a Kustomization"
+listed = [f"kubernetes/{r}" for r in k["resources"]]
+on_disk = sorted(f for f in glob.glob("kubernetes/*.yaml") if not f.endswith("kustomization.yaml"))
+assert sorted(listed) == on_disk, f"kustomization resources {listed} != manifests {on_disk}"
 docs = []
-for f in ["kubernetes/ringlb.yaml", "kubernetes/scaler.yaml"]:
+for f in listed:
     for d in yaml.safe_load_all(open(f)):
         if d:
             assert d.get("apiVersion") and d.get("kind") and d.get("metadata", {}).get("name"), f"{f}: a document lacks apiVersion/kind/metadata.name"
@@ -55,6 +68,21 @@ for f, d in docs:
             assert "delete" not in r["verbs"] and "create" not in r["verbs"] and "*" not in r["verbs"], f"{f}: RBAC too wide: {r}"
         scale = [r for r in d["rules"] if any(x.endswith("/scale") for x in r["resources"])]
         assert scale and all(r["resourceNames"] == ["web"] for r in scale), f"{f}: scale rule must name the one StatefulSet"
+# Every Deployment: probes over HTTP for readiness, resources, a Localhost seccomp profile
+# (the runtimes' default one blocks io_uring) and, for ringlb, a PodDisruptionBudget.
+kinds = {(d["kind"], d["metadata"]["name"]) for _, d in docs}
+for f, d in docs:
+    if d["kind"] != "Deployment":
+        continue
+    pod = d["spec"]["template"]["spec"]
+    for c in pod["containers"]:
+        assert c.get("resources", {}).get("requests"), f"{f}: {c['name']} has no resource requests"
+        assert c.get("readinessProbe", {}).get("httpGet"), f"{f}: {c['name']} readiness is not an HTTP probe"
+        assert c.get("livenessProbe"), f"{f}: {c['name']} has no liveness probe"
+    if d["metadata"]["name"] == "ringlb":
+        assert pod["securityContext"]["seccompProfile"] == {"type": "Localhost", "localhostProfile": "profiles/ringlb.json"}, f"{f}: ringlb must run under the shipped seccomp profile"
+        assert ("PodDisruptionBudget", "ringlb") in kinds, "ringlb has no PodDisruptionBudget"
+        assert d["spec"]["replicas"] >= 2, "a PodDisruptionBudget over one replica blocks every drain"
 # The configs inside the ConfigMaps must be valid for the binary itself.
 for f, d in docs:
     if d["kind"] != "ConfigMap":

@@ -261,6 +261,11 @@ fn scaler_metric(m: SocketAddr, name: &str, direction: Option<&str>) -> f64 {
 fn grows_under_load_then_shrinks_after_the_window() {
     let b = balancer();
     let s = Scaler::start(&b, None, 31000, 1, 4);
+    // The probes the Kubernetes manifest uses: alive, and ready once it evaluated.
+    assert_eq!(http(s.metrics, "GET", "/healthz", None, None).0, 200);
+    wait_until(Duration::from_secs(5), || {
+        http(s.metrics, "GET", "/readyz", None, None).0 == 200
+    });
     // 20 connections on one backend, target 5 per backend: 4 backends.
     let held = hold(b.lb, 20);
     let t = Instant::now();

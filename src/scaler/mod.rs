@@ -803,7 +803,10 @@ impl Scaler {
         tokio::pin!(stop);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.step().await,
+                _ = tick.tick() => {
+                    self.step().await;
+                    EVALUATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 _ = &mut stop => break,
             }
         }
@@ -895,7 +898,13 @@ pub fn main(path: &std::path::Path) -> i32 {
     })
 }
 
-/// Serves the scaler's own /metrics.
+/// Evaluations finished since start, for `/readyz`.
+static EVALUATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Serves the scaler's own /metrics, and its probes (no token, nothing secret): `/healthz`
+/// answers while the runtime runs (a liveness probe: the evaluation loop shares its one
+/// thread, so a wedged loop stops the answers too), `/readyz` once the first evaluation
+/// finished.
 pub fn serve_metrics(l: std::net::TcpListener) -> Result<(), String> {
     metrics::describe_gauge!(
         "ringlb_scaler_backends",
@@ -927,18 +936,39 @@ pub fn serve_metrics(l: std::net::TcpListener) -> Result<(), String> {
     );
     l.set_nonblocking(true).map_err(|e| e.to_string())?;
     let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
-    let router = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(|| async {
-            (
-                [(
-                    axum::http::header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4",
-                )],
-                crate::metrics::render_registry(),
-            )
-        }),
-    );
+    let router = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|| async {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    crate::metrics::render_registry(),
+                )
+            }),
+        )
+        .route(
+            "/healthz",
+            axum::routing::get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
+        )
+        .route(
+            "/readyz",
+            axum::routing::get(|| async {
+                let n = EVALUATIONS.load(std::sync::atomic::Ordering::Relaxed);
+                let code = if n > 0 {
+                    axum::http::StatusCode::OK
+                } else {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                };
+                let status = if n > 0 { "ready" } else { "starting" };
+                (
+                    code,
+                    axum::Json(serde_json::json!({ "status": status, "evaluations": n })),
+                )
+            }),
+        );
     tokio::spawn(async move {
         let _ = axum::serve(l, router).await;
     });
