@@ -99,6 +99,21 @@ pub struct Backend {
     /// When the current drain began (Unix seconds; 0: not draining).
     draining_since: AtomicU64,
     pub stats: CachePadded<BackendStats>,
+    /// The last health check, as the status page shows it. Written by the control plane's
+    /// check loop once per interval and read by `GET /stats`; the data plane never takes it.
+    pub last_check: std::sync::Mutex<Option<CheckReport>>,
+}
+
+/// One health check's outcome.
+#[derive(Clone, Debug)]
+pub struct CheckReport {
+    pub ok: bool,
+    /// How long the probe took.
+    pub latency: std::time::Duration,
+    /// When it ended (Unix ms).
+    pub at_ms: u64,
+    /// Why it failed.
+    pub error: Option<String>,
 }
 
 /// The share of its weight a slow-starting backend begins with.
@@ -124,7 +139,18 @@ impl Backend {
                 0
             }),
             stats: CachePadded::new(BackendStats::default()),
+            last_check: std::sync::Mutex::new(None),
         }
+    }
+    /// Keeps the last health check's outcome (see `last_check`).
+    pub fn record_check(&self, report: CheckReport) {
+        *self.last_check.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
+    }
+    pub fn last_check(&self) -> Option<CheckReport> {
+        self.last_check
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
     pub fn state(&self) -> BackendState {
         BackendState::from_u8(self.state.load(Ordering::Relaxed))

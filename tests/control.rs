@@ -440,7 +440,8 @@ fn admin_add_drain_delete_and_bad_input() {
             None,
             400,
         ),
-        ("POST", "/pools/p/backends/garbage/drain".into(), None, 400),
+        // Not an address: no backend by that name.
+        ("POST", "/pools/p/backends/garbage/drain".into(), None, 404),
         ("GET", "/nothing-here".into(), None, 404),
     ];
     for (method, path, body, want) in &cases {

@@ -1,13 +1,14 @@
 //! The admin API (HTTP/JSON) and the /metrics endpoint.
 //!
-//! Owns: request parsing, authentication (a bearer token compared in constant time), and
-//! mapping refusals to 4xx JSON errors. Every change goes through `State`, which validates
+//! Owns: request parsing, authentication (a bearer token compared in constant time),
+//! mapping refusals to 4xx JSON errors, the OpenAPI document (from the handlers'
+//! annotations) and the status page's files. Every change goes through `State`, which validates
 //! it whole before applying anything.
 //! Must not touch: backend state directly.
 
 use super::state::Refusal;
+use super::views::*;
 use super::{Control, DEFAULT_DRAIN_TIMEOUT};
-use crate::backend::Backend;
 use crate::snapshot::Shared;
 use axum::Router;
 use axum::body::Bytes;
@@ -15,9 +16,8 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use axum::routing::get;
+use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -26,6 +26,8 @@ struct App {
     control: Control,
     token: Option<Arc<String>>,
     acl: Arc<crate::routes::SourceAcl>,
+    /// `GET /openapi.json`, rendered once.
+    openapi: Arc<String>,
 }
 
 /// Who may use the admin API: the bearer token (None: no token) and the source rules.
@@ -46,38 +48,6 @@ fn refused(r: Refusal) -> Response {
         Refusal::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, r.message())
-}
-
-fn backend_json(b: &Backend) -> Value {
-    use std::sync::atomic::Ordering::Relaxed;
-    json!({
-        "pool": b.pool,
-        "addr": b.addr.to_string(),
-        "weight": b.weight(),
-        // Below `weight` while the backend is in slow start (rounded to 0.01).
-        "effective_weight": (b.effective_weight() * 100.0).round() / 100.0,
-        "max_connections": b.max_connections(),
-        "state": b.state().as_str(),
-        "active_connections": b.active().max(0),
-        "connections_total": b.stats.connections.load(Relaxed),
-        // A drain: when it began (Unix seconds; since this process started it, for one
-        // restored from the state file), and the connections it still waits for.
-        "draining_since": b.draining_since(),
-        "protected": b.protection_left().is_some(),
-        "protection_expires_in": b.protection_left(),
-    })
-}
-
-/// A backend's scale-in protection, as `GET`/`PUT .../protection` answer it.
-fn protection_json(b: &Backend) -> Value {
-    let left = b.protection_left();
-    json!({
-        "pool": b.pool,
-        "addr": b.addr.to_string(),
-        "enabled": left.is_some(),
-        "expires_in": left.map(|s| crate::config::format_duration(std::time::Duration::from_secs(s))),
-        "expires_at": left.map(|s| crate::backend::unix_now() + s),
-    })
 }
 
 /// Equal-time comparison: how long it takes says nothing of where the inputs differ.
@@ -128,58 +98,102 @@ async fn authenticate(
     next.run(req).await
 }
 
-async fn list(State(app): State<App>) -> Response {
-    let s = app.control.lock();
-    let pools: Vec<Value> = s
-        .members
-        .iter()
-        .map(|(name, list)| {
-            let algorithm = s
-                .config
-                .pools
-                .get(name)
-                .map(|p| format!("{:?}", p.algorithm))
-                .unwrap_or_default();
-            json!({
-                "name": name,
-                "algorithm": toml_name(&algorithm),
-                "backends": list.iter().map(|b| backend_json(b)).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    axum::Json(json!({ "pools": pools })).into_response()
-}
+/// Path parameters, with a malformed one (bad percent-encoding, not UTF-8) refused as a
+/// JSON 400 like every other refusal, not axum's plain-text one.
+struct Params<T>(T);
 
-/// `RoundRobin` → `round_robin`, as the config spells it.
-fn toml_name(debug: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in debug.chars().enumerate() {
-        if c.is_uppercase() && i > 0 {
-            out.push('_');
+impl<T, S> axum::extract::FromRequestParts<S> for Params<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(Params(v)),
+            Err(e) => Err(error(StatusCode::BAD_REQUEST, e.body_text())),
         }
-        out.push(c.to_ascii_lowercase());
     }
-    out
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddBody {
-    addr: String,
-    weight: Option<u32>,
+/// The query string as pairs, refused as a JSON 400 when it does not decode.
+struct QueryPairs(HashMap<String, String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for QueryPairs {
+    type Rejection = Response;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        match Query::<HashMap<String, String>>::from_request_parts(parts, state).await {
+            Ok(Query(q)) => Ok(QueryPairs(q)),
+            Err(e) => Err(error(StatusCode::BAD_REQUEST, e.body_text())),
+        }
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WeightBody {
-    weight: u32,
+fn json<T: serde::Serialize>(status: StatusCode, body: T) -> Response {
+    (status, axum::Json(body)).into_response()
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ProtectionBody {
-    enabled: bool,
-    expires_in: Option<String>,
+fn pools_view(s: &super::state::State) -> BackendsView {
+    BackendsView {
+        pools: s
+            .members
+            .iter()
+            .map(|(name, list)| PoolView {
+                name: name.clone(),
+                algorithm: algorithm_of(s, name),
+                backends: list.iter().map(|b| BackendView::of(b)).collect(),
+            })
+            .collect(),
+    }
+}
+
+fn algorithm_of(s: &super::state::State, pool: &str) -> String {
+    s.config
+        .pools
+        .get(pool)
+        .map(|p| toml_name(&format!("{:?}", p.algorithm)))
+        .unwrap_or_default()
+}
+
+/// Every pool and its backends.
+#[utoipa::path(get, path = "/backends", tag = "backends",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every pool with its backends", body = BackendsView),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
+    ))]
+async fn list(State(app): State<App>) -> Response {
+    let view = pools_view(&app.control.lock());
+    json(StatusCode::OK, view)
+}
+
+/// What the status page draws: per listener and per backend the counters and gauges, and
+/// the process's uptime and version.
+#[utoipa::path(get, path = "/stats", tag = "status",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Counters and gauges", body = Stats),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
+    ))]
+async fn stats(State(app): State<App>) -> Response {
+    let s = app.control.lock();
+    let view = Stats::gather(
+        &s.members,
+        |p| algorithm_of(&s, p),
+        &s.shared,
+        app.control.started,
+        s.shared.worker_connections.len(),
+    );
+    drop(s);
+    json(StatusCode::OK, view)
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Box<Response>> {
@@ -191,7 +205,21 @@ fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Box<Response
     })
 }
 
-async fn add(State(app): State<App>, Path(pool): Path<String>, body: Bytes) -> Response {
+/// Adds a backend; it starts as `starting` and takes traffic once its checks pass.
+#[utoipa::path(post, path = "/pools/{pool}/backends", tag = "backends",
+    security(("bearer" = [])),
+    params(("pool" = String, Path, description = "Pool name")),
+    request_body = AddBody,
+    responses(
+        (status = 201, description = "Added", body = BackendView),
+        (status = 400, description = "Bad body or address", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
+        (status = 404, description = "No such pool", body = ErrorBody),
+        (status = 409, description = "Already a member", body = ErrorBody),
+        (status = 500, description = "The state file could not be written; nothing changed", body = ErrorBody),
+    ))]
+async fn add(State(app): State<App>, Params(pool): Params<String>, body: Bytes) -> Response {
     let req: AddBody = match parse(&body) {
         Ok(r) => r,
         Err(e) => return *e,
@@ -200,33 +228,81 @@ async fn add(State(app): State<App>, Path(pool): Path<String>, body: Bytes) -> R
     match added {
         Ok(b) => {
             app.control.watch(b.clone());
-            (StatusCode::CREATED, axum::Json(backend_json(&b))).into_response()
+            json(StatusCode::CREATED, BackendView::of(&b))
         }
         Err(r) => refused(r),
     }
 }
 
-async fn drain(State(app): State<App>, Path((pool, addr)): Path<(String, String)>) -> Response {
+/// Drains a backend: no new connections; open ones go on until they end. `ready` undoes it.
+#[utoipa::path(post, path = "/pools/{pool}/backends/{addr}/drain", tag = "backends",
+    security(("bearer" = [])),
+    params(
+        ("pool" = String, Path, description = "Pool name"),
+        ("addr" = String, Path, description = "Backend address, ip:port"),
+    ),
+    responses(
+        (status = 202, description = "Draining", body = BackendView),
+        (status = 400, description = "Bad address", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
+        (status = 404, description = "No such pool or backend", body = ErrorBody),
+        (status = 409, description = "Being deleted", body = ErrorBody),
+        (status = 500, description = "The state file could not be written; nothing changed", body = ErrorBody),
+    ))]
+async fn drain(State(app): State<App>, Params((pool, addr)): Params<(String, String)>) -> Response {
     match app.control.lock().drain(&pool, &addr) {
-        Ok(b) => (StatusCode::ACCEPTED, axum::Json(backend_json(&b))).into_response(),
+        Ok(b) => json(StatusCode::ACCEPTED, BackendView::of(&b)),
         Err(r) => refused(r),
     }
 }
 
+/// A backend's scale-in protection.
+#[utoipa::path(get, path = "/pools/{pool}/backends/{addr}/protection", tag = "backends",
+    security(("bearer" = [])),
+    params(
+        ("pool" = String, Path, description = "Pool name"),
+        ("addr" = String, Path, description = "Backend address, ip:port"),
+    ),
+    responses(
+        (status = 200, description = "Its protection", body = ProtectionView),
+        (status = 400, description = "Bad address", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
+        (status = 404, description = "No such pool or backend", body = ErrorBody),
+    ))]
 async fn get_protection(
     State(app): State<App>,
-    Path((pool, addr)): Path<(String, String)>,
+    Params((pool, addr)): Params<(String, String)>,
 ) -> Response {
     let found = app.control.lock().backend(&pool, &addr);
     match found {
-        Ok(b) => axum::Json(protection_json(&b)).into_response(),
+        Ok(b) => json(StatusCode::OK, ProtectionView::of(&b)),
         Err(r) => refused(r),
     }
 }
 
+/// Turns scale-in protection on (optionally for a while) or off: the scaler does not pick a
+/// protected backend to remove.
+#[utoipa::path(put, path = "/pools/{pool}/backends/{addr}/protection", tag = "backends",
+    security(("bearer" = [])),
+    params(
+        ("pool" = String, Path, description = "Pool name"),
+        ("addr" = String, Path, description = "Backend address, ip:port"),
+    ),
+    request_body = ProtectionBody,
+    responses(
+        (status = 200, description = "Its protection now", body = ProtectionView),
+        (status = 400, description = "Bad body, address or duration", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
+        (status = 404, description = "No such pool or backend", body = ErrorBody),
+        (status = 409, description = "Being deleted", body = ErrorBody),
+        (status = 500, description = "The state file could not be written; nothing changed", body = ErrorBody),
+    ))]
 async fn put_protection(
     State(app): State<App>,
-    Path((pool, addr)): Path<(String, String)>,
+    Params((pool, addr)): Params<(String, String)>,
     body: Bytes,
 ) -> Response {
     let req: ProtectionBody = match parse(&body) {
@@ -243,22 +319,57 @@ async fn put_protection(
         .lock()
         .protect(&pool, &addr, req.enabled, expires_in);
     match set {
-        Ok((b, _)) => axum::Json(protection_json(&b)).into_response(),
+        Ok((b, _)) => json(StatusCode::OK, ProtectionView::of(&b)),
         Err(r) => refused(r),
     }
 }
 
-async fn ready(State(app): State<App>, Path((pool, addr)): Path<(String, String)>) -> Response {
+/// Puts a drained (or starting) backend back: it takes new connections again as its checks
+/// allow.
+#[utoipa::path(post, path = "/pools/{pool}/backends/{addr}/ready", tag = "backends",
+    security(("bearer" = [])),
+    params(
+        ("pool" = String, Path, description = "Pool name"),
+        ("addr" = String, Path, description = "Backend address, ip:port"),
+    ),
+    responses(
+        (status = 200, description = "Back in service", body = BackendView),
+        (status = 400, description = "Bad address", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
+        (status = 404, description = "No such pool or backend", body = ErrorBody),
+        (status = 409, description = "Being deleted", body = ErrorBody),
+        (status = 500, description = "The state file could not be written; nothing changed", body = ErrorBody),
+    ))]
+async fn ready(State(app): State<App>, Params((pool, addr)): Params<(String, String)>) -> Response {
     match app.control.lock().ready(&pool, &addr) {
-        Ok(b) => axum::Json(backend_json(&b)).into_response(),
+        Ok(b) => json(StatusCode::OK, BackendView::of(&b)),
         Err(r) => refused(r),
     }
 }
 
+/// Deletes a backend: it drains, then leaves once its connections end or `drain_timeout`
+/// passes (the rest are then closed).
+#[utoipa::path(delete, path = "/pools/{pool}/backends/{addr}", tag = "backends",
+    security(("bearer" = [])),
+    params(
+        ("pool" = String, Path, description = "Pool name"),
+        ("addr" = String, Path, description = "Backend address, ip:port"),
+        ("drain_timeout" = Option<String>, Query, description = "How long its connections get (a duration, default 5m)", example = "30s", pattern = r"^([0-9]{1,4}(us|ms|s|m)|[0-9]{1,2}h|([0-9]|[12][0-9]|30)d)$"),
+    ),
+    responses(
+        (status = 202, description = "Draining, to be removed", body = RemovalView),
+        (status = 400, description = "Bad address, duration or query", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
+        (status = 404, description = "No such pool or backend", body = ErrorBody),
+        (status = 409, description = "Cannot be removed now", body = ErrorBody),
+        (status = 500, description = "The state file could not be written; nothing changed", body = ErrorBody),
+    ))]
 async fn remove(
     State(app): State<App>,
-    Path((pool, addr)): Path<(String, String)>,
-    Query(q): Query<HashMap<String, String>>,
+    Params((pool, addr)): Params<(String, String)>,
+    QueryPairs(q): QueryPairs,
 ) -> Response {
     if let Some(k) = q.keys().find(|k| k.as_str() != "drain_timeout") {
         return error(
@@ -276,24 +387,45 @@ async fn remove(
     let removed = app.control.lock().remove(&pool, &addr);
     match removed {
         Ok((b, departure)) => {
-            let mut body = backend_json(&b);
+            let mut view = RemovalView {
+                backend: BackendView::of(&b),
+                drain_timeout: None,
+                already_removing: None,
+            };
             match departure {
                 Some(d) => {
                     app.control.remove_after_drain(b.clone(), d, timeout);
-                    body["drain_timeout"] = json!(crate::config::format_duration(timeout));
+                    view.drain_timeout = Some(crate::config::format_duration(timeout));
                 }
                 // Already being deleted: that removal and its drain timeout go on.
-                None => body["already_removing"] = json!(true),
+                None => view.already_removing = Some(true),
             }
-            (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+            json(StatusCode::ACCEPTED, view)
         }
         Err(r) => refused(r),
     }
 }
 
+/// Sets a backend's weight (0 takes it out of the rotation, like a drain that keeps it).
+#[utoipa::path(put, path = "/pools/{pool}/backends/{addr}/weight", tag = "backends",
+    security(("bearer" = [])),
+    params(
+        ("pool" = String, Path, description = "Pool name"),
+        ("addr" = String, Path, description = "Backend address, ip:port"),
+    ),
+    request_body = WeightBody,
+    responses(
+        (status = 200, description = "The new weight applies", body = BackendView),
+        (status = 400, description = "Bad body, weight or address", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
+        (status = 404, description = "No such pool or backend", body = ErrorBody),
+        (status = 409, description = "Being deleted", body = ErrorBody),
+        (status = 500, description = "The state file could not be written; nothing changed", body = ErrorBody),
+    ))]
 async fn weight(
     State(app): State<App>,
-    Path((pool, addr)): Path<(String, String)>,
+    Params((pool, addr)): Params<(String, String)>,
     body: Bytes,
 ) -> Response {
     let req: WeightBody = match parse(&body) {
@@ -301,7 +433,7 @@ async fn weight(
         Err(e) => return *e,
     };
     match app.control.lock().set_weight(&pool, &addr, req.weight) {
-        Ok(b) => axum::Json(backend_json(&b)).into_response(),
+        Ok(b) => json(StatusCode::OK, BackendView::of(&b)),
         Err(r) => refused(r),
     }
 }
@@ -309,10 +441,16 @@ async fn weight(
 /// Ready once every worker's listeners accept (set by the server after the data plane
 /// starts), and no longer once a stop begins, so that a load balancer in front (a kubelet
 /// readiness probe) takes this instance out before it drains. No token: it reveals counts.
+#[utoipa::path(get, path = "/readyz", tag = "probes",
+    responses(
+        (status = 200, description = "Ready", body = ReadyView),
+        (status = 503, description = "Starting or stopping", body = ReadyView),
+        (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
+    ))]
 async fn readyz(State(app): State<App>) -> Response {
     let shared = app.control.lock().shared.clone();
     use std::sync::atomic::Ordering::Relaxed;
-    let listeners = shared.snapshot.load().listeners.len();
+    let listeners = shared.snapshot.load().listeners.len() as u64;
     let (code, status) = if shared.stopping.load(Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "stopping")
     } else if shared.ready.load(Relaxed) {
@@ -320,57 +458,187 @@ async fn readyz(State(app): State<App>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting")
     };
-    (
+    json(
         code,
-        axum::Json(json!({ "status": status, "listeners": listeners })),
+        ReadyView {
+            status: status.into(),
+            listeners,
+        },
+    )
+}
+
+/// OK while every pool has a routable backend. No token: it reveals only pool names.
+#[utoipa::path(get, path = "/healthz", tag = "probes",
+    responses(
+        (status = 200, description = "Every pool can route", body = HealthView),
+        (status = 503, description = "Some pool has no routable backend", body = HealthView),
+        (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
+    ))]
+async fn healthz(State(app): State<App>) -> Response {
+    let empty = app.control.lock().pools_without_backends();
+    if empty.is_empty() {
+        json(
+            StatusCode::OK,
+            HealthView {
+                status: "ok".into(),
+                reason: None,
+            },
+        )
+    } else {
+        let reason = format!("no routable backend in pool(s): {}", empty.join(", "));
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            HealthView {
+                status: "unavailable".into(),
+                reason: Some(reason),
+            },
+        )
+    }
+}
+
+/// The status page: one HTML page that asks for the token and draws `/stats` every second.
+#[utoipa::path(get, path = "/", tag = "status",
+    responses(
+        (status = 200, description = "The status page", content_type = "text/html", body = String),
+        (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
+    ))]
+async fn status_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        STATUS_PAGE,
     )
         .into_response()
 }
 
-async fn healthz(State(app): State<App>) -> Response {
-    let empty = app.control.lock().pools_without_backends();
-    if empty.is_empty() {
-        axum::Json(json!({ "status": "ok" })).into_response()
-    } else {
-        let reason = format!("no routable backend in pool(s): {}", empty.join(", "));
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "status": "unavailable", "reason": reason })),
-        )
-            .into_response()
-    }
+/// The status page's script (kept apart so the page's CSP can forbid inline script).
+#[utoipa::path(get, path = "/status.js", tag = "status",
+    responses(
+        (status = 200, description = "The status page's script", content_type = "text/javascript", body = String),
+        (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
+    ))]
+async fn status_script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        STATUS_SCRIPT,
+    )
+        .into_response()
 }
+
+/// This document: the admin API's OpenAPI 3.1 description.
+#[utoipa::path(get, path = "/openapi.json", tag = "status",
+    responses(
+        (status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object),
+        (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
+    ))]
+async fn openapi_json(State(app): State<App>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        app.openapi.as_ref().clone(),
+    )
+        .into_response()
+}
+
+const STATUS_PAGE: &str = include_str!("status/index.html");
+const STATUS_SCRIPT: &str = include_str!("status/status.js");
 
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such endpoint")
 }
 
-/// The admin API. `/healthz` and `/readyz` need no token (probes carry none) and reveal
-/// only states, counts and pool names; everything else needs it. `[admin] allow` applies to
-/// all.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "ringlb admin API",
+        description = "Runtime changes to a running ringlb: list, add, drain, ready, weigh and \
+            delete backends, scale-in protection, probes and the status page's counters. \
+            Every change is validated whole before anything applies; refusals are 4xx with \
+            `{\"error\": ...}`. Send `Authorization: Bearer <token>` (the file `[admin] \
+            token_file` names) except to the probes, the status page and this document.",
+        license(name = "MIT OR Apache-2.0"),
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "backends", description = "Pool membership and backend state"),
+        (name = "probes", description = "Liveness and readiness, without a token"),
+        (name = "status", description = "The status page and its data"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The admin API and its OpenAPI document, built from the same annotated handlers (so the
+/// document lists exactly what is routed). `/healthz`, `/readyz`, the status page and the
+/// document need no token (probes carry none; the page asks for it) and reveal only states,
+/// counts and pool names; everything else needs it. `[admin] allow` applies to all.
+fn routes() -> (
+    utoipa_axum::router::OpenApiRouter<App>,
+    utoipa_axum::router::OpenApiRouter<App>,
+) {
+    use utoipa_axum::{router::OpenApiRouter, routes};
+    let guarded = OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(stats))
+        .routes(routes!(add))
+        .routes(routes!(drain))
+        .routes(routes!(ready))
+        .routes(routes!(get_protection, put_protection))
+        .routes(routes!(remove))
+        .routes(routes!(weight));
+    let open = OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(status_page))
+        .routes(routes!(status_script))
+        .routes(routes!(openapi_json));
+    (guarded, open)
+}
+
+/// The OpenAPI document of the admin API, as `GET /openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi;
+    let (guarded, open) = routes();
+    let mut doc = utoipa_axum::router::OpenApiRouter::<App>::with_openapi(ApiDoc::openapi())
+        .merge(guarded)
+        .merge(open)
+        .into_openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    doc
+}
+
 pub fn router(control: Control, access: Access) -> Router {
+    let doc = openapi().to_json().unwrap_or_else(|_| "{}".into());
     let app = App {
         control,
         token: access.token.map(Arc::new),
         acl: Arc::new(access.acl),
+        openapi: Arc::new(doc),
     };
-    let probes = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz));
+    let (guarded, open) = routes();
+    let (guarded, _) = guarded.split_for_parts();
+    let (open, _) = open.split_for_parts();
     Router::new()
-        .route("/backends", get(list))
-        .route("/pools/{pool}/backends", post(add))
-        .route("/pools/{pool}/backends/{addr}/drain", post(drain))
-        .route("/pools/{pool}/backends/{addr}/ready", post(ready))
-        .route(
-            "/pools/{pool}/backends/{addr}/protection",
-            get(get_protection).put(put_protection),
-        )
-        .route("/pools/{pool}/backends/{addr}", delete(remove))
-        .route("/pools/{pool}/backends/{addr}/weight", put(weight))
+        .merge(guarded)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), authenticate))
-        .merge(probes)
+        .merge(open)
         .layer(middleware::from_fn_with_state(app.clone(), admit_source))
         .with_state(app)
 }
@@ -399,5 +667,30 @@ mod tests {
         assert!(!super::same_secret(b"abc", b"abd"));
         assert!(!super::same_secret(b"abc", b"abcd"));
         assert_eq!(super::toml_name("LeastConn"), "least_conn");
+    }
+
+    #[test]
+    fn the_openapi_document_lists_every_route() {
+        let doc = super::openapi();
+        let paths: Vec<&String> = doc.paths.paths.keys().collect();
+        for p in [
+            "/backends",
+            "/stats",
+            "/pools/{pool}/backends",
+            "/pools/{pool}/backends/{addr}",
+            "/pools/{pool}/backends/{addr}/drain",
+            "/pools/{pool}/backends/{addr}/ready",
+            "/pools/{pool}/backends/{addr}/weight",
+            "/pools/{pool}/backends/{addr}/protection",
+            "/healthz",
+            "/readyz",
+            "/",
+            "/openapi.json",
+        ] {
+            assert!(
+                paths.iter().any(|x| x.as_str() == p),
+                "{p} missing: {paths:?}"
+            );
+        }
     }
 }

@@ -10,6 +10,7 @@ pub mod admin;
 mod discovery;
 pub mod state;
 pub mod upgrade;
+pub mod views;
 
 use crate::backend::{Backend, BackendState};
 use crate::health::{self, Health, Outcome};
@@ -29,6 +30,8 @@ pub struct Control {
     runtime: tokio::runtime::Handle,
     /// The admin and metrics servers, stopped when a successor takes their sockets.
     endpoints: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    /// When this process's control plane started (Unix seconds, and for uptime).
+    pub started: (u64, Instant),
 }
 
 /// Listeners bound before anything starts, so a taken port fails the start cleanly.
@@ -60,6 +63,7 @@ impl Control {
             state: Arc::new(Mutex::new(state)),
             runtime: runtime.handle().clone(),
             endpoints: Arc::new(Mutex::new(Vec::new())),
+            started: (crate::backend::unix_now(), Instant::now()),
         };
         let c = control.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -217,9 +221,19 @@ impl Control {
             let Some(cfg) = settings() else { return };
             let started = Instant::now();
             let outcome = health::probe(backend.addr, &cfg).await;
+            let latency = started.elapsed();
+            backend.record_check(crate::backend::CheckReport {
+                ok: outcome == Outcome::Ok,
+                latency,
+                at_ms: crate::backend::unix_now_ms(),
+                error: match &outcome {
+                    Outcome::Ok => None,
+                    Outcome::Fail(why) => Some(why.to_string()),
+                },
+            });
             let pool = backend.pool.clone();
             metrics::histogram!("ringlb_health_check_duration_seconds", "pool" => pool.clone())
-                .record(started.elapsed().as_secs_f64());
+                .record(latency.as_secs_f64());
             let result = if outcome == Outcome::Ok { "ok" } else { "fail" };
             metrics::counter!("ringlb_health_checks_total", "pool" => pool, "backend" => label.clone(), "result" => result).increment(1);
             let ok = outcome == Outcome::Ok;

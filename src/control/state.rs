@@ -391,8 +391,13 @@ impl State {
             .members
             .get(pool)
             .ok_or_else(|| Refusal::NotFound(format!("no pool {:?}", shown(pool))))?;
+        // Not an address: it cannot name a member, so there is no such backend (404, as
+        // for any other name that is not there).
         let addr: SocketAddr = addr.parse().map_err(|_| {
-            Refusal::BadRequest(format!("{:?} is not an IP:port address", shown(addr)))
+            Refusal::NotFound(format!(
+                "pool {pool:?} has no backend {:?} (not an IP:port address)",
+                shown(addr)
+            ))
         })?;
         list.iter()
             .find(|b| b.addr == addr)
@@ -447,7 +452,9 @@ impl State {
         let addr: SocketAddr = addr.parse().map_err(|_| {
             Refusal::BadRequest(format!("{:?} is not an IP:port address", shown(addr)))
         })?;
-        if addr.port() == 0 || addr.ip().is_unspecified() {
+        // 0.0.0.0/8 is "this network" (RFC 1122), never a destination.
+        let this_network = matches!(addr.ip(), std::net::IpAddr::V4(v4) if v4.octets()[0] == 0);
+        if addr.port() == 0 || addr.ip().is_unspecified() || this_network {
             return Err(Refusal::BadRequest(format!(
                 "{addr} needs a real IP and a port"
             )));
