@@ -35,6 +35,7 @@
 //!   logger thread (text or JSON, stderr or a file reopened on SIGHUP/SIGUSR1).
 //! - [`atomic_file`]: temp file, fsync, rename: how both state files are written.
 //! - [`notify`]: systemd readiness (READY=1 once listeners accept, STOPPING=1, RELOADING=1).
+//! - [`ctl`]: `ringlb ctl`, a CLI over the admin API (tables or JSON), nothing but HTTP.
 //! - [`demo`]: `ringlb demo`: built-in backends plus a balancer on loopback.
 //!
 //! Threads: one worker per core, each with its own ring and SO_REUSEPORT listeners; one
@@ -51,6 +52,7 @@ pub mod balance;
 pub mod config;
 pub mod control;
 pub mod cpus;
+pub mod ctl;
 pub mod demo;
 pub mod health;
 pub mod metrics;

@@ -13,7 +13,8 @@ struct Cli {
 enum Command {
     /// Run the balancer.
     Serve {
-        #[arg(short, long)]
+        /// The config file (TOML; see config/ringlb.toml).
+        #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
         /// Take the listening sockets from the ringlb running on `upgrade_socket` (a
         /// zero-downtime binary upgrade: the old one drains and exits).
@@ -22,12 +23,14 @@ enum Command {
     },
     /// Validate a config file and print the effective config (exit 0), or the error (exit 1).
     Check {
-        #[arg(short, long)]
+        /// The config file to check.
+        #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
     /// Run the companion autoscaler (or, with --plot, draw its events file).
     Scale {
-        #[arg(short, long, required_unless_present = "plot")]
+        /// The scaler's config file (TOML; see config/scaler.toml).
+        #[arg(short, long, required_unless_present = "plot", value_name = "FILE")]
         config: Option<PathBuf>,
         /// Only validate the config and print it (exit 0), or the error (exit 1).
         #[arg(long)]
@@ -41,10 +44,13 @@ enum Command {
     },
     /// A tiny HTTP backend that answers with its name (for demos, tests and the process actuator).
     Backend {
+        /// The port to listen on.
         #[arg(long)]
         port: u16,
+        /// The address to listen on.
         #[arg(long, default_value = "127.0.0.1")]
         host: std::net::IpAddr,
+        /// What it answers with (default: backend-PORT).
         #[arg(long)]
         name: Option<String>,
     },
@@ -62,6 +68,20 @@ enum Command {
         /// Where the admin API listens.
         #[arg(long, default_value = "127.0.0.1:9101")]
         admin: std::net::SocketAddr,
+    },
+    /// Talk to a running ringlb's admin API: list, drain, ready, weigh, add, delete and
+    /// protect backends (exit 1 when the API refuses, 2 when it cannot be asked).
+    Ctl(ringlb::ctl::CtlArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages: ringlb.1 and one per subcommand (ringlb-ctl.1, ...).
+    Man {
+        /// The directory to write them to.
+        #[arg(short, long, default_value = ".", value_name = "DIR")]
+        out: PathBuf,
     },
 }
 
@@ -159,6 +179,25 @@ fn main() {
                 1
             }
         },
+        Command::Ctl(args) => ringlb::ctl::main(args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "ringlb", &mut std::io::stdout());
+            0
+        }
+        Command::Man { out } => {
+            use clap::CommandFactory;
+            match clap_mangen::generate_to(Cli::command(), &out) {
+                Ok(()) => {
+                    eprintln!("ringlb: man pages written to {}", out.display());
+                    0
+                }
+                Err(e) => {
+                    eprintln!("ringlb man: {}: {e}", out.display());
+                    1
+                }
+            }
+        }
         Command::Backend { port, host, name } => {
             let name = name.unwrap_or_else(|| format!("backend-{port}"));
             report(
@@ -191,5 +230,37 @@ fn report(what: &str, r: Result<(), String>) -> i32 {
             eprintln!("ringlb {what}: {e}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every flag and argument of every subcommand says what it is for.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {} (no about)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let cmd = super::Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&cmd, "ringlb", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
     }
 }
