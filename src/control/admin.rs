@@ -166,8 +166,7 @@ fn algorithm_of(s: &super::state::State, pool: &str) -> String {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Every pool with its backends", body = BackendsView),
-        (status = 401, description = "Missing or wrong token", body = ErrorBody),
-        (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
+        Guarded,
     ))]
 async fn list(State(app): State<App>) -> Response {
     let view = pools_view(&app.control.lock());
@@ -180,8 +179,7 @@ async fn list(State(app): State<App>) -> Response {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Counters and gauges", body = Stats),
-        (status = 401, description = "Missing or wrong token", body = ErrorBody),
-        (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
+        Guarded,
     ))]
 async fn stats(State(app): State<App>) -> Response {
     let s = app.control.lock();
@@ -212,12 +210,8 @@ fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Box<Response
     request_body = AddBody,
     responses(
         (status = 201, description = "Added", body = BackendView),
-        (status = 400, description = "Bad body or address", body = ErrorBody),
-        (status = 401, description = "Missing or wrong token", body = ErrorBody),
-        (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
-        (status = 404, description = "No such pool", body = ErrorBody),
-        (status = 409, description = "Already a member", body = ErrorBody),
-        (status = 500, description = "The state file could not be written; nothing changed", body = ErrorBody),
+        Guarded,
+        Changes,
     ))]
 async fn add(State(app): State<App>, Params(pool): Params<String>, body: Bytes) -> Response {
     let req: AddBody = match parse(&body) {
@@ -243,12 +237,8 @@ async fn add(State(app): State<App>, Params(pool): Params<String>, body: Bytes) 
     ),
     responses(
         (status = 202, description = "Draining", body = BackendView),
-        (status = 400, description = "Bad address", body = ErrorBody),
-        (status = 401, description = "Missing or wrong token", body = ErrorBody),
-        (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
-        (status = 404, description = "No such pool or backend", body = ErrorBody),
-        (status = 409, description = "Being deleted", body = ErrorBody),
-        (status = 500, description = "The state file could not be written; nothing changed", body = ErrorBody),
+        Guarded,
+        Changes,
     ))]
 async fn drain(State(app): State<App>, Params((pool, addr)): Params<(String, String)>) -> Response {
     match app.control.lock().drain(&pool, &addr) {
@@ -266,10 +256,8 @@ async fn drain(State(app): State<App>, Params((pool, addr)): Params<(String, Str
     ),
     responses(
         (status = 200, description = "Its protection", body = ProtectionView),
-        (status = 400, description = "Bad address", body = ErrorBody),
-        (status = 401, description = "Missing or wrong token", body = ErrorBody),
-        (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
-        (status = 404, description = "No such pool or backend", body = ErrorBody),
+        Guarded,
+        Lookup,
     ))]
 async fn get_protection(
     State(app): State<App>,
@@ -293,12 +281,8 @@ async fn get_protection(
     request_body = ProtectionBody,
     responses(
         (status = 200, description = "Its protection now", body = ProtectionView),
-        (status = 400, description = "Bad body, address or duration", body = ErrorBody),
-        (status = 401, description = "Missing or wrong token", body = ErrorBody),
-        (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
-        (status = 404, description = "No such pool or backend", body = ErrorBody),
-        (status = 409, description = "Being deleted", body = ErrorBody),
-        (status = 500, description = "The state file could not be written; nothing changed", body = ErrorBody),
+        Guarded,
+        Changes,
     ))]
 async fn put_protection(
     State(app): State<App>,
@@ -334,12 +318,8 @@ async fn put_protection(
     ),
     responses(
         (status = 200, description = "Back in service", body = BackendView),
-        (status = 400, description = "Bad address", body = ErrorBody),
-        (status = 401, description = "Missing or wrong token", body = ErrorBody),
-        (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
-        (status = 404, description = "No such pool or backend", body = ErrorBody),
-        (status = 409, description = "Being deleted", body = ErrorBody),
-        (status = 500, description = "The state file could not be written; nothing changed", body = ErrorBody),
+        Guarded,
+        Changes,
     ))]
 async fn ready(State(app): State<App>, Params((pool, addr)): Params<(String, String)>) -> Response {
     match app.control.lock().ready(&pool, &addr) {
@@ -359,12 +339,8 @@ async fn ready(State(app): State<App>, Params((pool, addr)): Params<(String, Str
     ),
     responses(
         (status = 202, description = "Draining, to be removed", body = RemovalView),
-        (status = 400, description = "Bad address, duration or query", body = ErrorBody),
-        (status = 401, description = "Missing or wrong token", body = ErrorBody),
-        (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
-        (status = 404, description = "No such pool or backend", body = ErrorBody),
-        (status = 409, description = "Cannot be removed now", body = ErrorBody),
-        (status = 500, description = "The state file could not be written; nothing changed", body = ErrorBody),
+        Guarded,
+        Changes,
     ))]
 async fn remove(
     State(app): State<App>,
@@ -416,12 +392,8 @@ async fn remove(
     request_body = WeightBody,
     responses(
         (status = 200, description = "The new weight applies", body = BackendView),
-        (status = 400, description = "Bad body, weight or address", body = ErrorBody),
-        (status = 401, description = "Missing or wrong token", body = ErrorBody),
-        (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
-        (status = 404, description = "No such pool or backend", body = ErrorBody),
-        (status = 409, description = "Being deleted", body = ErrorBody),
-        (status = 500, description = "The state file could not be written; nothing changed", body = ErrorBody),
+        Guarded,
+        Changes,
     ))]
 async fn weight(
     State(app): State<App>,
@@ -549,6 +521,48 @@ async fn openapi_json(State(app): State<App>) -> Response {
         app.openapi.as_ref().clone(),
     )
         .into_response()
+}
+
+/// The refusals every guarded operation may answer with.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // read by the OpenAPI derive only
+enum Guarded {
+    /// Missing or wrong token
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// Source not allowed ([admin] allow)
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+}
+
+/// The refusals of an operation that changes a backend: nothing was changed.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum Changes {
+    /// A malformed path, body, address, weight or duration
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// No such pool or backend
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// Not now: the backend is being removed, or already a member
+    #[response(status = 409)]
+    Conflict(ErrorBody),
+    /// The state file could not be written
+    #[response(status = 500)]
+    Internal(ErrorBody),
+}
+
+/// The refusals of an operation that reads one backend.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum Lookup {
+    /// A malformed path
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// No such pool or backend
+    #[response(status = 404)]
+    NotFound(ErrorBody),
 }
 
 const STATUS_PAGE: &str = include_str!("status/index.html");
