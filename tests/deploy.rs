@@ -155,7 +155,8 @@ fn dashboard_and_alerts_use_only_metrics_that_exist() {
 #[test]
 fn every_deploy_file_passes_its_real_checker() {
     // promtool (config, rules, rule unit tests), systemd-analyze verify, the dashboard JSON,
-    // the Kubernetes YAML with its RBAC and embedded configs run through this binary.
+    // kubernetes-validate --strict on two Kubernetes versions, the kustomization, the
+    // Kubernetes YAML with its RBAC, probes and embedded configs run through this binary.
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/check.sh");
     let out = Command::new("bash").arg(script).arg(BIN).output().unwrap();
     let text = format!(
@@ -165,10 +166,13 @@ fn every_deploy_file_passes_its_real_checker() {
     );
     assert!(
         out.status.success(),
-        "deploy/check.sh failed (it needs promtool, systemd-analyze and python3-yaml: see .ci/run):\n{text}"
+        "deploy/check.sh failed (it needs promtool, systemd-analyze, python3-yaml and kubernetes-validate: see .ci/run):\n{text}"
     );
     assert!(
-        text.contains("SUCCESS") && text.contains("ok: 9 documents"),
+        text.contains("SUCCESS")
+            && text.contains("ok: 10 documents")
+            && text.contains("ok: Kubernetes 1.30.0")
+            && text.contains("ok: Kubernetes 1.37.0"),
         "{text}"
     );
 }
