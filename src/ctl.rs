@@ -151,15 +151,7 @@ fn target(a: &CtlArgs) -> Result<Target, String> {
         })
         .or_else(|| admin.and_then(|a| a.token_file.clone()));
     let token = match token_file {
-        Some(f) => {
-            let t = std::fs::read_to_string(&f)
-                .map_err(|e| format!("token file {}: {e}", f.display()))?;
-            let t = t.trim().to_string();
-            if t.is_empty() {
-                return Err(format!("token file {} is empty", f.display()));
-            }
-            Some(t)
-        }
+        Some(f) => Some(crate::config::read_token(&f).map_err(|e| format!("token file {e}"))?),
         None => None,
     };
     Ok(Target {

@@ -66,13 +66,7 @@ impl Server {
         let limit = proxy::sys::raise_nofile_limit();
         let token = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
             Some(f) => {
-                let t = std::fs::read_to_string(f)
-                    .map_err(|e| format!("admin.token_file {}: {e}", f.display()))?;
-                let t = t.trim().to_string();
-                if t.is_empty() {
-                    return Err(format!("admin.token_file {} is empty", f.display()));
-                }
-                Some(t)
+                Some(crate::config::read_token(f).map_err(|e| format!("admin.token_file {e}"))?)
             }
             None => None,
         };

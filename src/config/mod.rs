@@ -89,6 +89,17 @@ pub struct AdminConfig {
     pub allow: Vec<Spanned<String>>,
 }
 
+/// The admin token in `path`: the file's text without surrounding whitespace, never empty.
+/// `serve` and `ringlb ctl` read it alike.
+pub fn read_token(path: &std::path::Path) -> Result<String, String> {
+    let t = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let t = t.trim();
+    if t.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(t.to_string())
+}
+
 impl AdminConfig {
     /// The `allow` rules as a lookup set (already validated).
     pub fn acl(&self) -> crate::routes::SourceAcl {

@@ -231,10 +231,7 @@ async fn add(State(app): State<App>, Params(pool): Params<String>, body: Bytes) 
 /// Drains a backend: no new connections; open ones go on until they end. `ready` undoes it.
 #[utoipa::path(post, path = "/pools/{pool}/backends/{addr}/drain", tag = "backends",
     security(("bearer" = [])),
-    params(
-        ("pool" = String, Path, description = "Pool name"),
-        ("addr" = String, Path, description = "Backend address, ip:port"),
-    ),
+    params(BackendPath),
     responses(
         (status = 202, description = "Draining", body = BackendView),
         Guarded,
@@ -250,10 +247,7 @@ async fn drain(State(app): State<App>, Params((pool, addr)): Params<(String, Str
 /// A backend's scale-in protection.
 #[utoipa::path(get, path = "/pools/{pool}/backends/{addr}/protection", tag = "backends",
     security(("bearer" = [])),
-    params(
-        ("pool" = String, Path, description = "Pool name"),
-        ("addr" = String, Path, description = "Backend address, ip:port"),
-    ),
+    params(BackendPath),
     responses(
         (status = 200, description = "Its protection", body = ProtectionView),
         Guarded,
@@ -274,10 +268,7 @@ async fn get_protection(
 /// protected backend to remove.
 #[utoipa::path(put, path = "/pools/{pool}/backends/{addr}/protection", tag = "backends",
     security(("bearer" = [])),
-    params(
-        ("pool" = String, Path, description = "Pool name"),
-        ("addr" = String, Path, description = "Backend address, ip:port"),
-    ),
+    params(BackendPath),
     request_body = ProtectionBody,
     responses(
         (status = 200, description = "Its protection now", body = ProtectionView),
@@ -312,10 +303,7 @@ async fn put_protection(
 /// allow.
 #[utoipa::path(post, path = "/pools/{pool}/backends/{addr}/ready", tag = "backends",
     security(("bearer" = [])),
-    params(
-        ("pool" = String, Path, description = "Pool name"),
-        ("addr" = String, Path, description = "Backend address, ip:port"),
-    ),
+    params(BackendPath),
     responses(
         (status = 200, description = "Back in service", body = BackendView),
         Guarded,
@@ -333,8 +321,7 @@ async fn ready(State(app): State<App>, Params((pool, addr)): Params<(String, Str
 #[utoipa::path(delete, path = "/pools/{pool}/backends/{addr}", tag = "backends",
     security(("bearer" = [])),
     params(
-        ("pool" = String, Path, description = "Pool name"),
-        ("addr" = String, Path, description = "Backend address, ip:port"),
+        BackendPath,
         ("drain_timeout" = Option<String>, Query, description = "How long its connections get (a duration, default 5m)", example = "30s", pattern = r"^([0-9]{1,4}(us|ms|s|m)|[0-9]{1,2}h|([0-9]|[12][0-9]|30)d)$"),
     ),
     responses(
@@ -385,10 +372,7 @@ async fn remove(
 /// Sets a backend's weight (0 takes it out of the rotation, like a drain that keeps it).
 #[utoipa::path(put, path = "/pools/{pool}/backends/{addr}/weight", tag = "backends",
     security(("bearer" = [])),
-    params(
-        ("pool" = String, Path, description = "Pool name"),
-        ("addr" = String, Path, description = "Backend address, ip:port"),
-    ),
+    params(BackendPath),
     request_body = WeightBody,
     responses(
         (status = 200, description = "The new weight applies", body = BackendView),
@@ -521,6 +505,18 @@ async fn openapi_json(State(app): State<App>) -> Response {
         app.openapi.as_ref().clone(),
     )
         .into_response()
+}
+
+/// The path of one backend, as the OpenAPI document describes it (the handlers take it as
+/// `Params<(String, String)>`).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // read by the OpenAPI derive only
+struct BackendPath {
+    /// Pool name
+    pool: String,
+    /// Backend address, ip:port
+    addr: String,
 }
 
 /// The refusals every guarded operation may answer with.
