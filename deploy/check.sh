@@ -36,8 +36,11 @@ PY
 step "kubernetes-validate --strict: every manifest against the oldest and newest Kubernetes we support"
 manifests=$(ls kubernetes/*.yaml | grep -v kustomization.yaml)
 for v in 1.30.0 1.37.0; do
-  kubernetes-validate --strict --quiet -k "$v" $manifests || fail=1
-  echo "ok: Kubernetes $v: $(echo $manifests)"
+  if kubernetes-validate --strict --quiet -k "$v" $manifests; then
+    echo "ok: Kubernetes $v: $(echo $manifests)"
+  else
+    fail=1
+  fi
 done
 
 step "Kubernetes manifests: the kustomization, required fields, minimal RBAC, embedded configs"
@@ -83,6 +86,16 @@ for f, d in docs:
         assert pod["securityContext"]["seccompProfile"] == {"type": "Localhost", "localhostProfile": "profiles/ringlb.json"}, f"{f}: ringlb must run under the shipped seccomp profile"
         assert ("PodDisruptionBudget", "ringlb") in kinds, "ringlb has no PodDisruptionBudget"
         assert d["spec"]["replicas"] >= 2, "a PodDisruptionBudget over one replica blocks every drain"
+    if d["metadata"]["name"] == "ringlb-scaler":
+        # The exec actuator blocks the scaler's one thread (and so /healthz) while up.sh
+        # runs; up.sh waits for the pod up to its --timeout. Liveness must outlast that.
+        import re
+        cm = next(x for _, x in docs if x["kind"] == "ConfigMap" and x["metadata"]["name"] == "ringlb-scaler")
+        waits = [int(t) for t in re.findall(r"--timeout=(\d+)s", cm["data"]["up.sh"])]
+        assert waits, "up.sh has no kubectl wait --timeout"
+        live = pod["containers"][0]["livenessProbe"]
+        window = live.get("periodSeconds", 10) * live.get("failureThreshold", 3)
+        assert window > max(waits), f"{f}: scaler liveness window {window}s is shorter than up.sh's wait ({max(waits)}s): the kubelet would restart it mid scale-out"
 # The configs inside the ConfigMaps must be valid for the binary itself.
 for f, d in docs:
     if d["kind"] != "ConfigMap":
