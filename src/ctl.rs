@@ -274,6 +274,14 @@ pub fn main(a: CtlArgs) -> i32 {
         }
         return 1;
     }
+    // A pool to filter on that is not there is an error, as the API's 404 for it would be.
+    if let CtlCommand::Backends { pool: Some(want) } = &a.command
+        && serde_json::from_str::<BackendsView>(&text)
+            .is_ok_and(|v| !v.pools.iter().any(|p| &p.name == want))
+    {
+        eprintln!("ringlb ctl: no pool {want:?}");
+        return 1;
+    }
     if a.json {
         println!("{}", text.trim_end());
         return 0;

@@ -110,7 +110,19 @@ fn every_subcommand_as_a_table_and_as_json() {
     }
     let v = json(&l, &["backends"]);
     assert_eq!(v["pools"][0]["backends"].as_array().unwrap().len(), 3);
-    assert!(ok(&l, &["backends", "--pool", "nope"]).lines().count() == 1);
+    assert_eq!(ok(&l, &["backends", "--pool", "web"]).lines().count(), 4);
+    let o = ctl(
+        &[
+            "--config",
+            l.config.to_str().unwrap(),
+            "backends",
+            "--pool",
+            "nope",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("no pool \"nope\""), "{}", err(&o));
 
     // drain, then ready.
     let t = ok(&l, &["drain", "web", &b]);
