@@ -459,21 +459,7 @@ async fn healthz(State(app): State<App>) -> Response {
         (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
     ))]
 async fn status_page() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-            // Script only from this origin (no inline script: status.js is a file), and
-            // never inside another site's frame.
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
-            ),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        ],
-        STATUS_PAGE,
-    )
-        .into_response()
+    static_file("text/html; charset=utf-8", STATUS_PAGE)
 }
 
 /// The status page's script (kept apart so the page's CSP can forbid inline script).
@@ -483,12 +469,24 @@ async fn status_page() -> Response {
         (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
     ))]
 async fn status_script() -> Response {
+    static_file("text/javascript; charset=utf-8", STATUS_SCRIPT)
+}
+
+/// One of the status page's files: revalidated on every load (a new binary serves a new
+/// page), script only from this origin (no inline script: status.js is a file), never
+/// inside another site's frame.
+fn static_file(content_type: &'static str, body: &'static str) -> Response {
     (
         [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
-        STATUS_SCRIPT,
+        body,
     )
         .into_response()
 }

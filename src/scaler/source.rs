@@ -90,7 +90,10 @@ async fn http_limited(
     let mut req = hyper::Request::builder()
         .method(method)
         .uri(uri)
-        .header(hyper::header::USER_AGENT, "ringlb-scaler")
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("ringlb/", env!("CARGO_PKG_VERSION")),
+        )
         .header(hyper::header::CONTENT_TYPE, "application/json");
     if let Some(t) = token {
         req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));

@@ -35,13 +35,18 @@ $("login").addEventListener("submit", (e) => {
 
 $("logout").addEventListener("click", () => { sessionStorage.removeItem(KEY); showLogin(); });
 
-async function api(method, path) {
+async function api(method, path, body) {
   const headers = {};
   if (token()) headers["Authorization"] = "Bearer " + token();
-  const r = await fetch(path, { method, headers, cache: "no-store" });
-  let body = null;
-  try { body = await r.json(); } catch (_) { body = null; }
-  return { status: r.status, body };
+  const init = { method, headers, cache: "no-store" };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const r = await fetch(path, init);
+  let answer = null;
+  try { answer = await r.json(); } catch (_) { answer = null; }
+  return { status: r.status, body: answer };
 }
 
 function message(text, ok) {
@@ -149,9 +154,7 @@ async function act(kind, pool, addr) {
     const cur = rows.get(pool + "|" + addr).dataset.weight || "1";
     const w = await confirmAction("New weight for " + addr + " in pool " + pool + " (1 to 256):", "weight", cur);
     if (w === null) return;
-    const headers = { "Content-Type": "application/json", "Authorization": "Bearer " + token() };
-    const res = await fetch(base + "/weight", { method: "PUT", headers, body: JSON.stringify({ weight: Number(w) }) });
-    r = { status: res.status, body: await res.json().catch(() => null) };
+    r = await api("PUT", base + "/weight", { weight: Number(w) });
   } else if (kind === "delete") {
     const t = await confirmAction("Delete " + addr + " from pool " + pool + "? It drains first; connections still open after the drain timeout are closed.", "drain timeout", "5m");
     if (t === null) return;
