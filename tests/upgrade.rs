@@ -247,3 +247,82 @@ fn upgrade_without_a_running_process_says_so() {
 }
 
 use std::sync::Mutex;
+
+/// A client that arrives as the old process stops, with its accept's cancel queued but not
+/// yet submitted (a fault the debug build injects: the worker stalls there). The socket wakes
+/// the old process's accept, its first waiter, and not the new one's; the cancel then
+/// discards that wakeup. Without the stop's drain the client would wait in the queue until
+/// some other client came, which here none does: it must be served all the same.
+#[test]
+fn a_client_arriving_as_the_old_process_stops_is_served() {
+    let backend = TestBackend::start("b1");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let config_path = dir.path().join("ringlb.toml");
+    let port = free_port();
+    std::fs::write(
+        &config_path,
+        format!(
+            "workers = 1\nupgrade_socket = {:?}\n{}{}",
+            sock.display().to_string(),
+            listener_config("l", port, "p", ""),
+            pool_config("p", "round_robin", &[(backend.addr, 1)], "")
+        ),
+    )
+    .unwrap();
+    let mut old = KillOnDrop(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("RINGLB_LOG", "warn")
+            .env("RINGLB_FAULT_STOP_STALL_MS", "1500")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = old.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("old: {line}");
+            let _ = tx.send(line);
+        }
+    });
+    wait_until(Duration::from_secs(10), || sock.exists());
+    assert_eq!(one_round(addr(port)), Ok(()));
+    let _new = KillOnDrop(
+        Command::new(BIN)
+            .args(["serve", "--upgrade", "--config"])
+            .arg(&config_path)
+            .env("RINGLB_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("injected fault: the stop stalls") => break,
+            Ok(_) => continue,
+            Err(e) => panic!("the old process never began its stop: {e}"),
+        }
+    }
+    // Inside the stall (1.5 s), with the new process surely accepting by now.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        one_round(addr(port)),
+        Ok(()),
+        "the client that came as the old process stopped was not served"
+    );
+    assert_eq!(
+        wait_for_exit(&mut old.0, Duration::from_secs(15)).and_then(|s| s.code()),
+        Some(0)
+    );
+    assert_eq!(
+        one_round(addr(port)),
+        Ok(()),
+        "the new process does not serve"
+    );
+}

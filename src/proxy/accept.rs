@@ -65,22 +65,18 @@ impl Worker {
             if l.state != AcceptState::Idle || self.now < l.paused_until {
                 continue;
             }
-            let listener = &snap.listeners[l.listener];
-            let max = listener.max_connections as i64;
-            if max == 0 || listener.stats.active.load(Relaxed) < max {
+            if below_max(&snap.listeners[l.listener]) {
                 self.arm_accept(i);
             }
         }
     }
 
     pub(super) fn on_accept(&mut self, li: usize, c: Cqe) {
+        if self.stopping && !c.more() {
+            return self.on_last_accept(li, c.result);
+        }
         if !c.more() {
             self.listening[li].state = AcceptState::Idle;
-            if self.stopping {
-                // The accept is over: close the socket so the kernel sends new connections
-                // to listeners that remain (or refuses them).
-                self.listening[li].socket = None;
-            }
         }
         if c.result < 0 {
             let err = -c.result;
@@ -115,6 +111,55 @@ impl Worker {
         {
             self.arm_accept(li);
         }
+    }
+
+    /// Stopping, and an accept on listening socket `li` ended: its armed accept (cancelled),
+    /// or one of the drain's accepts that never wait. What the socket's queue already holds
+    /// is taken before the socket is closed, one accept at a time, until the queue is empty
+    /// (-EAGAIN), `backlog` are taken, or the listener is full.
+    ///
+    /// Why: a listening socket wakes one of the accepts waiting on it (io_uring arms accepts
+    /// as exclusive waiters, as EPOLLEXCLUSIVE). When an upgrade hands the sockets over, the
+    /// old and the new process both wait on each one; if a client arrives just before the
+    /// old process's cancel lands, the wakeup goes to the old process, the cancel discards
+    /// it, and the new process is never woken: that client would wait in the queue until
+    /// the next one arrives. The drain takes it instead. Its accepts never wait, so they
+    /// never take a wakeup from the new process.
+    fn on_last_accept(&mut self, li: usize, result: i32) {
+        let draining = self.listening[li].state == AcceptState::Draining;
+        if result >= 0 {
+            self.admit(li, self.listening[li].listener, result);
+        } else if draining && result != -libc::EAGAIN {
+            // -EINVAL: a kernel before 6.10 (no IORING_ACCEPT_DONTWAIT); the socket closes
+            // as it did before the drain existed.
+            tracing::debug!(worker = self.id, error = %std::io::Error::from_raw_os_error(-result), "stop: cannot drain the accept queue");
+        }
+        let go_on = (result >= 0 || !draining) && self.has_room(li);
+        let l = &mut self.listening[li];
+        match &l.socket {
+            Some(s)
+                if go_on
+                    && l.drained < self.shared.snapshot.load().listeners[l.listener].backlog =>
+            {
+                l.drained += 1;
+                l.state = AcceptState::Draining;
+                self.ring
+                    .accept_now(s.as_raw_fd(), user_data(li as u32, 0, Op::Accept));
+            }
+            _ => {
+                // Close the socket, so the kernel sends new connections to listeners that
+                // remain (a successor's, on these very sockets), or refuses them.
+                l.state = AcceptState::Idle;
+                l.socket = None;
+            }
+        }
+    }
+
+    /// Whether listener socket `li` may take one more connection: below the listener's
+    /// `max_connections` and the descriptor budget.
+    fn has_room(&self, li: usize) -> bool {
+        below_max(&self.shared.snapshot.load().listeners[self.listening[li].listener])
+            && self.shared.open_connections() < self.shared.connection_budget.load(Relaxed)
     }
 
     /// Admission of an accepted client: refused at once (closed, counted) when over a
@@ -427,6 +472,12 @@ impl Worker {
             }
         }
     }
+}
+
+/// Whether `listener` is below its `max_connections` (0: no limit).
+fn below_max(listener: &crate::snapshot::Listener) -> bool {
+    let max = listener.max_connections as i64;
+    max == 0 || listener.stats.active.load(Relaxed) < max
 }
 
 /// One queued connection.

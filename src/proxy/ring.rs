@@ -153,6 +153,19 @@ fn set_optlen(sqe: &mut squeue::Entry, v: u32) {
     raw[SQE_OPTLEN..SQE_OPTLEN + 4].copy_from_slice(&v.to_ne_bytes());
 }
 
+/// Offset of `ioprio` in a 64-byte SQE: for an accept, its `IORING_ACCEPT_*` flags.
+const SQE_IOPRIO: usize = 2;
+
+/// include/uapi/linux/io_uring.h (the crate does not export its `sys` constants).
+const IORING_ACCEPT_DONTWAIT: u16 = 1 << 1;
+
+/// Sets an SQE's `ioprio` field (an accept's flags).
+fn set_ioprio(sqe: &mut squeue::Entry, v: u16) {
+    // SAFETY: as in `set_optlen`: 64 plain bytes, and bytes 2..4 are the u16 `ioprio`.
+    let raw = unsafe { &mut *(sqe as *mut squeue::Entry as *mut [u8; 64]) };
+    raw[SQE_IOPRIO..SQE_IOPRIO + 2].copy_from_slice(&v.to_ne_bytes());
+}
+
 impl Ring {
     /// A ring of `sq_entries` with `count` relay buffers of `size` bytes (`count` a power of
     /// two). Uses DEFER_TASKRUN + SINGLE_ISSUER where the kernel has them (the ring is only
@@ -431,6 +444,20 @@ impl Ring {
             .flags(libc::SOCK_CLOEXEC)
             .build()
             .user_data(user_data);
+        self.push(sqe);
+    }
+
+    /// One accept that never waits: a connection already queued, or -EAGAIN at once
+    /// (IORING_ACCEPT_DONTWAIT, Linux 6.10+; older kernels answer -EINVAL). Unlike an armed
+    /// accept it never joins the socket's wait queue, so it cannot take a wakeup meant for
+    /// another process accepting on the same socket.
+    pub fn accept_now(&mut self, fd: RawFd, user_data: u64) {
+        let mut sqe =
+            opcode::Accept::new(types::Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(user_data);
+        set_ioprio(&mut sqe, IORING_ACCEPT_DONTWAIT);
         self.push(sqe);
     }
 

@@ -40,6 +40,9 @@ pub(super) enum AcceptState {
     Idle,
     Armed,
     Cancelling,
+    /// Stopping: one accept that never waits is in flight, taking what is already queued
+    /// before the socket is closed (see `accept.rs`, `on_last_accept`).
+    Draining,
 }
 
 /// One listening socket of this worker.
@@ -51,6 +54,8 @@ pub(super) struct Listening {
     pub state: AcceptState,
     /// No accept before this tick (after EMFILE).
     pub paused_until: u32,
+    /// Connections taken while draining at a stop.
+    pub drained: u32,
 }
 
 pub struct Worker {
@@ -97,6 +102,7 @@ impl Worker {
                     socket: Some(s),
                     state: AcceptState::Idle,
                     paused_until: 0,
+                    drained: 0,
                 })
                 .collect(),
             conns: ConnTable::default(),
@@ -209,8 +215,19 @@ impl Worker {
                 match self.listening[i].state {
                     AcceptState::Armed => self.cancel_accept(i),
                     AcceptState::Idle => self.listening[i].socket = None,
-                    AcceptState::Cancelling => {}
+                    AcceptState::Cancelling | AcceptState::Draining => {}
                 }
+            }
+            // Fault injection (debug builds): the worker stalls with its cancels queued but not
+            // yet submitted, so that a client arriving now wakes this worker's accept, which
+            // the cancel then discards (the race the stop's drain is for; tests/upgrade.rs).
+            #[cfg(debug_assertions)]
+            if let Some(ms) = std::env::var("RINGLB_FAULT_STOP_STALL_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
+                tracing::warn!(worker = self.id, ms, "injected fault: the stop stalls");
+                std::thread::sleep(Duration::from_millis(ms));
             }
         }
         let busy_poll = self.shared.snapshot.load().busy_poll;
