@@ -61,6 +61,8 @@ struct Opts<'a> {
     dir: Option<tempfile::TempDir>,
     /// `[[policies]]` in place of the default `[source]` + `[policy]`.
     policies: Option<String>,
+    /// An `[actuator]` section in place of the default `process` one.
+    actuator: Option<String>,
 }
 
 impl Default for Opts<'_> {
@@ -73,6 +75,7 @@ impl Default for Opts<'_> {
             stop_backends_on_exit: true,
             dir: None,
             policies: None,
+            actuator: None,
         }
     }
 }
@@ -116,6 +119,12 @@ impl Scaler {
                 "[source]\nkind = \"lb\"\nmetrics_url = \"{metrics_url}\"\n\n[policy]\nkind = \"target_tracking\"\ntarget = 5\nscale_in_stabilization = \"1500ms\"\n"
             )
         });
+        let actuator = o.actuator.unwrap_or_else(|| {
+            format!(
+                "[actuator]\nkind = \"process\"\ncommand = \"{command}\"\nports = \"{}-{}\"\nstop_grace = \"2s\"\n",
+                ports.0, ports.1
+            )
+        });
         let cfg = format!(
             r#"{top}
 pool = "p"
@@ -129,14 +138,8 @@ stop_backends_on_exit = {stop}
 
 {policies}
 
-[actuator]
-kind = "process"
-command = "{command}"
-ports = "{}-{}"
-stop_grace = "2s"
+{actuator}
 "#,
-            ports.0,
-            ports.1,
             admin = b.admin,
             top = o.top,
             stop = o.stop_backends_on_exit,
@@ -1046,5 +1049,143 @@ fn one_scaler_two_balancers_registers_on_both_and_stops_only_when_both_have_drai
     let _ = p2.child.wait();
     wait_until(Duration::from_secs(10), || {
         s.log().contains("holding: cannot read the pool")
+    });
+}
+
+/// An `[actuator]` of kind exec whose `up` and `down` are the scripts this writes to `dir`:
+/// `up` records its call, waits `up_wait` (a cloud API, a pod starting) with the marker file
+/// `up-running` present, then prints a dead address the first time and starts a real
+/// `ringlb backend` on `base + n` after that; `down` records its call and stops that backend.
+fn exec_actuator(dir: &std::path::Path, base: u16, dead: SocketAddr, up_wait: &str) -> String {
+    let d = dir.display();
+    let up = dir.join("up.sh");
+    std::fs::write(
+        &up,
+        format!(
+            "#!/bin/sh\nn=$(cat {d}/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > {d}/n\necho \"up $1\" >> {d}/calls\ntouch {d}/up-running; sleep {up_wait}; rm -f {d}/up-running\nif [ $n -eq 1 ]; then echo {dead}; exit 0; fi\nport=$(({base} + n))\n{BIN} backend --port $port >/dev/null 2>&1 &\necho $! > {d}/$port.pid\necho launched >&2\necho 127.0.0.1:$port\n"
+        ),
+    )
+    .unwrap();
+    let down = dir.join("down.sh");
+    std::fs::write(
+        &down,
+        format!(
+            "#!/bin/sh\necho \"down $1 $2\" >> {d}/calls\nport=${{1##*:}}\nif [ -f {d}/$port.pid ]; then kill $(cat {d}/$port.pid); fi\n"
+        ),
+    )
+    .unwrap();
+    format!(
+        "[actuator]\nkind = \"exec\"\nup = \"sh {} {{count}}\"\ndown = \"sh {} {{addr}} {{count}}\"\ntimeout = \"30s\"\n",
+        up.display(),
+        down.display()
+    )
+}
+
+/// The exec actuator end to end: `up` runs while the scaler's probes keep answering (it
+/// runs on the async runtime, not on the thread that serves them), the address it prints is
+/// registered, one that never becomes healthy gets `down` with its address and the count,
+/// and the next `up` brings a backend that comes up.
+#[test]
+fn an_exec_actuator_launches_and_removes_through_its_commands_and_probes_answer_meanwhile() {
+    let b = balancer();
+    let dir = tempfile::tempdir().unwrap();
+    let dead = addr(free_port());
+    let base = 31500;
+    let s = Scaler::start_with(
+        &b,
+        31500,
+        2,
+        2,
+        Opts {
+            top: "startup_timeout = \"1500ms\"".into(),
+            actuator: Some(exec_actuator(dir.path(), base, dead, "3")),
+            ..Opts::default()
+        },
+    );
+    let running = dir.path().join("up-running");
+    wait_until(Duration::from_secs(10), || running.exists());
+    let (status, body) = http(s.metrics, "GET", "/healthz", None, None);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        running.exists(),
+        "/healthz answered only once up had finished: {}",
+        s.log()
+    );
+    // The dead address: registered, never healthy, so `down` gets it, and `up` runs again.
+    let calls = || std::fs::read_to_string(dir.path().join("calls")).unwrap_or_default();
+    wait_until(Duration::from_secs(30), || {
+        calls().contains(&format!("down {dead} 2"))
+    });
+    let live = addr(base + 2);
+    let pidfile = dir.path().join(format!("{}.pid", live.port()));
+    wait_until(Duration::from_secs(30), || {
+        pool(b.admin)
+            .iter()
+            .any(|(a, st, _)| *a == live && st == "up")
+    });
+    // The backend up.sh started is the test's to stop (an exec backend outlives a scaler).
+    let stop_live = || {
+        if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    };
+    let listed = pool(b.admin);
+    let up_calls = calls();
+    let log = s.log();
+    drop(s);
+    stop_live();
+    assert!(
+        !listed.iter().any(|(a, _, _)| *a == dead),
+        "the dead backend is still listed: {listed:?}"
+    );
+    assert!(up_calls.starts_with("up 2\n"), "{up_calls}");
+    assert!(log.contains("exec: backend up"), "{log}");
+}
+
+/// Ctrl-C while an exec `up` waits (for a pod, say): the scaler stops at once instead of
+/// waiting the command out, and what the command started is stopped with it (its process
+/// group). Before, the `up` ran in the scaler's group, and a background child of `sh`
+/// ignores SIGINT, so the scaler waited the command out.
+#[test]
+fn ctrl_c_during_a_slow_exec_up_stops_the_scaler_and_the_command() {
+    let b = balancer();
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let mut s = Scaler::start_with(
+        &b,
+        31600,
+        2,
+        2,
+        Opts {
+            own_group: true,
+            actuator: Some(format!(
+                "[actuator]\nkind = \"exec\"\nup = \"sleep 120 & echo $! > {}; wait\"\ndown = \"true\"\n",
+                pidfile.display()
+            )),
+            ..Opts::default()
+        },
+    );
+    wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|p| !p.trim().is_empty())
+    });
+    let sleeper: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", "--", &format!("-{}", s.child.id())])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = wait_for_exit(&mut s.child, Duration::from_secs(10))
+        .expect("the scaler waited for its up command instead of stopping");
+    assert!(status.success(), "{status}: {}", s.log());
+    assert!(s.log().contains("the scaler is stopping"), "{}", s.log());
+    wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{sleeper}/stat"))
+            .map_or(true, |st| st.contains(") Z "))
     });
 }

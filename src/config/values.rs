@@ -60,16 +60,21 @@ pub fn check_range(d: Duration, min_us: u64, max_us: u64) -> Result<Duration, St
     Ok(d)
 }
 
+/// At most `max` characters of `s` for a message, with "..." where it was cut: a value
+/// read from outside (a file, a peer, a command) may be any size.
+pub fn clip(s: &str, max: usize) -> String {
+    let mut shown: String = s.chars().take(max).collect();
+    if shown.len() < s.len() {
+        shown.push_str("...");
+    }
+    shown
+}
+
 /// Parses `"250ms"`, `"2s"`, `"1m30s"`, `"1.5s"`; a bare number is refused (which unit would
 /// it be?). Exact to the nanosecond (no floating point), total: it returns an error for
 /// every string it cannot read, and for anything over [`MAX_DURATION`], never a panic.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let shown: String = s.chars().take(40).collect();
-    let shown = if shown.len() < s.len() {
-        format!("{shown}...")
-    } else {
-        shown
-    };
+    let shown = clip(s, 40);
     let err = || {
         format!(
             "invalid duration {shown:?}: expected a number with a unit (us, ms, s, m, h, d), like \"250ms\" or \"2s\""

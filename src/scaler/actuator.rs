@@ -5,7 +5,11 @@
 //!   reports those that died on their own so they can be replaced.
 //! - `exec`: user commands, e.g. a cloud CLI or `kubectl scale`. `up` runs with `{count}`
 //!   (the desired count) and prints the new backend's `IP:PORT` as its last line; `down` runs
-//!   with `{addr}` and `{count}` once that backend has drained.
+//!   with `{addr}` and `{count}` once that backend has drained. They run on the async
+//!   runtime (tokio::process), so the scaler's probes and metrics answer while a slow `up`
+//!   waits for its pod; each is killed (its whole process group) past `timeout`, and an `up`
+//!   is stopped when the scaler is (see [`Canceller`]). A `down` is not: it finishes (within
+//!   `timeout`), or a drained backend would be left running unknown to anyone.
 //!
 //! Launched processes run in a process group of their own, so a signal to the scaler's
 //! terminal or unit (Ctrl-C sends SIGINT to the whole foreground group) never reaches them;
@@ -22,6 +26,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -45,7 +50,18 @@ pub enum ActuatorConfig {
     Exec {
         up: String,
         down: String,
+        /// An `up` or `down` still running after this long is killed (its process group).
+        #[serde(
+            default = "default_exec_timeout",
+            serialize_with = "crate::config::values::duration_serde::serialize",
+            deserialize_with = "crate::config::values::duration_serde::within::<{ crate::config::values::US_S }, { crate::config::values::US_H }, _>"
+        )]
+        timeout: Duration,
     },
+}
+
+fn default_exec_timeout() -> Duration {
+    Duration::from_secs(600)
 }
 
 fn localhost() -> IpAddr {
@@ -160,6 +176,19 @@ pub struct Actuator {
     next_port: u16,
     /// Every backend made and not yet stopped, in launch order.
     order: Vec<SocketAddr>,
+    /// Set when the scaler stops: a running `up` is killed.
+    stopping_flag: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+/// Stops what an actuator runs for a launch (`exec`'s `up`), from outside the evaluation
+/// that awaits it: a SIGTERM to the scaler must not wait out a slow `up`.
+#[derive(Clone)]
+pub struct Canceller(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Canceller {
+    pub fn cancel(&self) {
+        self.0.send_replace(true);
+    }
 }
 
 impl Actuator {
@@ -176,7 +205,13 @@ impl Actuator {
             stopping: Vec::new(),
             next_port: 0,
             order: Vec::new(),
+            stopping_flag: Arc::new(tokio::sync::watch::Sender::new(false)),
         })
+    }
+
+    /// What stops a launch in progress (see [`Canceller`]).
+    pub fn canceller(&self) -> Canceller {
+        Canceller(self.stopping_flag.clone())
     }
 
     /// Backends this actuator made and has not stopped, oldest first.
@@ -190,7 +225,11 @@ impl Actuator {
     }
 
     /// Makes one backend; returns its address. `count` is the desired total (for `exec`).
-    pub fn launch(&mut self, count: u32, skip: &[SocketAddr]) -> Result<SocketAddr, String> {
+    pub async fn launch(
+        &mut self,
+        count: u32,
+        skip: &[SocketAddr],
+    ) -> Result<SocketAddr, String> {
         match &self.cfg {
             ActuatorConfig::Process {
                 command,
@@ -227,21 +266,10 @@ impl Actuator {
                 self.order.push(addr);
                 Ok(addr)
             }
-            ActuatorConfig::Exec { up, .. } => {
+            ActuatorConfig::Exec { up, timeout, .. } => {
                 let cmd = up.replace("{count}", &count.to_string());
-                let out = Command::new("sh")
-                    .args(["-c", &cmd])
-                    .stdin(Stdio::null())
-                    .output()
-                    .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-                if !out.status.success() {
-                    return Err(format!(
-                        "{cmd:?} failed: {}",
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    ));
-                }
-                let text = String::from_utf8_lossy(&out.stdout);
-                let last = text
+                let out = run(&cmd, *timeout, Some(self.stopping_flag.subscribe())).await?;
+                let last = out
                     .lines()
                     .rev()
                     .find(|l| !l.trim().is_empty())
@@ -249,7 +277,8 @@ impl Actuator {
                     .trim();
                 let addr: SocketAddr = last.parse().map_err(|_| {
                     format!(
-                        "{cmd:?} must print the new backend's IP:PORT last; it printed {last:?}"
+                        "{cmd:?} must print the new backend's IP:PORT last; it printed {:?}",
+                        crate::config::values::clip(last, 200)
                     )
                 })?;
                 tracing::info!(backend = %addr, command = %cmd, "exec: backend up");
@@ -265,37 +294,36 @@ impl Actuator {
             || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
     }
 
-    /// Stops a drained backend: SIGTERM now, SIGKILL after the grace period (see `tick`).
-    pub fn stop(&mut self, addr: SocketAddr, count: u32) {
+    /// Stops a drained backend: SIGTERM now, SIGKILL after the grace period (see `tick`);
+    /// `exec` runs `down` (to its end or its timeout).
+    pub async fn stop(&mut self, addr: SocketAddr, count: u32) {
         self.order.retain(|a| *a != addr);
         match &self.cfg {
-            ActuatorConfig::Process { stop_grace, .. } => {
-                if let Some(child) = self.children.remove(&addr) {
-                    tracing::info!(backend = %addr, pid = child.pid(), "stopping backend process (SIGTERM to its group)");
-                    child.signal(libc::SIGTERM);
-                    self.stopping.push((child, Instant::now() + *stop_grace));
-                }
-            }
-            ActuatorConfig::Exec { down, .. } => {
+            ActuatorConfig::Process { .. } => self.stop_process(addr),
+            ActuatorConfig::Exec { down, timeout, .. } => {
                 let cmd = down
                     .replace("{addr}", &addr.to_string())
                     .replace("{count}", &count.to_string());
-                match Command::new("sh")
-                    .args(["-c", &cmd])
-                    .stdin(Stdio::null())
-                    .status()
-                {
-                    Ok(s) if s.success() => {
-                        tracing::info!(backend = %addr, command = %cmd, "exec: backend down")
-                    }
-                    Ok(s) => {
-                        tracing::error!(backend = %addr, command = %cmd, status = %s, "exec: down command failed")
-                    }
+                match run(&cmd, *timeout, None).await {
+                    Ok(_) => tracing::info!(backend = %addr, command = %cmd, "exec: backend down"),
                     Err(e) => {
-                        tracing::error!(backend = %addr, command = %cmd, error = %e, "exec: cannot run down command")
+                        tracing::error!(backend = %addr, command = %cmd, error = %e, "exec: down command failed")
                     }
                 }
             }
+        }
+    }
+
+    /// SIGTERM to a backend process's group; SIGKILL after `stop_grace` (see `tick`).
+    fn stop_process(&mut self, addr: SocketAddr) {
+        self.order.retain(|a| *a != addr);
+        let ActuatorConfig::Process { stop_grace, .. } = &self.cfg else {
+            return;
+        };
+        if let Some(child) = self.children.remove(&addr) {
+            tracing::info!(backend = %addr, pid = child.pid(), "stopping backend process (SIGTERM to its group)");
+            child.signal(libc::SIGTERM);
+            self.stopping.push((child, Instant::now() + *stop_grace));
         }
     }
 
@@ -331,7 +359,7 @@ impl Actuator {
     pub fn shutdown(&mut self) {
         let addrs: Vec<SocketAddr> = self.children.keys().copied().collect();
         for a in addrs {
-            self.stop(a, 0);
+            self.stop_process(a);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while !self.stopping.is_empty() && Instant::now() < deadline {
@@ -388,6 +416,69 @@ impl Actuator {
     }
 }
 
+/// Runs an `exec` command (`sh -c`, in a process group of its own, like the backends a
+/// `process` actuator starts, so that Ctrl-C on the scaler's terminal reaches the scaler
+/// alone and the scaler decides what happens to it). Its stdout if it exits 0; an error
+/// with its stderr if not. Past `timeout` its group is sent SIGKILL; when `cancel` turns
+/// true (the scaler stops), SIGTERM.
+async fn run(
+    cmd: &str,
+    timeout: Duration,
+    cancel: Option<tokio::sync::watch::Receiver<bool>>,
+) -> Result<String, String> {
+    let child = tokio::process::Command::new("sh")
+        .args(["-c", cmd])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let pid = child.id();
+    let cancelled = async {
+        match cancel {
+            Some(mut rx) => {
+                let _ = rx.wait_for(|stopping| *stopping).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    // Dropping the output future drops the child: kill_on_drop sends SIGKILL to `sh` and
+    // tokio reaps it; the signal to the group reaches what `sh` started.
+    let out = tokio::select! {
+        out = child.wait_with_output() => out.map_err(|e| format!("{cmd:?}: {e}"))?,
+        _ = tokio::time::sleep(timeout) => {
+            signal_group(pid, libc::SIGKILL);
+            return Err(format!(
+                "{cmd:?} was still running after its timeout ({}): killed",
+                crate::config::values::format_duration(timeout)
+            ));
+        }
+        _ = cancelled => {
+            signal_group(pid, libc::SIGTERM);
+            return Err(format!("{cmd:?} stopped: the scaler is stopping"));
+        }
+    };
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            crate::config::values::clip(String::from_utf8_lossy(&out.stderr).trim(), 2000)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Sends `sig` to the process group `pid` leads (nothing if the pid is unknown).
+#[allow(unsafe_code)]
+fn signal_group(pid: Option<u32>, sig: i32) {
+    if let Some(pid) = pid {
+        // SAFETY: kill(2) takes no pointers; a negative pid names the process group.
+        unsafe { libc::kill(-(pid as i32), sig) };
+    }
+}
+
 /// Reads the scaler's state file (missing: empty).
 pub fn load_launched(path: &std::path::Path) -> Result<Vec<Launched>, String> {
     match std::fs::read_to_string(path) {
@@ -407,6 +498,141 @@ pub fn save_launched(path: &std::path::Path, list: &[Launched]) -> Result<(), St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn exec(up: &str, down: &str, timeout: Duration) -> Actuator {
+        Actuator::new(ActuatorConfig::Exec {
+            up: up.into(),
+            down: down.into(),
+            timeout,
+        })
+        .unwrap()
+    }
+
+    /// Whether a process with this pid runs (not a zombie).
+    fn alive(pid: u32) -> bool {
+        start_time(pid).is_some()
+    }
+
+    /// Waits (bounded) for the pid a command wrote to `file`.
+    fn pid_in(file: &std::path::Path) -> u32 {
+        let t = Instant::now();
+        loop {
+            if let Some(p) = std::fs::read_to_string(file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                return p;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "no pid in {file:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn exec_up_prints_the_address_last_and_down_gets_addr_and_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("down.log");
+        let rt = runtime();
+        let mut a = exec(
+            "echo launching {count} >&2; echo progress; echo 127.0.0.1:9300; echo",
+            &format!("echo {{addr}} {{count}} > {}", log.display()),
+            Duration::from_secs(10),
+        );
+        let addr = rt.block_on(a.launch(3, &[])).unwrap();
+        assert_eq!(addr, "127.0.0.1:9300".parse().unwrap());
+        assert_eq!(a.owned(), vec![addr]);
+        rt.block_on(a.stop(addr, 2));
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "127.0.0.1:9300 2\n"
+        );
+        assert!(a.owned().is_empty());
+    }
+
+    #[test]
+    fn exec_up_that_fails_or_prints_no_address_is_an_error_that_says_why() {
+        let rt = runtime();
+        let mut a = exec("echo quota exceeded >&2; exit 3", "true", Duration::from_secs(10));
+        let e = rt.block_on(a.launch(1, &[])).unwrap_err();
+        assert!(e.contains("exit status: 3") && e.contains("quota exceeded"), "{e}");
+        let mut a = exec("echo done", "true", Duration::from_secs(10));
+        let e = rt.block_on(a.launch(1, &[])).unwrap_err();
+        assert!(e.contains("must print the new backend's IP:PORT last") && e.contains("\"done\""), "{e}");
+        // A huge line is cut in the message, not copied whole.
+        let mut a = exec("head -c 100000 /dev/zero | tr '\\0' x", "true", Duration::from_secs(10));
+        let e = rt.block_on(a.launch(1, &[])).unwrap_err();
+        assert!(e.len() < 1000, "{} bytes", e.len());
+        assert!(a.owned().is_empty());
+    }
+
+    #[test]
+    fn exec_up_past_its_timeout_is_killed_with_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let rt = runtime();
+        // `sh` starts a child that would outlive it: the group is killed, not only `sh`.
+        let mut a = exec(
+            &format!("sleep 60 & echo $! > {}; wait", pidfile.display()),
+            "true",
+            Duration::from_millis(300),
+        );
+        let e = rt.block_on(a.launch(1, &[])).unwrap_err();
+        assert!(e.contains("still running after its timeout (300ms): killed"), "{e}");
+        let pid = pid_in(&pidfile);
+        let t = Instant::now();
+        while alive(pid) && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!alive(pid), "the command's child survived its timeout");
+    }
+
+    #[test]
+    fn a_stopping_scaler_stops_an_up_in_progress_and_a_down_is_not_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let log = dir.path().join("down.log");
+        let rt = runtime();
+        let mut a = exec(
+            &format!("sleep 60 & echo $! > {}; wait", pidfile.display()),
+            &format!("sleep 0.3; echo {{addr}} > {}", log.display()),
+            Duration::from_secs(120),
+        );
+        let cancel = a.canceller();
+        let pid_path = pidfile.clone();
+        let e = rt.block_on(async {
+            let launch = a.launch(1, &[]);
+            tokio::pin!(launch);
+            // Cancelled once the command runs (its pid is written).
+            loop {
+                tokio::select! {
+                    r = &mut launch => break r,
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                        if std::fs::metadata(&pid_path).is_ok_and(|m| m.len() > 0) {
+                            cancel.cancel();
+                        }
+                    }
+                }
+            }
+        });
+        let e = e.unwrap_err();
+        assert!(e.contains("the scaler is stopping"), "{e}");
+        let pid = pid_in(&pidfile);
+        let t = Instant::now();
+        while alive(pid) && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!alive(pid), "the up command's child survived the stop");
+        // A down still runs to its end after the stop.
+        rt.block_on(a.stop("127.0.0.1:9301".parse().unwrap(), 0));
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "127.0.0.1:9301\n");
+    }
 
     #[test]
     fn ranges() {
@@ -429,10 +655,11 @@ mod tests {
             stop_grace: Duration::from_millis(200),
         };
         let mut a = Actuator::new(cfg).unwrap();
-        let addr = a.launch(1, &[]).unwrap();
+        let rt = runtime();
+        let addr = rt.block_on(a.launch(1, &[])).unwrap();
         assert_eq!(addr.port(), port);
         assert!(
-            a.launch(2, &[]).is_err(),
+            rt.block_on(a.launch(2, &[])).is_err(),
             "the only port is taken by our own backend"
         );
         assert!(a.tick().is_empty());

@@ -513,7 +513,7 @@ impl Scaler {
             self.draining.retain(|x| *x != a);
             self.registered_at.remove(&a);
             let count = self.desired.unwrap_or(0);
-            self.actuator.stop(a, count);
+            self.actuator.stop(a, count).await;
         }
         // Ours but not listed everywhere (adopted after a balancer restart without state, or
         // a balancer instance that was down when we registered): register where it is missing.
@@ -558,7 +558,7 @@ impl Scaler {
         for a in &stuck {
             self.deregister(&pool, *a).await;
             self.registered_at.remove(a);
-            self.actuator.stop(*a, self.desired.unwrap_or(0));
+            self.actuator.stop(*a, self.desired.unwrap_or(0)).await;
             self.startup_failures += 1;
             let backoff = (self.cfg.interval * 2u32.saturating_pow(self.startup_failures.min(16)))
                 .min(MAX_LAUNCH_BACKOFF);
@@ -717,7 +717,7 @@ impl Scaler {
                 .filter_map(|b| b.addr.parse().ok())
                 .collect();
             for _ in observed..desired {
-                let addr = match self.actuator.launch(desired, &present) {
+                let addr = match self.actuator.launch(desired, &present).await {
                     Ok(a) => a,
                     Err(e) => {
                         tracing::error!(pool = %pool, error = %e, "cannot launch a backend");
@@ -736,12 +736,12 @@ impl Scaler {
                     Ok((status, body)) => {
                         tracing::error!(pool = %pool, backend = %addr, status, body = %body.trim(), "the balancer refused the new backend; stopping it");
                         self.deregister(&pool, addr).await;
-                        self.actuator.stop(addr, desired);
+                        self.actuator.stop(addr, desired).await;
                     }
                     Err(e) => {
                         tracing::error!(pool = %pool, backend = %addr, error = %e, "cannot register the new backend; stopping it");
                         self.deregister(&pool, addr).await;
-                        self.actuator.stop(addr, desired);
+                        self.actuator.stop(addr, desired).await;
                     }
                 }
             }
@@ -801,10 +801,25 @@ impl Scaler {
         let mut tick = tokio::time::interval(self.cfg.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(stop);
+        let canceller = self.actuator.canceller();
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    self.step().await;
+                    // A stop during an evaluation cancels a launch in progress (an exec `up`
+                    // may wait minutes for its pod) and lets the rest of the evaluation end:
+                    // the evaluation is never dropped halfway, so what it did is known.
+                    let step = self.step();
+                    tokio::pin!(step);
+                    let stopped = tokio::select! {
+                        _ = &mut step => false,
+                        _ = &mut stop => true,
+                    };
+                    if stopped {
+                        tracing::info!("stopping: cancelling the launch in progress, if any");
+                        canceller.cancel();
+                        step.await;
+                        break;
+                    }
                     EVALUATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 _ = &mut stop => break,

@@ -244,7 +244,7 @@ pub fn parse_promql(body: &str) -> Result<f64, String> {
     let value = raw.parse::<f64>().map_err(|_| {
         format!(
             "Prometheus: {:?} is not a number",
-            raw.chars().take(40).collect::<String>()
+            crate::config::values::clip(raw, 40)
         )
     })?;
     if !value.is_finite() {
