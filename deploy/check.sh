@@ -87,15 +87,17 @@ for f, d in docs:
         assert ("PodDisruptionBudget", "ringlb") in kinds, "ringlb has no PodDisruptionBudget"
         assert d["spec"]["replicas"] >= 2, "a PodDisruptionBudget over one replica blocks every drain"
     if d["metadata"]["name"] == "ringlb-scaler":
-        # The exec actuator blocks the scaler's one thread (and so /healthz) while up.sh
-        # runs; up.sh waits for the pod up to its --timeout. Liveness must outlast that.
-        import re
+        # up.sh waits for the pod up to its --timeout; the exec actuator kills a command
+        # still running at its own `timeout`: that must be the longer of the two.
+        import re, tomllib
         cm = next(x for _, x in docs if x["kind"] == "ConfigMap" and x["metadata"]["name"] == "ringlb-scaler")
         waits = [int(t) for t in re.findall(r"--timeout=(\d+)s", cm["data"]["up.sh"])]
         assert waits, "up.sh has no kubectl wait --timeout"
-        live = pod["containers"][0]["livenessProbe"]
-        window = live.get("periodSeconds", 10) * live.get("failureThreshold", 3)
-        assert window > max(waits), f"{f}: scaler liveness window {window}s is shorter than up.sh's wait ({max(waits)}s): the kubelet would restart it mid scale-out"
+        text = tomllib.loads(cm["data"]["scaler.toml"])["actuator"].get("timeout", "10m")
+        m = re.fullmatch(r"(\d+)([smh])", text)
+        assert m, f"{f}: write the actuator's timeout in whole s, m or h here, not {text!r}"
+        limit = int(m[1]) * {"s": 1, "m": 60, "h": 3600}[m[2]]
+        assert limit > max(waits), f"{f}: the exec actuator's timeout ({limit}s) is shorter than up.sh's wait ({max(waits)}s): every slow pod start would be killed"
 # The configs inside the ConfigMaps must be valid for the binary itself.
 for f, d in docs:
     if d["kind"] != "ConfigMap":

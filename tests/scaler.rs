@@ -487,6 +487,12 @@ fn a_killed_backend_is_replaced_and_min_max_hold() {
 fn bad_scaler_configs_exit_1() {
     let dir = tempfile::tempdir().unwrap();
     let base = "pool = \"p\"\nadmin_url = \"http://127.0.0.1:1\"\nmin = 1\nmax = 3\n[source]\nkind = \"lb\"\nmetrics_url = \"http://127.0.0.1:1/metrics\"\n[policy]\nkind = \"target_tracking\"\ntarget = 5\n[actuator]\nkind = \"process\"\ncommand = \"x {port}\"\nports = \"31100-31110\"\n";
+    let exec = |line: &str| {
+        base.replace(
+            "kind = \"process\"\ncommand = \"x {port}\"\nports = \"31100-31110\"\n",
+            &format!("kind = \"exec\"\nup = \"true\"\ndown = \"true\"\n{line}\n"),
+        )
+    };
     for (text, needle) in [
         (base.replace("max = 3", "max = 0"), "max"),
         (base.replace("min = 1", "min = 5"), "min"),
@@ -498,6 +504,12 @@ fn bad_scaler_configs_exit_1() {
             "intervall",
         ),
         (base.replace("target_tracking", "magic"), "magic"),
+        (exec("timeout = \"0s\""), "timeout"),
+        (exec("timeout = \"2h\""), "timeout"),
+        (
+            exec("timeout = 30"),
+            "duration 30 has no unit: write \"30s\"",
+        ),
     ] {
         let path = dir.path().join("s.toml");
         std::fs::write(&path, &text).unwrap();

@@ -408,6 +408,30 @@ backends = [{ addr = "127.0.0.1:9001" }, { addr = "127.0.0.1:9002", weight = 2 }
     }
 
     #[test]
+    fn a_duration_without_a_unit_says_what_to_write() {
+        #[derive(Debug, serde::Deserialize)]
+        struct T {
+            #[serde(deserialize_with = "super::values::duration_serde::deserialize")]
+            #[allow(dead_code)]
+            d: Duration,
+        }
+        for (text, needle) in [
+            (
+                "d = 30",
+                "duration 30 has no unit: write \"30s\" or \"30ms\"",
+            ),
+            ("d = 1.5", "duration 1.5 has no unit"),
+            ("d = -2", "duration -2 has no unit"),
+            ("d = true", "expected a duration with a unit, like \"30s\""),
+            ("d = [1]", "expected a duration with a unit"),
+        ] {
+            let e = toml::from_str::<T>(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+        assert!(toml::from_str::<T>("d = \"30s\"").is_ok());
+    }
+
+    #[test]
     fn huge_and_overflowing_durations_are_errors_not_panics() {
         // Each of these once panicked ("overflow when adding durations") or went through.
         for s in [

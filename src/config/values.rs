@@ -166,27 +166,57 @@ pub fn format_duration(d: Duration) -> String {
 /// as `"250ms"`, `"2s"`, `"5m"` (the scaler's config), up to [`MAX_DURATION`]. For a tighter
 /// range, `deserialize_with = "crate::config::duration_serde::within::<MIN_US, MAX_US, _>"`.
 pub mod duration_serde {
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
     use std::time::Duration;
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&super::format_duration(*d))
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        super::parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+        super::parse_duration(&text(d)?).map_err(serde::de::Error::custom)
     }
     pub fn within<'de, const MIN_US: u64, const MAX_US: u64, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Duration, D::Error> {
-        super::Dur::<MIN_US, MAX_US>::parse(&String::deserialize(d)?)
+        super::Dur::<MIN_US, MAX_US>::parse(&text(d)?)
             .map(|d| d.0)
             .map_err(serde::de::Error::custom)
+    }
+
+    /// A duration's text. A bare number gets an error that says what to write: serde's own
+    /// ("invalid type: integer `30`, expected a string") names neither the unit nor, inside
+    /// a tagged table such as the scaler's `[actuator]`, the key.
+    pub fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        struct Text;
+        fn no_unit<E: serde::de::Error>(v: impl std::fmt::Display) -> E {
+            E::custom(format!(
+                "duration {v} has no unit: write \"{v}s\" or \"{v}ms\" (units: us, ms, s, m, h, d)"
+            ))
+        }
+        impl serde::de::Visitor<'_> for Text {
+            type Value = String;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a duration with a unit, like \"30s\" or \"250ms\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+                Err(no_unit(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+                Err(no_unit(v))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<String, E> {
+                Err(no_unit(v))
+            }
+        }
+        d.deserialize_any(Text)
     }
 }
 
 impl<'de, const MIN_US: u64, const MAX_US: u64> Deserialize<'de> for Dur<MIN_US, MAX_US> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Self::parse(&s).map_err(serde::de::Error::custom)
+        Self::parse(&duration_serde::text(d)?).map_err(serde::de::Error::custom)
     }
 }
 

@@ -43,7 +43,7 @@ pub enum ActuatorConfig {
         #[serde(
             default = "default_grace",
             serialize_with = "crate::config::values::duration_serde::serialize",
-            deserialize_with = "crate::config::values::duration_serde::within::<0, { crate::config::values::US_H }, _>"
+            deserialize_with = "crate::config::values::duration_serde::deserialize"
         )]
         stop_grace: Duration,
     },
@@ -54,7 +54,7 @@ pub enum ActuatorConfig {
         #[serde(
             default = "default_exec_timeout",
             serialize_with = "crate::config::values::duration_serde::serialize",
-            deserialize_with = "crate::config::values::duration_serde::within::<{ crate::config::values::US_S }, { crate::config::values::US_H }, _>"
+            deserialize_with = "crate::config::values::duration_serde::deserialize"
         )]
         timeout: Duration,
     },
@@ -193,10 +193,25 @@ impl Canceller {
 
 impl Actuator {
     pub fn new(cfg: ActuatorConfig) -> Result<Actuator, String> {
-        if let ActuatorConfig::Process { ports, command, .. } = &cfg {
-            port_range(ports)?;
-            if !command.contains("{port}") {
-                return Err("actuator.command must contain {port}".into());
+        use crate::config::values::{US_H, US_S, check_range};
+        // Ranges are checked here, not by serde: inside the tagged `[actuator]` table serde
+        // no longer knows the key, and the message must name it.
+        match &cfg {
+            ActuatorConfig::Process {
+                ports,
+                command,
+                stop_grace,
+                ..
+            } => {
+                port_range(ports)?;
+                if !command.contains("{port}") {
+                    return Err("actuator.command must contain {port}".into());
+                }
+                check_range(*stop_grace, 0, US_H)
+                    .map_err(|e| format!("actuator.stop_grace: {e}"))?;
+            }
+            ActuatorConfig::Exec { timeout, .. } => {
+                check_range(*timeout, US_S, US_H).map_err(|e| format!("actuator.timeout: {e}"))?;
             }
         }
         Ok(Actuator {
@@ -225,11 +240,7 @@ impl Actuator {
     }
 
     /// Makes one backend; returns its address. `count` is the desired total (for `exec`).
-    pub async fn launch(
-        &mut self,
-        count: u32,
-        skip: &[SocketAddr],
-    ) -> Result<SocketAddr, String> {
+    pub async fn launch(&mut self, count: u32, skip: &[SocketAddr]) -> Result<SocketAddr, String> {
         match &self.cfg {
             ActuatorConfig::Process {
                 command,
@@ -549,24 +560,35 @@ mod tests {
         assert_eq!(addr, "127.0.0.1:9300".parse().unwrap());
         assert_eq!(a.owned(), vec![addr]);
         rt.block_on(a.stop(addr, 2));
-        assert_eq!(
-            std::fs::read_to_string(&log).unwrap(),
-            "127.0.0.1:9300 2\n"
-        );
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "127.0.0.1:9300 2\n");
         assert!(a.owned().is_empty());
     }
 
     #[test]
     fn exec_up_that_fails_or_prints_no_address_is_an_error_that_says_why() {
         let rt = runtime();
-        let mut a = exec("echo quota exceeded >&2; exit 3", "true", Duration::from_secs(10));
+        let mut a = exec(
+            "echo quota exceeded >&2; exit 3",
+            "true",
+            Duration::from_secs(10),
+        );
         let e = rt.block_on(a.launch(1, &[])).unwrap_err();
-        assert!(e.contains("exit status: 3") && e.contains("quota exceeded"), "{e}");
+        assert!(
+            e.contains("exit status: 3") && e.contains("quota exceeded"),
+            "{e}"
+        );
         let mut a = exec("echo done", "true", Duration::from_secs(10));
         let e = rt.block_on(a.launch(1, &[])).unwrap_err();
-        assert!(e.contains("must print the new backend's IP:PORT last") && e.contains("\"done\""), "{e}");
+        assert!(
+            e.contains("must print the new backend's IP:PORT last") && e.contains("\"done\""),
+            "{e}"
+        );
         // A huge line is cut in the message, not copied whole.
-        let mut a = exec("head -c 100000 /dev/zero | tr '\\0' x", "true", Duration::from_secs(10));
+        let mut a = exec(
+            "head -c 100000 /dev/zero | tr '\\0' x",
+            "true",
+            Duration::from_secs(10),
+        );
         let e = rt.block_on(a.launch(1, &[])).unwrap_err();
         assert!(e.len() < 1000, "{} bytes", e.len());
         assert!(a.owned().is_empty());
@@ -581,10 +603,13 @@ mod tests {
         let mut a = exec(
             &format!("sleep 60 & echo $! > {}; wait", pidfile.display()),
             "true",
-            Duration::from_millis(300),
+            Duration::from_secs(1),
         );
         let e = rt.block_on(a.launch(1, &[])).unwrap_err();
-        assert!(e.contains("still running after its timeout (300ms): killed"), "{e}");
+        assert!(
+            e.contains("still running after its timeout (1s): killed"),
+            "{e}"
+        );
         let pid = pid_in(&pidfile);
         let t = Instant::now();
         while alive(pid) && t.elapsed() < Duration::from_secs(10) {

@@ -918,7 +918,8 @@ static EVALUATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64:
 
 /// Serves the scaler's own /metrics, and its probes (no token, nothing secret): `/healthz`
 /// answers while the runtime runs (a liveness probe: the evaluation loop shares its one
-/// thread, so a wedged loop stops the answers too), `/readyz` once the first evaluation
+/// thread, so a loop wedged in blocking code stops the answers too; exec commands are
+/// awaited, not blocked on, and end at their timeout), `/readyz` once the first evaluation
 /// finished.
 pub fn serve_metrics(l: std::net::TcpListener) -> Result<(), String> {
     metrics::describe_gauge!(
