@@ -97,16 +97,7 @@ fn an_upgrade_refuses_and_resets_nothing() {
     std::thread::sleep(Duration::from_millis(500));
     let before = ok.load(Ordering::Relaxed);
 
-    let mut new = KillOnDrop(
-        Command::new(BIN)
-            .args(["serve", "--upgrade", "--config"])
-            .arg(&old.config_path)
-            .env("RINGLB_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+    let mut new = successor(&old.config_path);
     // The old process hands over, stops taking connections and waits for its held ones.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
@@ -176,6 +167,19 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// `ringlb serve --upgrade` with `config`: the successor of the process serving it.
+fn successor(config: &std::path::Path) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(BIN)
+            .args(["serve", "--upgrade", "--config"])
+            .arg(config)
+            .env("RINGLB_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 #[test]
 fn upgrades_chain_one_after_another() {
     let backend = TestBackend::start("b1");
@@ -192,17 +196,7 @@ fn upgrades_chain_one_after_another() {
     wait_until(Duration::from_secs(10), || sock.exists());
     let sockets = listening_sockets(port);
     let config_path = first.config_path.clone();
-    let upgrade = || {
-        KillOnDrop(
-            Command::new(BIN)
-                .args(["serve", "--upgrade", "--config"])
-                .arg(&config_path)
-                .env("RINGLB_LOG", "warn")
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    };
+    let upgrade = || successor(&config_path);
     let mut second = upgrade();
     assert_eq!(first.wait_exit(Duration::from_secs(15)), Some(0));
     assert!(one_round(addr(port)).is_ok());
@@ -291,15 +285,7 @@ fn a_client_arriving_as_the_old_process_stops_is_served() {
     });
     wait_until(Duration::from_secs(10), || sock.exists());
     assert_eq!(one_round(addr(port)), Ok(()));
-    let _new = KillOnDrop(
-        Command::new(BIN)
-            .args(["serve", "--upgrade", "--config"])
-            .arg(&config_path)
-            .env("RINGLB_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _new = successor(&config_path);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());

@@ -526,9 +526,16 @@ mod tests {
         .unwrap()
     }
 
-    /// Whether a process with this pid runs (not a zombie).
-    fn alive(pid: u32) -> bool {
-        start_time(pid).is_some()
+    /// Whether the process `pid` is gone (or a zombie) within 10 s.
+    fn gone(pid: u32) -> bool {
+        let t = Instant::now();
+        while start_time(pid).is_some() {
+            if t.elapsed() > Duration::from_secs(10) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
     }
 
     /// Waits (bounded) for the pid a command wrote to `file`.
@@ -610,12 +617,10 @@ mod tests {
             e.contains("still running after its timeout (1s): killed"),
             "{e}"
         );
-        let pid = pid_in(&pidfile);
-        let t = Instant::now();
-        while alive(pid) && t.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(!alive(pid), "the command's child survived its timeout");
+        assert!(
+            gone(pid_in(&pidfile)),
+            "the command's child survived its timeout"
+        );
     }
 
     #[test]
@@ -648,12 +653,10 @@ mod tests {
         });
         let e = e.unwrap_err();
         assert!(e.contains("the scaler is stopping"), "{e}");
-        let pid = pid_in(&pidfile);
-        let t = Instant::now();
-        while alive(pid) && t.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(!alive(pid), "the up command's child survived the stop");
+        assert!(
+            gone(pid_in(&pidfile)),
+            "the up command's child survived the stop"
+        );
         // A down still runs to its end after the stop.
         rt.block_on(a.stop("127.0.0.1:9301".parse().unwrap(), 0));
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "127.0.0.1:9301\n");
