@@ -1110,6 +1110,7 @@ fn an_exec_actuator_launches_and_removes_through_its_commands_and_probes_answer_
         2,
         Opts {
             top: "startup_timeout = \"1500ms\"".into(),
+            stop_backends_on_exit: false,
             actuator: Some(exec_actuator(dir.path(), base, dead, "3")),
             ..Opts::default()
         },
@@ -1170,6 +1171,7 @@ fn ctrl_c_during_a_slow_exec_up_stops_the_scaler_and_the_command() {
         2,
         Opts {
             own_group: true,
+            stop_backends_on_exit: false,
             actuator: Some(format!(
                 "[actuator]\nkind = \"exec\"\nup = \"sleep 120 & echo $! > {}; wait\"\ndown = \"true\"\n",
                 pidfile.display()

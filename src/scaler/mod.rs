@@ -263,6 +263,11 @@ impl ScalerConfig {
         }
         cfg.schedules().map_err(err)?;
         Actuator::new(cfg.actuator.clone()).map_err(err)?;
+        if cfg.stop_backends_on_exit && matches!(cfg.actuator, ActuatorConfig::Exec { .. }) {
+            // It would have been ignored: `down` runs only once a backend has drained, and
+            // an exit does not wait for drains.
+            return Err(err("stop_backends_on_exit: applies to a \"process\" actuator only; an exec actuator's backends are stopped by its down command after a drain, which an exit does not wait for".into()));
+        }
         Ok(cfg)
     }
 }
