@@ -1067,7 +1067,8 @@ fn one_scaler_two_balancers_registers_on_both_and_stops_only_when_both_have_drai
 /// An `[actuator]` of kind exec whose `up` and `down` are the scripts this writes to `dir`:
 /// `up` records its call, waits `up_wait` (a cloud API, a pod starting) with the marker file
 /// `up-running` present, then prints a dead address the first time and starts a real
-/// `ringlb backend` on `base + n` after that; `down` records its call and stops that backend.
+/// `ringlb backend` on `base + n` after that; `down` records its call, fails the first
+/// time, and stops that backend.
 fn exec_actuator(dir: &std::path::Path, base: u16, dead: SocketAddr, up_wait: &str) -> String {
     let d = dir.display();
     let up = dir.join("up.sh");
@@ -1082,7 +1083,7 @@ fn exec_actuator(dir: &std::path::Path, base: u16, dead: SocketAddr, up_wait: &s
     std::fs::write(
         &down,
         format!(
-            "#!/bin/sh\necho \"down $1 $2\" >> {d}/calls\nport=${{1##*:}}\nif [ -f {d}/$port.pid ]; then kill $(cat {d}/$port.pid); fi\n"
+            "#!/bin/sh\necho \"down $1 $2\" >> {d}/calls\nif [ ! -f {d}/down-failed ]; then touch {d}/down-failed; echo cloud API unavailable >&2; exit 1; fi\nport=${{1##*:}}\nif [ -f {d}/$port.pid ]; then kill $(cat {d}/$port.pid); fi\n"
         ),
     )
     .unwrap();
@@ -1095,8 +1096,8 @@ fn exec_actuator(dir: &std::path::Path, base: u16, dead: SocketAddr, up_wait: &s
 
 /// The exec actuator end to end: `up` runs while the scaler's probes keep answering (it
 /// runs on the async runtime, not on the thread that serves them), the address it prints is
-/// registered, one that never becomes healthy gets `down` with its address and the count,
-/// and the next `up` brings a backend that comes up.
+/// registered, one that never becomes healthy gets `down` with its address and the count
+/// (again after a failed `down`), and the next `up` brings a backend that comes up.
 #[test]
 fn an_exec_actuator_launches_and_removes_through_its_commands_and_probes_answer_meanwhile() {
     let b = balancer();
@@ -1125,9 +1126,11 @@ fn an_exec_actuator_launches_and_removes_through_its_commands_and_probes_answer_
         s.log()
     );
     // The dead address: registered, never healthy, so `down` gets it, and `up` runs again.
+    // That first `down` fails: it runs again at a later evaluation, the backend is not
+    // forgotten.
     let calls = || std::fs::read_to_string(dir.path().join("calls")).unwrap_or_default();
     wait_until(Duration::from_secs(30), || {
-        calls().contains(&format!("down {dead} 2"))
+        calls().matches(&format!("down {dead} 2")).count() >= 2
     });
     let live = addr(base + 2);
     let pidfile = dir.path().join(format!("{}.pid", live.port()));
@@ -1153,6 +1156,12 @@ fn an_exec_actuator_launches_and_removes_through_its_commands_and_probes_answer_
     );
     assert!(up_calls.starts_with("up 2\n"), "{up_calls}");
     assert!(log.contains("exec: backend up"), "{log}");
+    // Between its two `down`s the dead backend stayed out of the balancer (it was not taken
+    // for one of ours that the balancer had lost).
+    assert!(
+        !log.contains("registered a backend of ours the balancer did not list"),
+        "{log}"
+    );
 }
 
 /// Ctrl-C while an exec `up` waits (for a pod, say): the scaler stops at once instead of

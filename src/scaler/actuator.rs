@@ -306,19 +306,27 @@ impl Actuator {
     }
 
     /// Stops a drained backend: SIGTERM now, SIGKILL after the grace period (see `tick`);
-    /// `exec` runs `down` (to its end or its timeout).
-    pub async fn stop(&mut self, addr: SocketAddr, count: u32) {
-        self.order.retain(|a| *a != addr);
+    /// `exec` runs `down` (to its end or its timeout). False if `down` failed: the backend
+    /// is still ours (and may still run), for the caller to try again.
+    pub async fn stop(&mut self, addr: SocketAddr, count: u32) -> bool {
         match &self.cfg {
-            ActuatorConfig::Process { .. } => self.stop_process(addr),
+            ActuatorConfig::Process { .. } => {
+                self.stop_process(addr);
+                true
+            }
             ActuatorConfig::Exec { down, timeout, .. } => {
                 let cmd = down
                     .replace("{addr}", &addr.to_string())
                     .replace("{count}", &count.to_string());
                 match run(&cmd, *timeout, None).await {
-                    Ok(_) => tracing::info!(backend = %addr, command = %cmd, "exec: backend down"),
+                    Ok(_) => {
+                        tracing::info!(backend = %addr, command = %cmd, "exec: backend down");
+                        self.order.retain(|a| *a != addr);
+                        true
+                    }
                     Err(e) => {
-                        tracing::error!(backend = %addr, command = %cmd, error = %e, "exec: down command failed")
+                        tracing::error!(backend = %addr, command = %cmd, error = %e, "exec: down command failed; it runs again at the next evaluation");
+                        false
                     }
                 }
             }
@@ -566,9 +574,18 @@ mod tests {
         let addr = rt.block_on(a.launch(3, &[])).unwrap();
         assert_eq!(addr, "127.0.0.1:9300".parse().unwrap());
         assert_eq!(a.owned(), vec![addr]);
-        rt.block_on(a.stop(addr, 2));
+        assert!(rt.block_on(a.stop(addr, 2)));
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "127.0.0.1:9300 2\n");
         assert!(a.owned().is_empty());
+    }
+
+    #[test]
+    fn a_failed_down_keeps_the_backend_ours() {
+        let rt = runtime();
+        let mut a = exec("echo 127.0.0.1:9302", "exit 1", Duration::from_secs(10));
+        let addr = rt.block_on(a.launch(1, &[])).unwrap();
+        assert!(!rt.block_on(a.stop(addr, 0)));
+        assert_eq!(a.owned(), vec![addr], "forgotten while it may still run");
     }
 
     #[test]

@@ -518,7 +518,7 @@ impl Scaler {
             self.draining.retain(|x| *x != a);
             self.registered_at.remove(&a);
             let count = self.desired.unwrap_or(0);
-            self.actuator.stop(a, count).await;
+            self.stop_backend(a, count).await;
         }
         // Ours but not listed everywhere (adopted after a balancer restart without state, or
         // a balancer instance that was down when we registered): register where it is missing.
@@ -563,7 +563,7 @@ impl Scaler {
         for a in &stuck {
             self.deregister(&pool, *a).await;
             self.registered_at.remove(a);
-            self.actuator.stop(*a, self.desired.unwrap_or(0)).await;
+            self.stop_backend(*a, self.desired.unwrap_or(0)).await;
             self.startup_failures += 1;
             let backoff = (self.cfg.interval * 2u32.saturating_pow(self.startup_failures.min(16)))
                 .min(MAX_LAUNCH_BACKOFF);
@@ -708,6 +708,17 @@ impl Scaler {
         }
     }
 
+    /// Stops a backend that is out of the balancer. If that fails (an exec `down` that
+    /// failed or timed out), it stays ours and is kept with the drained ones, which are
+    /// stopped once they are out of the balancer: the next evaluation tries again (and so
+    /// does a restarted scaler, from the state file). Forgetting it would leave it running,
+    /// paid for and unknown to anyone.
+    async fn stop_backend(&mut self, addr: SocketAddr, count: u32) {
+        if !self.actuator.stop(addr, count).await && !self.draining.contains(&addr) {
+            self.draining.push(addr);
+        }
+    }
+
     async fn reconcile(&mut self, backends: &[BackendView], observed: u32, desired: u32) {
         let pool = self.cfg.pool.clone();
         if observed < desired {
@@ -741,12 +752,12 @@ impl Scaler {
                     Ok((status, body)) => {
                         tracing::error!(pool = %pool, backend = %addr, status, body = %body.trim(), "the balancer refused the new backend; stopping it");
                         self.deregister(&pool, addr).await;
-                        self.actuator.stop(addr, desired).await;
+                        self.stop_backend(addr, desired).await;
                     }
                     Err(e) => {
                         tracing::error!(pool = %pool, backend = %addr, error = %e, "cannot register the new backend; stopping it");
                         self.deregister(&pool, addr).await;
-                        self.actuator.stop(addr, desired).await;
+                        self.stop_backend(addr, desired).await;
                     }
                 }
             }
