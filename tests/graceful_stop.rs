@@ -119,3 +119,56 @@ fn ctrl_c_to_the_process_group_delivers_every_delayed_reply() {
         stop(2, r, true);
     }
 }
+
+/// A client the kernel accepted just as the stop began, with the worker's accept woken for
+/// it but its cancel already queued (a fault the debug build injects: the stopping worker
+/// stalls there), is served to its end rather than reset when the listening socket closes:
+/// the stopping worker takes what the queue holds before it closes its socket.
+#[test]
+fn a_client_the_kernel_accepted_as_the_stop_began_is_served() {
+    let backend = TestBackend::start("b1");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ringlb.toml");
+    let port = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "workers = 1\n{}{}",
+            listener_config("l", port, "p", ""),
+            pool_config("p", "round_robin", &[(backend.addr, 1)], "")
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RINGLB_LOG", "warn")
+        .env("RINGLB_FAULT_STOP_STALL_MS", "1500")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stderr_lines(&mut child, "ringlb");
+    let to = addr(port);
+    wait_until(Duration::from_secs(10), || TcpStream::connect(to).is_ok());
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    wait_for_line(
+        &lines,
+        "injected fault: the stop stalls",
+        Duration::from_secs(10),
+    );
+    let (mut s, greeting) = greet(to);
+    assert_eq!(greeting, "b1", "the client was not served");
+    s.write_all(b"ping\n").unwrap();
+    let mut echo = [0u8; 5];
+    s.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"ping\n");
+    drop(s);
+    let status = wait_for_exit(&mut child, Duration::from_secs(15));
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}

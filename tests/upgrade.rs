@@ -275,26 +275,15 @@ fn a_client_arriving_as_the_old_process_stops_is_served() {
             .spawn()
             .unwrap(),
     );
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = old.0.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("old: {line}");
-            let _ = tx.send(line);
-        }
-    });
+    let lines = stderr_lines(&mut old.0, "old");
     wait_until(Duration::from_secs(10), || sock.exists());
     assert_eq!(one_round(addr(port)), Ok(()));
     let _new = successor(&config_path);
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains("injected fault: the stop stalls") => break,
-            Ok(_) => continue,
-            Err(e) => panic!("the old process never began its stop: {e}"),
-        }
-    }
+    wait_for_line(
+        &lines,
+        "injected fault: the stop stalls",
+        Duration::from_secs(15),
+    );
     // Inside the stall (1.5 s), with the new process surely accepting by now.
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(

@@ -337,6 +337,32 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) {
     panic!("condition not met within {limit:?}");
 }
 
+/// The lines a child writes to its piped stderr, as they come (each echoed to the test's
+/// stderr with `tag`, so a failure shows them).
+pub fn stderr_lines(child: &mut Child, tag: &'static str) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr is piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{tag}: {line}");
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Waits (bounded) for a line containing `needle`; panics on timeout or on the child's exit.
+pub fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains(needle) => return,
+            Ok(_) => continue,
+            Err(e) => panic!("no line with {needle:?} within {limit:?}: {e}"),
+        }
+    }
+}
+
 /// Connects through the proxy and reads the backend's greeting line.
 pub fn greet(addr: SocketAddr) -> (TcpStream, String) {
     let s = TcpStream::connect(addr).unwrap();
