@@ -1094,6 +1094,17 @@ fn exec_actuator(dir: &std::path::Path, base: u16, dead: SocketAddr, up_wait: &s
     )
 }
 
+/// Kills the process whose pid is in the file, when dropped.
+struct KillPidFile(std::path::PathBuf);
+
+impl Drop for KillPidFile {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.0) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
+
 /// The exec actuator end to end: `up` runs while the scaler's probes keep answering (it
 /// runs on the async runtime, not on the thread that serves them), the address it prints is
 /// registered, one that never becomes healthy gets `down` with its address and the count
@@ -1104,6 +1115,9 @@ fn an_exec_actuator_launches_and_removes_through_its_commands_and_probes_answer_
     let dir = tempfile::tempdir().unwrap();
     let dead = addr(free_port());
     let base = 31500;
+    // The backend up.sh starts is the test's to stop (an exec backend outlives a scaler),
+    // passed or not.
+    let _live_process = KillPidFile(dir.path().join(format!("{}.pid", base + 2)));
     let s = Scaler::start_with(
         &b,
         31500,
@@ -1133,23 +1147,15 @@ fn an_exec_actuator_launches_and_removes_through_its_commands_and_probes_answer_
         calls().matches(&format!("down {dead} 2")).count() >= 2
     });
     let live = addr(base + 2);
-    let pidfile = dir.path().join(format!("{}.pid", live.port()));
     wait_until(Duration::from_secs(30), || {
         pool(b.admin)
             .iter()
             .any(|(a, st, _)| *a == live && st == "up")
     });
-    // The backend up.sh started is the test's to stop (an exec backend outlives a scaler).
-    let stop_live = || {
-        if let Ok(pid) = std::fs::read_to_string(&pidfile) {
-            let _ = Command::new("kill").arg(pid.trim()).status();
-        }
-    };
     let listed = pool(b.admin);
     let up_calls = calls();
     let log = s.log();
     drop(s);
-    stop_live();
     assert!(
         !listed.iter().any(|(a, _, _)| *a == dead),
         "the dead backend is still listed: {listed:?}"
