@@ -129,12 +129,14 @@ impl Worker {
         let draining = self.listening[li].state == AcceptState::Draining;
         if result >= 0 {
             self.admit(li, self.listening[li].listener, result);
-        } else if draining && result != -libc::EAGAIN {
+        } else if draining && !matches!(-result, libc::EAGAIN | libc::ECONNABORTED) {
             // -EINVAL: a kernel before 6.10 (no IORING_ACCEPT_DONTWAIT); the socket closes
             // as it did before the drain existed.
             tracing::debug!(worker = self.id, error = %std::io::Error::from_raw_os_error(-result), "stop: cannot drain the accept queue");
         }
-        let go_on = (result >= 0 || !draining) && self.has_room(li);
+        // A client that reset while queued (ECONNABORTED) ends no drain: others may follow it.
+        let go_on =
+            (result >= 0 || !draining || result == -libc::ECONNABORTED) && self.has_room(li);
         let l = &mut self.listening[li];
         match &l.socket {
             Some(s)
