@@ -127,8 +127,16 @@ fn an_upgrade_refuses_and_resets_nothing() {
         sockets,
         "the old process took sockets with it"
     );
+    // Clients were served while both processes held the sockets (1.5 s and more).
+    let overlap = ok.load(Ordering::Relaxed);
+    assert!(
+        overlap > before,
+        "no connection was served during the upgrade"
+    );
     // The new process carries on alone, admin API included.
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until(Duration::from_secs(10), || {
+        ok.load(Ordering::Relaxed) > overlap + 10
+    });
     stop.store(true, Ordering::Relaxed);
     looper.join().unwrap();
     let failed = failed.lock().unwrap().clone();
@@ -139,11 +147,6 @@ fn an_upgrade_refuses_and_resets_nothing() {
         failed.len(),
         total + failed.len(),
         &failed[..failed.len().min(5)]
-    );
-    assert!(
-        total - before > 100,
-        "too few connections during the upgrade: {}",
-        total - before
     );
     let (status, body) = http(admin, "GET", "/readyz", None, None);
     assert_eq!(status, 200, "{body}");
