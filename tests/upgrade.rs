@@ -304,3 +304,45 @@ fn a_client_arriving_as_the_old_process_stops_is_served() {
         "the new process does not serve"
     );
 }
+
+/// A successor that cannot take over (its config moves the listener: the inherited socket
+/// is bound elsewhere) exits 1 and says why; the old process never stops serving, and a
+/// later upgrade with a good config goes through.
+#[test]
+fn a_failed_upgrade_leaves_the_old_process_serving() {
+    let backend = TestBackend::start("b1");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let (port, other) = (free_port(), free_port());
+    let cfg = |port: u16| {
+        format!(
+            "workers = 1\nupgrade_socket = {:?}\n{}{}",
+            sock.display().to_string(),
+            listener_config("l", port, "p", ""),
+            pool_config("p", "round_robin", &[(backend.addr, 1)], "")
+        )
+    };
+    let mut old = Proxy::start(&cfg(port), addr(port));
+    wait_until(Duration::from_secs(10), || sock.exists());
+    let moved = dir.path().join("moved.toml");
+    std::fs::write(&moved, cfg(other)).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--upgrade", "--config"])
+        .arg(&moved)
+        .env("RINGLB_LOG", "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("an upgrade keeps the listeners' addresses"),
+        "{err}"
+    );
+    // Still serving, still offering its sockets.
+    assert_eq!(one_round(addr(port)), Ok(()));
+    assert_eq!(old.wait_exit(Duration::from_millis(300)), None);
+    let mut next = successor(&old.config_path);
+    assert_eq!(old.wait_exit(Duration::from_secs(15)), Some(0));
+    assert_eq!(one_round(addr(port)), Ok(()));
+    assert_eq!(next.0.try_wait().unwrap(), None, "the successor died");
+}
