@@ -346,3 +346,35 @@ fn a_failed_upgrade_leaves_the_old_process_serving() {
     assert_eq!(one_round(addr(port)), Ok(()));
     assert_eq!(next.0.try_wait().unwrap(), None, "the successor died");
 }
+
+/// From 2 workers to 1: the one worker of the successor accepts on both inherited sockets
+/// (the kernel spreads clients over them by hash, so a socket left without an accept would
+/// leave about half the clients waiting), and a socket count of 2 stays.
+#[test]
+fn an_upgrade_to_fewer_workers_serves_every_inherited_socket() {
+    let backend = TestBackend::start("b1");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let port = free_port();
+    let cfg = |workers: usize| {
+        format!(
+            "workers = {workers}\nupgrade_socket = {:?}\n{}{}",
+            sock.display().to_string(),
+            listener_config("l", port, "p", ""),
+            pool_config("p", "round_robin", &[(backend.addr, 1)], "")
+        )
+    };
+    let mut old = Proxy::start(&cfg(2), addr(port));
+    wait_until(Duration::from_secs(10), || sock.exists());
+    let sockets = listening_sockets(port);
+    assert_eq!(sockets.len(), 2);
+    let fewer = dir.path().join("fewer.toml");
+    std::fs::write(&fewer, cfg(1)).unwrap();
+    let mut new = successor(&fewer);
+    assert_eq!(old.wait_exit(Duration::from_secs(15)), Some(0));
+    assert_eq!(listening_sockets(port), sockets);
+    for i in 0..50 {
+        assert_eq!(one_round(addr(port)), Ok(()), "connection {i}");
+    }
+    assert_eq!(new.0.try_wait().unwrap(), None, "the successor died");
+}
