@@ -177,7 +177,11 @@ impl Server {
         // This process accepts, and offers its own sockets to a successor (its handover
         // socket is bound first, so that the old process never sees a moment without one):
         // the one it replaces may stop.
-        inherited.ready()?;
+        if let Err(e) = inherited.ready() {
+            // The old process is gone (it crashed, or was killed, after it sent its sockets):
+            // this one accepts on them already, so it serves on rather than leave no one.
+            tracing::warn!(error = %e, "upgrade: serving on the inherited sockets");
+        }
         if let Some(a) = config.admin.as_ref().filter(|a| a.insecure_no_token) {
             tracing::warn!(listen = %a.listen, "[admin] insecure_no_token: the admin API takes requests from anyone who can reach it, without a token");
         }

@@ -378,3 +378,48 @@ fn an_upgrade_to_fewer_workers_serves_every_inherited_socket() {
     }
     assert_eq!(new.0.try_wait().unwrap(), None, "the successor died");
 }
+
+/// The old process dies after it sent its sockets and before the successor says `ready`
+/// (a fault the debug build injects; an OOM kill in life): the successor already accepts
+/// on those sockets, so it serves on instead of exiting and leaving no one.
+#[test]
+fn a_successor_whose_predecessor_dies_mid_handover_serves_on() {
+    let backend = TestBackend::start("b1");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let config = dir.path().join("ringlb.toml");
+    let port = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "workers = 1\nupgrade_socket = {:?}\n{}{}",
+            sock.display().to_string(),
+            listener_config("l", port, "p", ""),
+            pool_config("p", "round_robin", &[(backend.addr, 1)], "")
+        ),
+    )
+    .unwrap();
+    let mut old = KillOnDrop(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RINGLB_LOG", "warn")
+            .env("RINGLB_FAULT_UPGRADE_DIE_AFTER_SEND", "1")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(Duration::from_secs(10), || sock.exists());
+    assert_eq!(one_round(addr(port)), Ok(()));
+    let mut new = successor(&config);
+    assert_eq!(
+        wait_for_exit(&mut old.0, Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(9),
+        "the fault did not fire"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(new.0.try_wait().unwrap(), None, "the successor exited");
+    for i in 0..10 {
+        assert_eq!(one_round(addr(port)), Ok(()), "connection {i}");
+    }
+}

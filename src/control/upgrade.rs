@@ -198,6 +198,12 @@ fn hand_over(conn: &UnixStream, held: &std::sync::Mutex<Option<Offer>>) -> Resul
     sys::send_fds(conn.as_raw_fd(), &body, &fds)
         .map_err(|e| format!("cannot send the sockets: {e}"))?;
     drop(guard);
+    // Fault injection (debug builds): the old process dies between the sockets and `ready`,
+    // as an OOM kill would have it (tests/upgrade.rs).
+    #[cfg(debug_assertions)]
+    if std::env::var_os("RINGLB_FAULT_UPGRADE_DIE_AFTER_SEND").is_some() {
+        std::process::exit(9);
+    }
     // The new process answers once it accepts (or goes away: then this one carries on).
     conn.set_read_timeout(Some(Duration::from_secs(120)))
         .map_err(|e| e.to_string())?;
