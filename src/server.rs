@@ -156,15 +156,18 @@ impl Server {
         shared.ready.store(true, Ordering::Relaxed);
         let handover = match config.upgrade_socket() {
             Some(at) => {
-                let c = control.clone();
+                let (c, h) = (control.clone(), control.clone());
                 let offer = crate::control::upgrade::Offer {
                     listeners: offer,
                     admin: admin_dup,
                     metrics: metrics_dup,
                 };
-                match crate::control::upgrade::Handover::start(&at, offer, move || {
-                    c.stop_endpoints()
-                }) {
+                match crate::control::upgrade::Handover::start(
+                    &at,
+                    offer,
+                    move |on| h.hold_changes(on),
+                    move || c.stop_endpoints(),
+                ) {
                     Ok(h) => Some(h),
                     Err(e) => {
                         tracing::warn!(error = %e, "no zero-downtime upgrade for this process");

@@ -20,6 +20,11 @@ struct Balancer {
 }
 
 fn balancer() -> Balancer {
+    balancer_env(&[])
+}
+
+/// A balancer started with extra environment variables (fault injections).
+fn balancer_env(env: &[(&str, &str)]) -> Balancer {
     let b = TestBackend::start("static");
     let (port, admin, metrics) = (free_port(), addr(free_port()), addr(free_port()));
     let cfg = format!(
@@ -27,7 +32,7 @@ fn balancer() -> Balancer {
         listener_config("l", port, "p", ""),
         pool_config("p", "least_conn", &[(b.addr, 1)], "")
     );
-    let proxy = Proxy::start(&cfg, addr(port));
+    let proxy = Proxy::start_env(&cfg, addr(port), env);
     wait_until(Duration::from_secs(10), || {
         TcpStream::connect(admin).is_ok()
     });
@@ -1217,4 +1222,22 @@ fn ctrl_c_during_a_slow_exec_up_stops_the_scaler_and_the_command() {
         std::fs::read_to_string(format!("/proc/{sleeper}/stat"))
             .map_or(true, |st| st.contains(") Z "))
     });
+}
+
+/// A balancer that answers a change with 503 (as while an upgrade hands it over; the first
+/// three changes here, a fault the debug build injects): the scaler asks again, and the
+/// backend it launched is registered, not stopped for want of registration.
+#[test]
+fn a_registration_answered_503_is_asked_again() {
+    let b = balancer_env(&[("RINGLB_FAULT_ADMIN_503", "3")]);
+    let s = Scaler::start(&b, None, 31700, 2, 2);
+    wait_until(Duration::from_secs(20), || up_count(b.admin) == 2);
+    let log = s.log();
+    assert!(!log.contains("refused the new backend"), "{log}");
+    assert_eq!(
+        log.matches("registered (starting until its checks pass)")
+            .count(),
+        1,
+        "{log}"
+    );
 }

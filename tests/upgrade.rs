@@ -423,3 +423,83 @@ fn a_successor_whose_predecessor_dies_mid_handover_serves_on() {
         assert_eq!(one_round(addr(port)), Ok(()), "connection {i}");
     }
 }
+
+/// One admin request; None when it got no answer (a connection the old process closed).
+fn try_http(to: std::net::SocketAddr, method: &str, path: &str, body: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(to).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    resp.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Admin changes all through an upgrade, with a state file: every change the API
+/// acknowledged is in the successor's state, whichever process acknowledged it. (The
+/// successor reads the state file as it starts, while the old process still answers; a
+/// change the old one made after that read would be lost with it.)
+#[test]
+fn admin_changes_acknowledged_during_an_upgrade_are_never_lost() {
+    let backend = TestBackend::start("b1");
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), addr(free_port()));
+    let cfg = format!(
+        "workers = 1\nstate_file = {:?}\n[admin]\nlisten = \"{admin}\"\ninsecure_no_token = true\n{}{}",
+        dir.path().join("state.json").display().to_string(),
+        listener_config("l", port, "p", ""),
+        pool_config("p", "round_robin", &[(backend.addr, 1)], "")
+    );
+    let old = Proxy::start(&cfg, addr(port));
+    let sock = dir.path().join("ringlb-upgrade.sock");
+    wait_until(Duration::from_secs(10), || sock.exists());
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let adder = {
+        let (stop, acked) = (stop.clone(), acked.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u16;
+            while !stop.load(Ordering::Relaxed) && i < 4000 {
+                let a = format!("127.0.0.2:{}", 20000 + i);
+                match try_http(
+                    admin,
+                    "POST",
+                    "/pools/p/backends",
+                    &format!("{{\"addr\": \"{a}\"}}"),
+                ) {
+                    Some(201) => acked.lock().unwrap().push(a),
+                    Some(503) | None => {}
+                    Some(other) => panic!("adding {a}: {other}"),
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let mut old = old;
+    let mut new = successor(&old.config_path);
+    assert_eq!(old.wait_exit(Duration::from_secs(15)), Some(0));
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    adder.join().unwrap();
+    let (status, body) = http(admin, "GET", "/backends", None, None);
+    assert_eq!(status, 200, "{body}");
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 10, "{} changes", acked.len());
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|a| !body.contains(a.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged changes lost: {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert_eq!(new.0.try_wait().unwrap(), None);
+}

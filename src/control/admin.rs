@@ -46,6 +46,14 @@ fn refused(r: Refusal) -> Response {
         Refusal::NotFound(_) => StatusCode::NOT_FOUND,
         Refusal::Conflict(_) => StatusCode::CONFLICT,
         Refusal::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        Refusal::Unavailable(_) => {
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, r.message());
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            return r;
+        }
     };
     error(status, r.message())
 }
@@ -545,6 +553,9 @@ enum Changes {
     /// The state file could not be written
     #[response(status = 500)]
     Internal(ErrorBody),
+    /// An upgrade is handing this process over: retry in a moment (`Retry-After: 1`)
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
 }
 
 /// The refusals of an operation that reads one backend.

@@ -120,6 +120,14 @@ impl Control {
         Ok(control)
     }
 
+    /// While an upgrade hands the sockets over, changes are refused (503) rather than made
+    /// where the successor, which has read the state file, would never see them. Taking the
+    /// state's lock orders this after every change already under way: each one is on disk
+    /// before the successor gets the sockets.
+    pub fn hold_changes(&self, on: bool) {
+        self.lock().handing_over = on;
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock would be a bug; the state itself is still whole
         // (every change is validated before it is applied), so carry on with it.

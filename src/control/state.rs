@@ -102,6 +102,31 @@ pub enum Refusal {
     Conflict(String),
     /// Persisting failed: nothing was changed.
     Internal(String),
+    /// Not now, shortly: an upgrade is handing this process over (see `upgrade.rs`).
+    Unavailable(String),
+}
+
+/// Fault injection (debug builds): the first `RINGLB_FAULT_ADMIN_503` changes are refused
+/// as during an upgrade's handover, for the tests of clients that must ask again.
+fn injected_unavailable() -> bool {
+    #[cfg(debug_assertions)]
+    {
+        use std::sync::atomic::{AtomicI64, Ordering};
+        static LEFT: AtomicI64 = AtomicI64::new(-1);
+        if LEFT.load(Ordering::Relaxed) == -1 {
+            let n = std::env::var("RINGLB_FAULT_ADMIN_503")
+                .ok()
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(0);
+            let _ = LEFT.compare_exchange(-1, n.max(0), Ordering::Relaxed, Ordering::Relaxed);
+        }
+        LEFT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n > 0).then(|| n - 1)
+        })
+        .is_ok()
+    }
+    #[cfg(not(debug_assertions))]
+    false
 }
 
 /// At most the first 64 characters of a value a client sent, to quote in an error.
@@ -118,7 +143,8 @@ impl Refusal {
             Refusal::BadRequest(m)
             | Refusal::NotFound(m)
             | Refusal::Conflict(m)
-            | Refusal::Internal(m) => m,
+            | Refusal::Internal(m)
+            | Refusal::Unavailable(m) => m,
         }
     }
 }
@@ -143,6 +169,9 @@ pub struct State {
     departures: u64,
     /// What the pools' DNS names resolved to last (see `discovery.rs`).
     pub resolved: Resolved,
+    /// An upgrade is handing the sockets to a successor, which reads the state file as it
+    /// starts: a change committed now would be lost with this process, so none is.
+    pub handing_over: bool,
 }
 
 impl Overlay {
@@ -338,6 +367,7 @@ impl State {
             leaving: Vec::new(),
             departures: 0,
             resolved: Resolved::new(),
+            handing_over: false,
         })
     }
 
@@ -377,6 +407,11 @@ impl State {
     fn commit(&mut self, next: Overlay) -> Result<(), Refusal> {
         if next == self.overlay {
             return Ok(());
+        }
+        if self.handing_over || injected_unavailable() {
+            return Err(Refusal::Unavailable(
+                "an upgrade is handing this process over to its successor: retry in a moment (the successor answers then); nothing was changed".into(),
+            ));
         }
         if let Some(p) = &self.state_file {
             next.save(p)

@@ -118,10 +118,13 @@ pub struct Offer {
 impl Handover {
     /// Listens on `path` (a stale socket file from an earlier run is replaced) and hands
     /// `offer` to the first process that asks and then says it is ready; then calls
-    /// `handed` (which stops the endpoints) and sends this process a SIGTERM.
+    /// `handed` (which stops the endpoints) and sends this process a SIGTERM. `hold(true)`
+    /// is called before the sockets go (admin changes are refused from then on: the
+    /// successor reads the state file as it starts), `hold(false)` if the handover fails.
     pub fn start(
         path: &Path,
         offer: Offer,
+        hold: impl Fn(bool) + Send + 'static,
         handed: impl Fn() + Send + 'static,
     ) -> Result<Handover, String> {
         let _ = std::fs::remove_file(path);
@@ -136,7 +139,7 @@ impl Handover {
             .spawn(move || {
                 for conn in listener.incoming() {
                     let Ok(conn) = conn else { continue };
-                    match hand_over(&conn, &held) {
+                    match hand_over(&conn, &held, &hold) {
                         Ok(true) => {
                             taken_flag.store(true, std::sync::atomic::Ordering::Relaxed);
                             tracing::info!(
@@ -148,6 +151,7 @@ impl Handover {
                         }
                         Ok(false) => return,
                         Err(e) => {
+                            hold(false);
                             tracing::warn!(error = %e, "upgrade: handover failed; still serving")
                         }
                     }
@@ -173,7 +177,11 @@ impl Handover {
 }
 
 /// Sends the sockets and waits for `ready`. Ok(false): nothing left to offer (stopping).
-fn hand_over(conn: &UnixStream, held: &std::sync::Mutex<Option<Offer>>) -> Result<bool, String> {
+fn hand_over(
+    conn: &UnixStream,
+    held: &std::sync::Mutex<Option<Offer>>,
+    hold: &dyn Fn(bool),
+) -> Result<bool, String> {
     let guard = held.lock().map_err(|_| "poisoned".to_string())?;
     let Some(offer) = guard.as_ref() else {
         return Ok(false);
@@ -195,6 +203,7 @@ fn hand_over(conn: &UnixStream, held: &std::sync::Mutex<Option<Offer>>) -> Resul
     fds.extend(offer.admin.iter().map(|f| f.as_raw_fd()));
     fds.extend(offer.metrics.iter().map(|f| f.as_raw_fd()));
     let body = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
+    hold(true);
     sys::send_fds(conn.as_raw_fd(), &body, &fds)
         .map_err(|e| format!("cannot send the sockets: {e}"))?;
     drop(guard);

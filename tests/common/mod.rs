@@ -150,6 +150,15 @@ impl Proxy {
     /// The same, in a process group of its own (which [`Proxy::signal_group`] signals whole,
     /// as a terminal's Ctrl-C does), when `own_group`.
     pub fn start_with(config: &str, wait_for: SocketAddr, own_group: bool) -> Proxy {
+        Self::spawn(config, wait_for, own_group, &[])
+    }
+
+    /// The same, with extra environment variables (the debug build's fault injections).
+    pub fn start_env(config: &str, wait_for: SocketAddr, env: &[(&str, &str)]) -> Proxy {
+        Self::spawn(config, wait_for, false, env)
+    }
+
+    fn spawn(config: &str, wait_for: SocketAddr, own_group: bool, env: &[(&str, &str)]) -> Proxy {
         use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("ringlb.toml");
@@ -158,6 +167,7 @@ impl Proxy {
         cmd.args(["serve", "--config"])
             .arg(&config_path)
             .env("RINGLB_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         if own_group {
