@@ -170,6 +170,42 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// A process with one worker in front of `backend`, an upgrade socket, and a fault the debug
+/// build injects (`fault`: variable, value); its stderr as given. Returns it, its config
+/// file, its upgrade socket and its port.
+fn with_fault(
+    backend: &TestBackend,
+    dir: &std::path::Path,
+    fault: (&str, &str),
+    stderr: Stdio,
+) -> (KillOnDrop, std::path::PathBuf, std::path::PathBuf, u16) {
+    let sock = dir.join("upgrade.sock");
+    let config = dir.join("ringlb.toml");
+    let port = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "workers = 1\nupgrade_socket = {:?}\n{}{}",
+            sock.display().to_string(),
+            listener_config("l", port, "p", ""),
+            pool_config("p", "round_robin", &[(backend.addr, 1)], "")
+        ),
+    )
+    .unwrap();
+    let old = KillOnDrop(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RINGLB_LOG", "warn")
+            .env(fault.0, fault.1)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap(),
+    );
+    (old, config, sock, port)
+}
+
 /// `ringlb serve --upgrade` with `config`: the successor of the process serving it.
 fn successor(config: &std::path::Path) -> KillOnDrop {
     KillOnDrop(
@@ -254,29 +290,11 @@ use std::sync::Mutex;
 fn a_client_arriving_as_the_old_process_stops_is_served() {
     let backend = TestBackend::start("b1");
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("upgrade.sock");
-    let config_path = dir.path().join("ringlb.toml");
-    let port = free_port();
-    std::fs::write(
-        &config_path,
-        format!(
-            "workers = 1\nupgrade_socket = {:?}\n{}{}",
-            sock.display().to_string(),
-            listener_config("l", port, "p", ""),
-            pool_config("p", "round_robin", &[(backend.addr, 1)], "")
-        ),
-    )
-    .unwrap();
-    let mut old = KillOnDrop(
-        Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .env("RINGLB_LOG", "warn")
-            .env("RINGLB_FAULT_STOP_STALL_MS", "1500")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let (mut old, config_path, sock, port) = with_fault(
+        &backend,
+        dir.path(),
+        ("RINGLB_FAULT_STOP_STALL_MS", "1500"),
+        Stdio::piped(),
     );
     let lines = stderr_lines(&mut old.0, "old");
     wait_until(Duration::from_secs(10), || sock.exists());
@@ -386,28 +404,11 @@ fn an_upgrade_to_fewer_workers_serves_every_inherited_socket() {
 fn a_successor_whose_predecessor_dies_mid_handover_serves_on() {
     let backend = TestBackend::start("b1");
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("upgrade.sock");
-    let config = dir.path().join("ringlb.toml");
-    let port = free_port();
-    std::fs::write(
-        &config,
-        format!(
-            "workers = 1\nupgrade_socket = {:?}\n{}{}",
-            sock.display().to_string(),
-            listener_config("l", port, "p", ""),
-            pool_config("p", "round_robin", &[(backend.addr, 1)], "")
-        ),
-    )
-    .unwrap();
-    let mut old = KillOnDrop(
-        Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("RINGLB_LOG", "warn")
-            .env("RINGLB_FAULT_UPGRADE_DIE_AFTER_SEND", "1")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let (mut old, config, sock, port) = with_fault(
+        &backend,
+        dir.path(),
+        ("RINGLB_FAULT_UPGRADE_DIE_AFTER_SEND", "1"),
+        Stdio::inherit(),
     );
     wait_until(Duration::from_secs(10), || sock.exists());
     assert_eq!(one_round(addr(port)), Ok(()));
