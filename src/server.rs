@@ -123,7 +123,11 @@ impl Server {
             config.metrics.as_ref().map(|m| m.listen),
             config.admin.as_ref().map(|a| a.listen),
         );
-        let state = State::new(config.clone(), workers)?;
+        let mut state = State::new(config.clone(), workers)?;
+        // A successor takes no admin change until it has told the old process that it
+        // accepts: should it fail before that, the old one carries on, and a change this
+        // one had acknowledged would be in the state file but not in the old one's state.
+        state.handing_over = upgrade;
         let shared = state.shared.clone();
         shared.set_descriptor_limit(limit);
         let access_log = start_access_log(config.logs_access(), &shared, workers);
@@ -185,6 +189,7 @@ impl Server {
             // this one accepts on them already, so it serves on rather than leave no one.
             tracing::warn!(error = %e, "upgrade: serving on the inherited sockets");
         }
+        control.hold_changes(false);
         if let Some(a) = config.admin.as_ref().filter(|a| a.insecure_no_token) {
             tracing::warn!(listen = %a.listen, "[admin] insecure_no_token: the admin API takes requests from anyone who can reach it, without a token");
         }

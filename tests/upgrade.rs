@@ -324,17 +324,17 @@ fn a_client_arriving_as_the_old_process_stops_is_served() {
 }
 
 /// A successor that cannot take over (its config moves the listener: the inherited socket
-/// is bound elsewhere) exits 1 and says why; the old process never stops serving, and a
-/// later upgrade with a good config goes through.
+/// is bound elsewhere) exits 1 and says why; the old process never stops serving, takes
+/// admin changes again, and a later upgrade with a good config goes through.
 #[test]
 fn a_failed_upgrade_leaves_the_old_process_serving() {
     let backend = TestBackend::start("b1");
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("upgrade.sock");
-    let (port, other) = (free_port(), free_port());
+    let (port, other, admin) = (free_port(), free_port(), addr(free_port()));
     let cfg = |port: u16| {
         format!(
-            "workers = 1\nupgrade_socket = {:?}\n{}{}",
+            "workers = 1\nupgrade_socket = {:?}\n[admin]\nlisten = \"{admin}\"\ninsecure_no_token = true\n{}{}",
             sock.display().to_string(),
             listener_config("l", port, "p", ""),
             pool_config("p", "round_robin", &[(backend.addr, 1)], "")
@@ -356,9 +356,18 @@ fn a_failed_upgrade_leaves_the_old_process_serving() {
         err.contains("an upgrade keeps the listeners' addresses"),
         "{err}"
     );
-    // Still serving, still offering its sockets.
+    // Still serving, taking admin changes again (refused while it handed over), still
+    // offering its sockets.
     assert_eq!(one_round(addr(port)), Ok(()));
     assert_eq!(old.wait_exit(Duration::from_millis(300)), None);
+    let (status, body) = http(
+        admin,
+        "POST",
+        "/pools/p/backends",
+        Some("{\"addr\": \"127.0.0.2:9\"}"),
+        None,
+    );
+    assert_eq!(status, 201, "{body}");
     let mut next = successor(&old.config_path);
     assert_eq!(old.wait_exit(Duration::from_secs(15)), Some(0));
     assert_eq!(one_round(addr(port)), Ok(()));
