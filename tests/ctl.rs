@@ -18,6 +18,11 @@ struct Live {
 }
 
 fn live() -> Live {
+    live_env(&[])
+}
+
+/// A live ringlb started with extra environment variables (fault injections).
+fn live_env(env: &[(&str, &str)]) -> Live {
     let backends: Vec<TestBackend> = ["a", "b", "c"]
         .iter()
         .map(|n| TestBackend::start(n))
@@ -40,7 +45,7 @@ fn live() -> Live {
     );
     let config = dir.join("ringlb.toml");
     std::fs::write(&config, &cfg).unwrap();
-    let lb = Proxy::start(&cfg, addr(port));
+    let lb = Proxy::start_env(&cfg, addr(port), env);
     Live {
         _lb: lb,
         _backends: backends,
@@ -374,4 +379,35 @@ fn completions_and_man_pages() {
     // Every flag has a help text, --config included.
     let o = Command::new(BIN).args(["ctl", "--help"]).output().unwrap();
     assert!(out(&o).contains("--config <FILE>") && out(&o).contains("ringlb config file"));
+}
+
+/// A change answered 503 (as while an upgrade hands the balancer over; the first two here,
+/// a fault the debug build injects) is asked again: the drain goes through, exit 0.
+#[test]
+fn a_change_answered_503_is_asked_again() {
+    let l = live_env(&[("RINGLB_FAULT_ADMIN_503", "2")]);
+    let url = format!("http://{}", l.admin);
+    let token = l.token_file.display().to_string();
+    let target = l.addrs[0].to_string();
+    let out = ctl(
+        &[
+            "--url",
+            &url,
+            "--token-file",
+            &token,
+            "drain",
+            "web",
+            &target,
+        ],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, body) = http(l.admin, "GET", "/backends", None, Some("ctl-token"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("draining"), "{body}");
 }

@@ -405,27 +405,14 @@ impl Scaler {
         let mut outcome: Option<Result<(u16, String), String>> = None;
         let mut last = (ok, String::new());
         for base in self.cfg.admins() {
-            // 503: the balancer is handing over to its successor in an upgrade, which
-            // answers within a moment; ask again rather than give up this evaluation's
-            // change (a launched backend would be stopped for want of registration).
-            let mut retries = 0;
-            let answer = loop {
-                let answer = source::http(
-                    &format!("{base}{path}"),
-                    method,
-                    body,
-                    self.token.as_deref(),
-                    Duration::from_secs(5),
-                )
-                .await;
-                match answer {
-                    Ok((503, _)) if retries < ADMIN_503_RETRIES => {
-                        retries += 1;
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    answer => break answer,
-                }
-            };
+            let answer = source::admin_http(
+                &format!("{base}{path}"),
+                method,
+                body,
+                self.token.as_deref(),
+                Duration::from_secs(5),
+            )
+            .await;
             match answer {
                 Ok((status, text))
                     if status == ok
@@ -941,10 +928,6 @@ pub fn main(path: &std::path::Path) -> i32 {
         0
     })
 }
-
-/// How many times an admin call that got 503 (an upgrade in progress) is made again, 500 ms
-/// apart.
-const ADMIN_503_RETRIES: u32 = 10;
 
 /// Evaluations finished since start, for `/readyz`.
 static EVALUATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

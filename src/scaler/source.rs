@@ -59,6 +59,32 @@ pub enum RateUnit {
 /// Largest response body the scaler reads (a /metrics page of thousands of series fits).
 pub const MAX_BODY: usize = 16 << 20;
 
+/// How many times an admin change answered 503 (a balancer handing over to its successor
+/// in an upgrade, which answers a moment later) is asked again, 500 ms apart.
+pub const ADMIN_503_RETRIES: u32 = 10;
+
+/// [`http`] for the admin API: a 503 (an upgrade in progress) is asked again, up to
+/// [`ADMIN_503_RETRIES`] times, rather than given up (the scaler would stop a backend it
+/// launched for want of registration; `ringlb ctl` would fail a drain).
+pub async fn admin_http(
+    url: &str,
+    method: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
+    let mut retries = 0;
+    loop {
+        match http(url, method, body, token, timeout).await {
+            Ok((503, _)) if retries < ADMIN_503_RETRIES => {
+                retries += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            answer => return answer,
+        }
+    }
+}
+
 /// One HTTP/1.1 request with hyper's client, to an `http://host:port/path` URL: the status
 /// and the body as text. The whole exchange is bounded by `timeout`, the body by
 /// [`MAX_BODY`]; chunked bodies (a chunk may end inside a character) and their extensions
