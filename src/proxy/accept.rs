@@ -238,6 +238,7 @@ impl Worker {
             peeked: 0,
             ticket: 0,
             end: None,
+            reset: false,
             logged: logs,
             accepted_at: std::time::Instant::now(),
             connect_started: std::time::Instant::now(),

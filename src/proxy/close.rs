@@ -6,6 +6,7 @@
 //! Must not touch: anything that would start new work for the connection.
 
 use super::conn::{Phase, Recv, Side};
+use super::sys;
 use super::table::Op;
 use super::worker::Worker;
 use crate::accesslog::{End, Record};
@@ -16,6 +17,18 @@ impl Worker {
     pub(super) fn close(&mut self, slot: usize, why: End) {
         self.teardown(slot, why);
         self.release_if_idle(slot);
+    }
+
+    /// Ends a relayed connection one of whose sides failed (a reset, or an error): the
+    /// other side is reset too, at the close (SO_LINGER 0), rather than shut with a FIN.
+    ///
+    /// Why: a FIN says the stream ended where the sender meant it to. After a failure that
+    /// is not true, bytes may be missing, and a peer that reads a clean EOF would take a
+    /// truncated reply or request for a whole one. A reset tells it the stream broke, as
+    /// it would have seen without a balancer in between (Envoy's tcp_proxy does the same).
+    pub(super) fn abort(&mut self, slot: usize, why: End) {
+        self.conns.get(slot).reset = true;
+        self.teardown(slot, why);
     }
 
     /// Ends a connection: cancels what is in flight that could wait on a peer. The slot is
@@ -70,6 +83,14 @@ impl Worker {
             }
         }
         let close = self.conns.ud(slot, Op::Close);
+        if c.reset {
+            // One side failed: both closes below send a reset instead of a FIN (see
+            // `abort`). Only on this error path, so a plain syscall each.
+            sys::reset_on_close(c.client);
+            if c.server >= 0 {
+                sys::reset_on_close(c.server);
+            }
+        }
         self.ring.close(c.client, close);
         if c.server >= 0 {
             self.ring.close(c.server, close);

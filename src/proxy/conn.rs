@@ -143,6 +143,9 @@ pub struct Conn {
     pub ticket: u64,
     /// Why it ended (the first reason given wins), for the access log.
     pub end: Option<crate::accesslog::End>,
+    /// One side failed (reset, or an error) while relaying: the other is reset at the
+    /// close too (see `close.rs`, [`Worker::abort`](super::worker::Worker)).
+    pub reset: bool,
     /// Its listener writes an access log: the worker keeps a [`LogInfo`] for this slot.
     pub logged: bool,
     /// When the client was accepted, and when the current connect attempt (or the wait in

@@ -112,7 +112,7 @@ impl Worker {
             }
             libc::ECANCELED => self.rearm_if_ready(slot, side),
             // A reset or error on the side this direction reads from.
-            _ => self.teardown(slot, side.source_end_error()),
+            _ => self.abort(slot, side.source_end_error()),
         }
     }
 
@@ -136,7 +136,7 @@ impl Worker {
         }
         if res <= 0 {
             // EPIPE/ECONNRESET: the destination is gone.
-            return self.teardown(slot, side.other().source_end_error());
+            return self.abort(slot, side.other().source_end_error());
         }
         c.last_active = now;
         if c.logged

@@ -96,6 +96,17 @@ impl Mapping {
     }
 }
 
+impl Drop for Ring {
+    /// A ring dropped with SQEs never submitted lost them: whatever they were (a close, a
+    /// shutdown) never happens. Debug builds stop on it; a worker leaving its loop calls
+    /// [`Ring::submit_all`] first.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.debug_assert_submitted();
+        }
+    }
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`len` came from a successful mmap and are unmapped once, here.
@@ -358,6 +369,20 @@ impl Ring {
         self.nstaged = 0;
     }
 
+    /// Submits everything queued, for a worker that will not come back to its loop: the
+    /// kernel is asked until the SQ is empty (a full CQ, EBUSY, is drained and thrown away:
+    /// nothing will read it). Bounded, so a kernel that keeps refusing cannot hold the exit.
+    pub fn submit_all(&mut self) {
+        for _ in 0..64 {
+            if self.uring.submission().is_empty() {
+                return;
+            }
+            let to_submit = self.uring.submission().len() as u32;
+            let _ = self.enter(to_submit, 0);
+            self.uring.completion().for_each(drop);
+        }
+    }
+
     /// How long [`Ring::submit_and_wait`] spins before it sleeps (`busy_poll`).
     pub fn set_busy_poll(&mut self, d: Duration) {
         self.busy_poll_ns = d.as_nanos().min(u64::MAX as u128) as u64;
@@ -416,6 +441,11 @@ impl Ring {
         };
         self.nstaged = 0;
         if r >= 0 {
+            // The kernel took all it was given (it returns early, without waiting, when it
+            // stops at a bad SQE): then nothing may be left behind.
+            if wait_nr > 0 && r as u32 == to_submit {
+                self.debug_assert_submitted();
+            }
             return Ok(());
         }
         let e = io::Error::last_os_error();
@@ -424,6 +454,17 @@ impl Ring {
             Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => Ok(()),
             _ => Err(e),
         }
+    }
+
+    /// The one rule of waiting: nothing pushed may still sit in the SQ when the worker goes
+    /// to sleep, or it runs only when something else wakes the worker (a close that never
+    /// happens, so a peer that never gets its EOF). Checked wherever the ring waits.
+    fn debug_assert_submitted(&mut self) {
+        debug_assert!(
+            self.uring.submission().is_empty(),
+            "{} SQEs pushed but not submitted as the worker waits or leaves",
+            self.uring.submission().len()
+        );
     }
 
     /// Moves the completions into `out` (cleared first).

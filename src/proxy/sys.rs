@@ -82,6 +82,26 @@ pub fn shutdown_write(fd: RawFd) {
     unsafe { libc::shutdown(fd, libc::SHUT_WR) };
 }
 
+/// Makes the coming close of a connected socket send a reset instead of a FIN, and drop
+/// what is unsent (SO_LINGER with a zero timeout).
+pub fn reset_on_close(fd: RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads one `linger` from a valid pointer with its exact size; `fd`
+    // is owned by the caller. An error (not a socket any more) changes nothing here.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
 /// Closes a descriptor synchronously (for error paths before the ring owns it).
 pub fn close(fd: RawFd) {
     // SAFETY: the caller owns `fd` and does not use it afterwards.

@@ -136,7 +136,10 @@ impl Worker {
         }
         let mut cqes = std::mem::take(&mut self.cqes);
         loop {
-            self.ring.submit_and_wait()?;
+            if let Err(e) = self.ring.submit_and_wait() {
+                self.ring.submit_all();
+                return Err(e);
+            }
             self.ring.drain(&mut cqes);
             for c in &cqes {
                 self.dispatch(*c);
@@ -148,6 +151,11 @@ impl Worker {
                 && self.conns.live() == 0
                 && self.listening.iter().all(|l| l.socket.is_none())
             {
+                // What the last turn pushed (the last connection's closes, above all) goes
+                // to the kernel before the worker leaves: an SQE left in the queue is never
+                // run, so its descriptors would stay open, and their peers would wait for
+                // the EOF, until the whole process exits (after its other workers).
+                self.ring.submit_all();
                 return Ok(());
             }
         }
