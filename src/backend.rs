@@ -247,11 +247,13 @@ impl Backend {
     pub fn set_protected_until(&self, t: u64) {
         self.protected_until.store(t, Ordering::Relaxed);
     }
-    /// Seconds of scale-in protection left, if any.
+    /// The Unix second scale-in protection ends at (0: never set).
+    pub fn protected_until(&self) -> u64 {
+        self.protected_until.load(Ordering::Relaxed)
+    }
+    /// Seconds of scale-in protection left, rounded up, if any (see [`protection_left`]).
     pub fn protection_left(&self) -> Option<u64> {
-        let until = self.protected_until.load(Ordering::Relaxed);
-        let now = unix_now();
-        (until > now).then(|| until - now)
+        protection_left(self.protected_until.load(Ordering::Relaxed), unix_now_ms())
     }
     pub fn set_healthy(&self, v: bool) {
         self.healthy.store(v, Ordering::Relaxed);
@@ -279,9 +281,63 @@ pub fn unix_now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Seconds of protection left at `now_ms` (Unix milliseconds) for a protection that ends
+/// at `until` (Unix seconds), rounded up; `None` once it has ended.
+///
+/// The end is whole seconds (so the state file keeps its format) and is rounded up when it
+/// is set (see [`protection_end`]); the clock it is compared with is read in milliseconds.
+/// So a protection never ends before the `expires_in` it was asked for: at most a second
+/// after. (Whole seconds both ways made a 5 s protection end after 4.1 s.)
+pub fn protection_left(until: u64, now_ms: u64) -> Option<u64> {
+    let end_ms = until.saturating_mul(1000);
+    (end_ms > now_ms).then(|| (end_ms - now_ms).div_ceil(1000))
+}
+
+/// When a protection of `d` asked for at `now_ms` ends, in whole Unix seconds, rounded up.
+pub fn protection_end(now_ms: u64, d: std::time::Duration) -> u64 {
+    now_ms
+        .saturating_add(d.as_millis().min(u64::MAX as u128) as u64)
+        .div_ceil(1000)
+}
+
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    proptest! {
+        /// A protection asked for `d` at any millisecond never ends before `d` has passed,
+        /// never reports less time left than there is, and is over at most 1 s after.
+        #[test]
+        fn protection_never_ends_early(
+            now in 1_000_000_000_000u64..4_000_000_000_000,
+            d_ms in 1_000u64..48 * 3_600_000,
+            at in 0.0f64..1.0,
+        ) {
+            let end = protection_end(now, Duration::from_millis(d_ms));
+            let t = now + (d_ms as f64 * at) as u64;
+            let left = protection_left(end, t);
+            prop_assert!(left.is_some(), "ended at {} of {d_ms} ms", t - now);
+            prop_assert!(left.unwrap() * 1000 >= now + d_ms - t);
+            prop_assert!(protection_left(end, now + d_ms + 1000).is_none());
+        }
+    }
+
+    #[test]
+    fn the_reported_case_holds_five_seconds() {
+        // Asked 900 ms into a second: whole seconds truncated made this end after 4.1 s.
+        let now = 1_700_000_000_900;
+        let end = protection_end(now, Duration::from_secs(5));
+        assert!(protection_left(end, now + 4_999).is_some());
+        assert_eq!(protection_left(end, now), Some(6));
+        assert_eq!(protection_left(0, now), None);
+    }
 }

@@ -741,6 +741,8 @@ fn a_protected_backend_is_not_scaled_in_until_its_protection_expires() {
         .collect();
     let (protected, other) = (ours[0], ours[1]);
     let path = format!("/pools/p/backends/{protected}/protection");
+    // Before the request: the protection cannot have begun earlier than this.
+    let asked = std::time::Instant::now();
     let (st, body) = http(
         b.admin,
         "PUT",
@@ -789,7 +791,20 @@ fn a_protected_backend_is_not_scaled_in_until_its_protection_expires() {
             pool(b.admin)
         );
     }
-    // ...and goes once it has expired.
+    // ...and goes once it has expired, never before: the first sight of it leaving (draining
+    // or gone) comes 4 s or more after the request. (Protection ends were whole seconds,
+    // truncated, so a 4 s protection could end after 3.1 s; this bound cannot flake the
+    // other way, as a slow machine only sees it later.)
+    wait_until(Duration::from_secs(15), || {
+        !pool(b.admin)
+            .iter()
+            .any(|(a, s, _)| *a == protected && s == "up")
+    });
+    let waited = asked.elapsed();
+    assert!(
+        waited >= Duration::from_secs(4),
+        "a 4s protection ended after {waited:?}"
+    );
     wait_until(Duration::from_secs(15), || {
         !pool(b.admin).iter().any(|(a, _, _)| *a == protected)
     });

@@ -68,8 +68,9 @@ impl Entry {
 
     /// The protection's end, if it has not passed.
     fn protection(&self) -> Option<u64> {
+        let now = crate::backend::unix_now_ms();
         self.protected_until
-            .filter(|&t| t > crate::backend::unix_now())
+            .filter(|&t| crate::backend::protection_left(t, now).is_some())
     }
 }
 
@@ -578,7 +579,10 @@ impl State {
                     crate::config::format_duration(d)
                 )));
             }
-            Some(crate::backend::unix_now() + d.as_secs().max(1))
+            Some(crate::backend::protection_end(
+                crate::backend::unix_now_ms(),
+                d,
+            ))
         } else {
             None
         };
@@ -1021,7 +1025,8 @@ mod tests {
         let mut s = State::new(config(&extra), 1).unwrap();
         let (b, until) = s.protect("p", "127.0.0.1:9001", true, None).unwrap();
         let left = b.protection_left().unwrap();
-        assert!((7190..=7200).contains(&left), "default 2h: {left}");
+        // Rounded up to the second: never less than asked, at most 1 s more.
+        assert!((7190..=7201).contains(&left), "default 2h: {left}");
         assert!(until.is_some());
         for bad in [Duration::ZERO, Duration::from_secs(48 * 3600 + 1)] {
             assert!(matches!(

@@ -129,7 +129,7 @@ impl ProtectionView {
             enabled: left.is_some(),
             expires_in: left
                 .map(|s| crate::config::format_duration(std::time::Duration::from_secs(s))),
-            expires_at: left.map(|s| crate::backend::unix_now() + s),
+            expires_at: left.and(Some(b.protected_until())),
         }
     }
 }
