@@ -145,13 +145,41 @@ fn say(line: &str) {
 }
 
 /// `ringlb backend`: one built-in HTTP backend on `addr`, until killed.
-pub fn run_backend(addr: SocketAddr, name: &str) -> Result<(), String> {
+pub fn run_backend(addr: SocketAddr, name: &str, echo: bool) -> Result<(), String> {
     let listener = TcpListener::bind(addr).map_err(|e| format!("cannot bind {addr}: {e}"))?;
     for stream in listener.incoming().flatten() {
         let name = name.to_string();
-        std::thread::spawn(move || serve_http(stream, &name));
+        if echo {
+            std::thread::spawn(move || serve_echo(stream, &name));
+        } else {
+            std::thread::spawn(move || serve_http(stream, &name));
+        }
     }
     Ok(())
+}
+
+/// `ringlb backend --echo`: the name and a newline (so a client knows who served it), then
+/// every byte back; at the client's EOF, once all is echoed, the write side is shut.
+fn serve_echo(mut s: TcpStream, name: &str) {
+    let _ = s.set_nodelay(true);
+    if s.write_all(format!("{name}\n").as_bytes()).is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => {
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                return;
+            }
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 /// The staged load of `demo --autoscale`: (seconds, connections at the end of the stage),

@@ -53,6 +53,10 @@ enum Command {
         /// What it answers with (default: backend-PORT).
         #[arg(long)]
         name: Option<String>,
+        /// Not HTTP: write the name and a newline, then echo every byte back; at the
+        /// client's EOF, shut the write side once all is echoed (the soak's backends).
+        #[arg(long)]
+        echo: bool,
     },
     /// Start three built-in backends and a balancer on loopback, to try ringlb out.
     Demo {
@@ -198,11 +202,16 @@ fn main() {
                 }
             }
         }
-        Command::Backend { port, host, name } => {
+        Command::Backend {
+            port,
+            host,
+            name,
+            echo,
+        } => {
             let name = name.unwrap_or_else(|| format!("backend-{port}"));
             report(
                 "backend",
-                ringlb::demo::run_backend(std::net::SocketAddr::new(host, port), &name),
+                ringlb::demo::run_backend(std::net::SocketAddr::new(host, port), &name, echo),
             )
         }
         Command::Demo {
