@@ -251,7 +251,7 @@ impl Backend {
     pub fn protected_until(&self) -> u64 {
         self.protected_until.load(Ordering::Relaxed)
     }
-    /// Seconds of scale-in protection left, rounded up, if any (see [`protection_left`]).
+    /// Whole seconds of scale-in protection left, if any (see [`protection_left`]).
     pub fn protection_left(&self) -> Option<u64> {
         protection_left(self.protected_until.load(Ordering::Relaxed), unix_now_ms())
     }
@@ -281,8 +281,8 @@ pub fn unix_now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Seconds of protection left at `now_ms` (Unix milliseconds) for a protection that ends
-/// at `until` (Unix seconds), rounded up; `None` once it has ended.
+/// Whole seconds of protection left at `now_ms` (Unix milliseconds) for a protection that
+/// ends at `until` (Unix seconds); `None` once it has ended (`Some(0)` in its last second).
 ///
 /// The end is whole seconds (so the state file keeps its format) and is rounded up when it
 /// is set (see [`protection_end`]); the clock it is compared with is read in milliseconds.
@@ -290,7 +290,7 @@ pub fn unix_now_ms() -> u64 {
 /// after. (Whole seconds both ways made a 5 s protection end after 4.1 s.)
 pub fn protection_left(until: u64, now_ms: u64) -> Option<u64> {
     let end_ms = until.saturating_mul(1000);
-    (end_ms > now_ms).then(|| (end_ms - now_ms).div_ceil(1000))
+    (end_ms > now_ms).then(|| (end_ms - now_ms) / 1000)
 }
 
 /// When a protection of `d` asked for at `now_ms` ends, in whole Unix seconds, rounded up.
@@ -315,7 +315,7 @@ mod tests {
 
     proptest! {
         /// A protection asked for `d` at any millisecond never ends before `d` has passed,
-        /// never reports less time left than there is, and is over at most 1 s after.
+        /// reports the whole seconds left, and is over at most 1 s after.
         #[test]
         fn protection_never_ends_early(
             now in 1_000_000_000_000u64..4_000_000_000_000,
@@ -326,7 +326,9 @@ mod tests {
             let t = now + (d_ms as f64 * at) as u64;
             let left = protection_left(end, t);
             prop_assert!(left.is_some(), "ended at {} of {d_ms} ms", t - now);
-            prop_assert!(left.unwrap() * 1000 >= now + d_ms - t);
+            let end_ms = end * 1000;
+            prop_assert!(end_ms >= now + d_ms);
+            prop_assert_eq!(left.unwrap(), (end_ms - t) / 1000);
             prop_assert!(protection_left(end, now + d_ms + 1000).is_none());
         }
     }
@@ -337,7 +339,8 @@ mod tests {
         let now = 1_700_000_000_900;
         let end = protection_end(now, Duration::from_secs(5));
         assert!(protection_left(end, now + 4_999).is_some());
-        assert_eq!(protection_left(end, now), Some(6));
+        // Asked for 5 s, it says 5 s (it lasts 5.1 s: the end is rounded up to the second).
+        assert_eq!(protection_left(end, now), Some(5));
         assert_eq!(protection_left(0, now), None);
     }
 }
