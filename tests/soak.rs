@@ -33,7 +33,7 @@ fn a_minute_of_mixed_faults_loses_nothing() {
     assert!(r.ringlb_errors.is_empty(), "{text}");
     assert_eq!(r.relay_repairs, 0.0, "{text}");
     assert!(
-        r.idle_fds.1 <= r.idle_fds.0,
+        r.idle_fds.1 <= r.idle_fds.0 + driver::FD_SLACK,
         "descriptors grew from {} to {} idle: {text}",
         r.idle_fds.0,
         r.idle_fds.1

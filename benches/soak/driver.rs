@@ -56,6 +56,12 @@ pub struct Sample {
     pub active: f64,
 }
 
+/// Descriptors the last idle sample may hold beyond the first: the last comes from an
+/// upgraded successor, which holds a few more or fewer than the first process (the first
+/// sample can come before the control plane has opened all of its own). A leak over
+/// thousands of connections shows as hundreds.
+pub const FD_SLACK: usize = 8;
+
 #[derive(Default, Debug)]
 pub struct Report {
     pub seconds: f64,
