@@ -53,6 +53,7 @@ fn picks(c: &mut Criterion) {
                         key: 0,
                         rand: 0,
                         tried: &[],
+                        backup: false,
                     },
                 )
             })
@@ -67,6 +68,7 @@ fn picks(c: &mut Criterion) {
                         key: 0,
                         rand: r,
                         tried: &[],
+                        backup: false,
                     },
                 )
             })
@@ -82,6 +84,7 @@ fn picks(c: &mut Criterion) {
                         key: keys[i],
                         rand: 0,
                         tried: &[],
+                        backup: false,
                     },
                 )
             })
@@ -96,6 +99,7 @@ fn picks(c: &mut Criterion) {
                         key: keys[i],
                         rand: 0,
                         tried: &[],
+                        backup: false,
                     },
                 )
             })

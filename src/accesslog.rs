@@ -57,6 +57,17 @@ pub enum End {
     DrainTimeout,
     /// Out of descriptors or the listener's `max_connections`.
     Rejected,
+    /// Its backend was marked down and its pool says `on_backend_down = "close"`.
+    BackendDown,
+    /// Half-closed longer than `client_fin_timeout` or `server_fin_timeout`.
+    FinTimeout,
+    /// Older than `max_connection_age`, closed while idle.
+    MaxAge,
+    /// A PROXY header that was malformed, late, or from a sender not in
+    /// `proxy_protocol_from`.
+    ProxyHeader,
+    /// Over `max_connections_per_source` or `connection_rate_per_source`.
+    SourceLimited,
 }
 
 impl End {
@@ -77,6 +88,11 @@ impl End {
             End::Shutdown => "shutdown",
             End::DrainTimeout => "drain_timeout",
             End::Rejected => "rejected",
+            End::BackendDown => "backend_down",
+            End::FinTimeout => "fin_timeout",
+            End::MaxAge => "max_age",
+            End::ProxyHeader => "proxy_header",
+            End::SourceLimited => "source_limited",
         }
     }
 }

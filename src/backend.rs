@@ -70,6 +70,8 @@ pub struct BackendStats {
     pub bytes: [AtomicU64; 2],
     /// Connect failures in a row seen by the data plane (passive health); reset on success.
     pub failures_in_row: AtomicU32,
+    /// Connections closed because the backend was marked down (`on_backend_down = "close"`).
+    pub closed_on_down: AtomicU64,
 }
 
 /// One backend server. Shared by all snapshots that list it, so its counters survive
@@ -84,6 +86,11 @@ pub struct Backend {
     state: AtomicU8,
     /// Removed from its pool: workers close the connections it still has.
     removed: AtomicBool,
+    /// A backup: takes connections only while no non-backup backend of its pool is up.
+    backup: AtomicBool,
+    /// Its pool says `on_backend_down = "close"`: once marked down, workers close its
+    /// connections (set with the pool, so a reload changes it for open connections too).
+    close_on_down: AtomicBool,
     /// The health checks' last verdict, kept while the state says draining, so that undoing
     /// a drain restores what the checks see.
     healthy: AtomicBool,
@@ -128,6 +135,8 @@ impl Backend {
             weight: AtomicU32::new(weight),
             state: AtomicU8::new(state as u8),
             removed: AtomicBool::new(false),
+            backup: AtomicBool::new(false),
+            close_on_down: AtomicBool::new(false),
             healthy: AtomicBool::new(state == BackendState::Up),
             protected_until: AtomicU64::new(0),
             max_connections: AtomicU32::new(0),
@@ -234,6 +243,22 @@ impl Backend {
     #[inline]
     pub fn is_routable(&self) -> bool {
         self.state.load(Ordering::Relaxed) == BackendState::Up as u8
+    }
+    pub fn set_backup(&self, v: bool) {
+        self.backup.store(v, Ordering::Relaxed);
+    }
+    #[inline]
+    pub fn is_backup(&self) -> bool {
+        self.backup.load(Ordering::Relaxed)
+    }
+    pub fn set_close_on_down(&self, v: bool) {
+        self.close_on_down.store(v, Ordering::Relaxed);
+    }
+    /// Marked down, and its pool closes the connections of a backend marked down.
+    #[inline]
+    pub fn closes_now(&self) -> bool {
+        self.close_on_down.load(Ordering::Relaxed)
+            && self.state.load(Ordering::Relaxed) == BackendState::Down as u8
     }
     /// Marks the backend as gone from its pool; workers close what it still carries.
     pub fn set_removed(&self) {

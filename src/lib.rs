@@ -8,6 +8,8 @@
 //!   limit, slow start, counters). Imports nothing of ours.
 //! - [`snapshot`]: `Pool`, `Listener`, the `Snapshot` workers read, the pools' queues, and
 //!   `Shared` (what the control plane and the workers hold in common).
+//! - [`sources`]: per-source limits (connections and rate per client address), a
+//!   lock-free table of atomics shared by the workers.
 //! - [`routes`]: source allow/deny (CIDRs as sorted ranges) and the SNI route table.
 //! - [`balance`]: backend selection behind one trait: round robin, least connections,
 //!   ring hash (xxh3, bounded loads) and Maglev, one file each; one filter (up, untried,
@@ -62,3 +64,4 @@ pub mod routes;
 pub mod scaler;
 pub mod server;
 pub mod snapshot;
+pub mod sources;

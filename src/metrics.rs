@@ -147,6 +147,30 @@ pub fn install() -> Result<(), String> {
         "ringlb_backend_protected",
         "1 while the backend has scale-in protection (admin API, ECS task protection semantics)."
     );
+    describe_gauge!(
+        "ringlb_backend_backup",
+        "1 for a backup backend (takes connections only while no non-backup backend of its pool is up)."
+    );
+    describe_counter!(
+        "ringlb_backend_closed_on_down_total",
+        "Connections closed because the backend was marked down (on_backend_down = \"close\")."
+    );
+    describe_counter!(
+        "ringlb_listener_proxy_header_errors_total",
+        "Connections closed for their PROXY header, by reason (untrusted sender, malformed, timeout, version)."
+    );
+    describe_counter!(
+        "ringlb_listener_source_limited_total",
+        "Connections refused by the per-source limits, by reason (connections, rate, table_full)."
+    );
+    describe_counter!(
+        "ringlb_listener_fin_timeouts_total",
+        "Half-closed connections closed by client_fin_timeout or server_fin_timeout."
+    );
+    describe_counter!(
+        "ringlb_listener_max_age_closed_total",
+        "Connections closed, while idle, for being older than max_connection_age."
+    );
     describe_counter!("ringlb_health_checks_total", "Health probes, by result.");
     describe_histogram!(
         "ringlb_health_check_duration_seconds",
@@ -219,6 +243,26 @@ pub fn render(shared: &Shared) -> String {
             .absolute(s.rejected.load(Relaxed));
         counter!("ringlb_listener_denied_total", "listener" => name.clone())
             .absolute(s.denied.load(Relaxed));
+        if l.accept_proxy != crate::config::AcceptProxy::Off {
+            for why in crate::proxy::ProxyHeaderError::ALL {
+                counter!("ringlb_listener_proxy_header_errors_total", "listener" => name.clone(), "reason" => why.as_str())
+                    .absolute(s.proxy_header_errors[why as usize].load(Relaxed));
+            }
+        }
+        if l.sources.is_some() {
+            for why in crate::sources::Limited::ALL {
+                counter!("ringlb_listener_source_limited_total", "listener" => name.clone(), "reason" => why.as_str())
+                    .absolute(s.source_limited[why as usize].load(Relaxed));
+            }
+        }
+        if l.fin_ticks != [0, 0] {
+            counter!("ringlb_listener_fin_timeouts_total", "listener" => name.clone())
+                .absolute(s.fin_timeouts.load(Relaxed));
+        }
+        if l.max_age_ticks > 0 {
+            counter!("ringlb_listener_max_age_closed_total", "listener" => name.clone())
+                .absolute(s.aged_out.load(Relaxed));
+        }
         if !l.routes.is_empty() {
             for why in crate::routes::NoRoute::ALL {
                 counter!("ringlb_listener_no_route_total", "listener" => name.clone(), "reason" => why.as_str())
@@ -264,6 +308,10 @@ pub fn render(shared: &Shared) -> String {
                 } else {
                     0.0
                 });
+            gauge!("ringlb_backend_backup", "pool" => pool.clone(), "backend" => addr.clone())
+                .set(if b.is_backup() { 1.0 } else { 0.0 });
+            counter!("ringlb_backend_closed_on_down_total", "pool" => pool.clone(), "backend" => addr.clone())
+                .absolute(s.closed_on_down.load(Relaxed));
             gauge!("ringlb_backend_effective_weight", "pool" => pool.clone(), "backend" => addr.clone())
                 .set(b.effective_weight());
             gauge!("ringlb_backend_max_connections", "pool" => pool.clone(), "backend" => addr.clone())

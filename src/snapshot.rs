@@ -9,7 +9,7 @@
 
 use crate::backend::Backend;
 use crate::balance::{self, Balancer};
-use crate::config::{Algorithm, Config, HashKey, ProxyProtocol};
+use crate::config::{AcceptProxy, Algorithm, Config, HashKey, ProxyProtocol};
 use crate::routes::{CidrSet, NoRoute, SniRoutes, SourceAcl};
 use arc_swap::ArcSwap;
 use crossbeam_utils::CachePadded;
@@ -83,6 +83,10 @@ pub struct Pool {
     pub tcp_congestion: Option<String>,
     /// Some backend has a `max_connections`: a full pool queues its clients.
     pub limited: bool,
+    /// Some backend is a backup (picks then look at which tier serves).
+    pub has_backups: bool,
+    /// TCP keepalive for backend sockets: (idle s, interval s, count).
+    pub tcp_keepalive: Option<(u32, u32, u32)>,
     pub queue: Arc<PoolQueue>,
     /// The health checks' settings (read by the control plane's check loop).
     pub health: crate::config::HealthConfig,
@@ -115,7 +119,9 @@ impl Pool {
             b.set_max_connections(max);
             limited |= max > 0;
             b.set_slow_start(slow_start.unwrap_or_default());
+            b.set_close_on_down(cfg.on_backend_down == crate::config::OnBackendDown::Close);
         }
+        let has_backups = backends.iter().any(|b| b.is_backup());
         queue
             .size
             .store(cfg.queue_size.get() as u64, Ordering::Relaxed);
@@ -133,6 +139,8 @@ impl Pool {
             balancer,
             tcp_congestion: cfg.tcp_congestion.as_ref().map(|c| c.get_ref().clone()),
             limited,
+            has_backups,
+            tcp_keepalive: cfg.tcp_keepalive.map(|k| k.kernel()),
             queue,
             health: cfg.health.clone(),
             connect_duration: metrics::histogram!("ringlb_backend_connect_duration_seconds", "pool" => name.to_string()),
@@ -142,6 +150,18 @@ impl Pool {
     /// Congestion control for backend sockets (None: the system default, no setsockopt).
     pub fn tcp_congestion(&self) -> Option<&str> {
         self.tcp_congestion.as_deref()
+    }
+
+    /// Whether new connections go to the backups: the pool has some, and no non-backup
+    /// backend is up (HAProxy's rule: a full primary queues its clients; only a down one
+    /// hands them to the backups).
+    #[inline]
+    pub fn serving_backups(&self) -> bool {
+        self.has_backups
+            && !self
+                .backends
+                .iter()
+                .any(|b| !b.is_backup() && b.is_routable())
     }
 
     /// Whether picking needs the client's address (hash-based algorithms).
@@ -163,6 +183,13 @@ pub struct ListenerStats {
     /// Connections routed to the default pool (or closed, without one) by
     /// [`NoRoute`] reason.
     pub no_route: [AtomicU64; 5],
+    /// PROXY headers refused, by [`crate::proxy::ProxyHeaderError`] reason.
+    pub proxy_header_errors: [AtomicU64; 4],
+    /// Connections refused by the per-source limits, by [`crate::sources::Limited`] reason.
+    pub source_limited: [AtomicU64; 3],
+    /// Connections closed by the fin timeouts and by `max_connection_age`.
+    pub fin_timeouts: AtomicU64,
+    pub aged_out: AtomicU64,
 }
 
 /// A listener's settings as the workers use them.
@@ -190,6 +217,20 @@ pub struct Listener {
     pub proxy_protocol: ProxyProtocol,
     /// Congestion control set on the listening socket (accepted sockets inherit it).
     pub tcp_congestion: Option<String>,
+    /// TCP keepalive set on the listening socket (accepted sockets inherit it).
+    pub tcp_keepalive: Option<(u32, u32, u32)>,
+    /// Worker ticks a half-closed connection may stay silent, by which side ended first:
+    /// `[client ended (server_fin_timeout), backend ended (client_fin_timeout)]`; 0: the
+    /// idle timeout applies.
+    pub fin_ticks: [u32; 2],
+    /// `max_connection_age` in ticks (0: none), and the idle ticks an aged close waits for.
+    pub max_age_ticks: u32,
+    pub age_idle_ticks: u32,
+    /// PROXY headers read from clients, and from whom.
+    pub accept_proxy: AcceptProxy,
+    pub proxy_from: CidrSet,
+    /// Per-source limits (None: none configured).
+    pub sources: Option<Arc<crate::sources::SourceTable>>,
     pub stats: Arc<CachePadded<ListenerStats>>,
     /// Cached handle: recording is a few atomic adds, no label lookup.
     pub connection_duration: metrics::Histogram,
@@ -264,7 +305,43 @@ impl Snapshot {
                         .collect();
                     CidrSet::new(&nets)
                 };
+                let ticks = |d: Option<Duration>| {
+                    d.map(|d| {
+                        (d.as_millis() as u64)
+                            .div_ceil(crate::proxy::worker::TICK.as_millis() as u64)
+                            .clamp(1, u32::MAX as u64) as u32
+                    })
+                    .unwrap_or(0)
+                };
+                let limits = crate::sources::Limits::of(lc);
+                let sources = limits.map(|limits| {
+                    // Kept across reloads while its size stays: open connections stay counted.
+                    let old = prev
+                        .and_then(|p| p.listeners.iter().find(|l| l.name == name))
+                        .and_then(|l| l.sources.clone())
+                        .filter(|t| t.capacity() == lc.source_table_size.get() as usize);
+                    match old {
+                        Some(t) => {
+                            t.set_limits(limits);
+                            t
+                        }
+                        None => Arc::new(crate::sources::SourceTable::new(
+                            lc.source_table_size.get() as usize,
+                            limits,
+                        )),
+                    }
+                });
                 Arc::new(Listener {
+                    tcp_keepalive: lc.tcp_keepalive.map(|k| k.kernel()),
+                    fin_ticks: [
+                        ticks(lc.server_fin_timeout.map(|d| d.get())),
+                        ticks(lc.client_fin_timeout.map(|d| d.get())),
+                    ],
+                    max_age_ticks: ticks(lc.max_connection_age.map(|d| d.get())),
+                    age_idle_ticks: ticks(Some(lc.max_connection_age_idle.get())),
+                    accept_proxy: lc.accept_proxy_protocol,
+                    proxy_from: cidrs(&lc.proxy_protocol_from),
+                    sources,
                     pool: lc.pool.as_ref().and_then(|p| index(p.get_ref())),
                     routes: SniRoutes::new(&routes),
                     pool_names: pool_names.clone(),

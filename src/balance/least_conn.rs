@@ -67,6 +67,7 @@ mod tests {
                         key: 0,
                         rand: n * 7,
                         tried: &[],
+                        backup: false,
                     },
                 )
                 .unwrap();
@@ -93,6 +94,7 @@ mod tests {
                 key: 0,
                 rand: n,
                 tried: &[],
+                backup: false,
             };
             let i = lc.pick(&b, &p).unwrap();
             b[i].stats.active.fetch_add(1, Ordering::Relaxed);
@@ -117,6 +119,7 @@ mod tests {
                         key: 0,
                         rand: r.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 7,
                         tried: &[],
+                        backup: false,
                     },
                 )
                 .unwrap()] += 1;

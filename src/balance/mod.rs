@@ -31,6 +31,9 @@ pub struct Pick<'a> {
     pub rand: u64,
     /// Backend indices this connection already tried and must not get again.
     pub tried: &'a [u32],
+    /// The tier that serves: the backups (only while no non-backup backend is up), or the
+    /// others.
+    pub backup: bool,
 }
 
 /// A selection algorithm, built once per pool snapshot over that pool's backends.
@@ -41,12 +44,15 @@ pub trait Balancer: Send + Sync {
 }
 
 impl Pick<'_> {
-    /// The one filter every algorithm applies: routable (up), not tried by this
-    /// connection, and below its connection limit.
+    /// The one filter every algorithm applies: routable (up), of the tier that serves,
+    /// not tried by this connection, and below its connection limit.
     #[inline]
     pub fn admits(&self, backends: &[Arc<Backend>], i: usize) -> bool {
         let b = &backends[i];
-        b.is_routable() && !self.tried.contains(&(i as u32)) && b.has_room()
+        b.is_routable()
+            && b.is_backup() == self.backup
+            && !self.tried.contains(&(i as u32))
+            && b.has_room()
     }
 
     /// The first admitted backend in list order: the fallback when a hash walk finds nothing
@@ -58,10 +64,10 @@ impl Pick<'_> {
 
 /// Why a pick found nothing: every routable, untried backend is at its limit (the client
 /// may wait in the pool's queue), or none is routable at all.
-pub fn all_full(backends: &[Arc<Backend>], tried: &[u32]) -> bool {
+pub fn all_full(backends: &[Arc<Backend>], tried: &[u32], backup: bool) -> bool {
     let mut any = false;
     for (i, b) in backends.iter().enumerate() {
-        if b.is_routable() && !tried.contains(&(i as u32)) {
+        if b.is_routable() && b.is_backup() == backup && !tried.contains(&(i as u32)) {
             if b.has_room() {
                 return false;
             }
@@ -71,17 +77,28 @@ pub fn all_full(backends: &[Arc<Backend>], tried: &[u32]) -> bool {
     any
 }
 
-/// The backends a balancer spreads over: those up now, or all of them if none is up (picks
-/// still check routability, so a pool with nothing up yields no backend).
+/// The backends a balancer spreads over: the non-backup ones up now; else the backups up
+/// now; else all of them (picks still check routability and tier, so a pool with nothing
+/// up yields no backend). Spreading over one tier keeps the weights exact within it: a
+/// round-robin schedule that skipped backups would hand their turns to their neighbours.
 fn members(backends: &[Arc<Backend>]) -> Vec<u32> {
-    let up: Vec<u32> = (0..backends.len() as u32)
-        .filter(|&i| backends[i as usize].is_routable())
-        .collect();
-    if up.is_empty() {
-        (0..backends.len() as u32).collect()
-    } else {
-        up
+    let up = |backup: bool| -> Vec<u32> {
+        (0..backends.len() as u32)
+            .filter(|&i| {
+                let b = &backends[i as usize];
+                b.is_routable() && b.is_backup() == backup
+            })
+            .collect()
+    };
+    let primaries = up(false);
+    if !primaries.is_empty() {
+        return primaries;
     }
+    let backups = up(true);
+    if !backups.is_empty() {
+        return backups;
+    }
+    (0..backends.len() as u32).collect()
 }
 
 /// Builds the balancer a pool's settings name.
@@ -179,6 +196,7 @@ pub(crate) mod testutil {
                 key,
                 rand: 0,
                 tried: &[],
+                backup: false,
             },
         )
         .expect("an eligible backend")

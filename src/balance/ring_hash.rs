@@ -182,6 +182,7 @@ mod tests {
                         key,
                         rand: 0,
                         tried: &[],
+                        backup: false,
                     },
                 )
                 .unwrap();

@@ -97,6 +97,7 @@ mod tests {
                 key: 0,
                 rand: 0,
                 tried,
+                backup: false,
             },
         )
     }
@@ -128,6 +129,7 @@ mod tests {
                 key: 0,
                 rand: n.wrapping_mul(0x2545_f491_4f6c_dd1d),
                 tried: &[],
+                backup: false,
             };
             got[rr.pick(&b, &p).unwrap()] += 1;
         }

@@ -60,6 +60,112 @@ pub struct ListenerConfig {
     /// socket, which accepted connections inherit; unset = the system default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_congestion: Option<Spanned<String>>,
+    /// TCP keepalive on client connections, set on the listening socket (accepted sockets
+    /// inherit it: nothing per connection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_keepalive: Option<Keepalive>,
+    /// The backend has ended its side (its EOF was passed on): the client may stay silent
+    /// this long before the connection is closed (HAProxy's `timeout client-fin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_fin_timeout: Option<Dur<US_MS>>,
+    /// The client has ended its side: the backend may stay silent this long (HAProxy's
+    /// `timeout server-fin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_fin_timeout: Option<Dur<US_MS>>,
+    /// Connections older than this are closed once idle for `max_connection_age_idle`
+    /// (Envoy's `max_downstream_connection_duration`, without cutting bytes in flight).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connection_age: Option<Dur<US_S>>,
+    #[serde(default = "default_age_idle")]
+    pub max_connection_age_idle: Dur<{ 100 * US_MS }, US_H>,
+    /// Read a PROXY protocol header before anything else: its source address becomes the
+    /// client's (allow/deny, hashing, per-source limits, the access log, the header sent on).
+    #[serde(default)]
+    pub accept_proxy_protocol: AcceptProxy,
+    /// The senders a PROXY header is taken from (CIDRs; required with accept_proxy_protocol:
+    /// `["0.0.0.0/0", "::/0"]` trusts everyone). Others are closed and counted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_protocol_from: Vec<Spanned<String>>,
+    /// Most connections open at once from one source address (0: no limit).
+    #[serde(default)]
+    pub max_connections_per_source: Num<0, 1_000_000>,
+    /// New connections per source address: `"20/s"` or `"600/m"` (a token bucket, refilled
+    /// evenly), with `connection_rate_burst` at once (default: the per-second rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_rate_per_source: Option<Spanned<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_rate_burst: Option<Num<1, 1_000_000>>,
+    /// Sources tracked at once for the per-source limits (memory: 24 bytes each).
+    #[serde(default = "default_source_table_size")]
+    pub source_table_size: Num<1024, { 1 << 24 }>,
+}
+
+fn default_age_idle() -> Dur<{ 100 * US_MS }, US_H> {
+    Dur(Duration::from_secs(1))
+}
+fn default_source_table_size() -> Num<1024, { 1 << 24 }> {
+    Num(65536)
+}
+
+/// TCP keepalive: after `idle` without traffic, a probe every `interval`; `count`
+/// unanswered probes end the connection. Whole seconds (the kernel's unit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Keepalive {
+    #[serde(default = "default_ka_idle")]
+    pub idle: Dur<US_S, { 32767 * US_S }>,
+    #[serde(default = "default_ka_interval")]
+    pub interval: Dur<US_S, { 32767 * US_S }>,
+    #[serde(default = "default_ka_count")]
+    pub count: Num<1, 127>,
+}
+
+impl Keepalive {
+    /// (idle, interval, count) in the kernel's units.
+    pub fn kernel(&self) -> (u32, u32, u32) {
+        (
+            self.idle.get().as_secs() as u32,
+            self.interval.get().as_secs() as u32,
+            self.count.get(),
+        )
+    }
+}
+
+fn default_ka_idle() -> Dur<US_S, { 32767 * US_S }> {
+    Dur(Duration::from_secs(60))
+}
+fn default_ka_interval() -> Dur<US_S, { 32767 * US_S }> {
+    Dur(Duration::from_secs(10))
+}
+fn default_ka_count() -> Num<1, 127> {
+    Num(6)
+}
+
+/// Which PROXY protocol versions a listener reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AcceptProxy {
+    #[default]
+    Off,
+    V1,
+    V2,
+    Any,
+}
+
+/// Parses `"20/s"` or `"600/m"` into connections per second (fractional for `/m`).
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let bad = || format!("{s:?}: expected a rate like \"20/s\" or \"600/m\"");
+    let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+    let n: u32 = n.trim().parse().map_err(|_| bad())?;
+    let per = match unit.trim() {
+        "s" => 1.0,
+        "m" => 60.0,
+        _ => return Err(bad()),
+    };
+    if n == 0 || n > 1_000_000 {
+        return Err(format!("{s:?}: the count must be 1 to 1000000"));
+    }
+    Ok(n as f64 / per)
 }
 
 /// How a log is written.
@@ -235,6 +341,47 @@ pub(super) fn validate_listener(
     if let Some(cc) = &l.tcp_congestion {
         check_congestion(cc.get_ref())
             .map_err(|m| (span_of(cc), format!("listeners.tcp_congestion: {m}")))?;
+    }
+    if l.accept_proxy_protocol == AcceptProxy::Off && !l.proxy_protocol_from.is_empty() {
+        return Err((
+            span_of(&l.proxy_protocol_from[0]),
+            format!(
+                "listeners.proxy_protocol_from: listener {name:?} does not accept_proxy_protocol"
+            ),
+        ));
+    }
+    if l.accept_proxy_protocol != AcceptProxy::Off && l.proxy_protocol_from.is_empty() {
+        return Err((
+            span_of(&l.name),
+            format!(
+                "listeners.proxy_protocol_from: listener {name:?} accepts PROXY headers, so it must say from whom (the front balancer's CIDRs; [\"0.0.0.0/0\", \"::/0\"] trusts anyone who can connect)"
+            ),
+        ));
+    }
+    if l.proxy_protocol_from.len() > MAX_ACL_RULES {
+        return Err((
+            span_of(&l.name),
+            format!("listeners.proxy_protocol_from: at most {MAX_ACL_RULES} rules"),
+        ));
+    }
+    for c in &l.proxy_protocol_from {
+        crate::routes::parse_cidr(c.get_ref())
+            .map_err(|m| (span_of(c), format!("listeners.proxy_protocol_from: {m}")))?;
+    }
+    if let Some(r) = &l.connection_rate_per_source {
+        parse_rate(r.get_ref()).map_err(|m| {
+            (
+                span_of(r),
+                format!("listeners.connection_rate_per_source: {m}"),
+            )
+        })?;
+    } else if l.connection_rate_burst.is_some() {
+        return Err((
+            span_of(&l.name),
+            format!(
+                "listeners.connection_rate_burst: listener {name:?} has no connection_rate_per_source"
+            ),
+        ));
     }
     if *l.relay.get_ref() == Relay::Splice {
         return Err((

@@ -248,13 +248,14 @@ impl Config {
     }
 
     /// Whether two listener definitions agree on what only a restart can apply: the
-    /// listening socket itself (name, address, backlog, congestion control).
+    /// listening socket itself (name, address, backlog, congestion control, keepalive).
     pub fn same_socket(a: &ListenerConfig, b: &ListenerConfig) -> bool {
         // `Spanned` compares values, not positions in the file.
         a.name == b.name
             && a.bind == b.bind
             && a.backlog == b.backlog
             && a.tcp_congestion == b.tcp_congestion
+            && a.tcp_keepalive == b.tcp_keepalive
     }
 
     /// The first setting outside the listeners that differs between `a` and `b` and is

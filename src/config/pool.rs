@@ -72,6 +72,26 @@ pub struct PoolConfig {
     /// DNS servers for named backends ("IP:53"); empty: the system's (/etc/resolv.conf).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resolvers: Vec<SocketAddr>,
+    /// What happens to the connections of a backend its health checks mark down.
+    #[serde(default)]
+    pub on_backend_down: OnBackendDown,
+    /// TCP keepalive on the sockets to this pool's backends (unset: the system's, off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_keepalive: Option<super::listener::Keepalive>,
+}
+
+/// `on_backend_down`: HAProxy's `on-marked-down shutdown-sessions`, Envoy's
+/// `close_connections_on_host_health_failure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBackendDown {
+    /// Open connections go on (they may still work: a check can fail for reasons a live
+    /// session does not see).
+    #[default]
+    Keep,
+    /// Open connections are closed both ways (a primary demoted to a replica must not
+    /// keep taking writes).
+    Close,
 }
 
 fn default_resolve_interval() -> Dur<{ 100 * US_MS }, US_H> {
@@ -80,12 +100,13 @@ fn default_resolve_interval() -> Dur<{ 100 * US_MS }, US_H> {
 
 impl PoolConfig {
     /// The DNS-named backend entries: (name, port, weight).
-    pub fn named(&self) -> impl Iterator<Item = (&str, u16, u32)> {
+    pub fn named(&self) -> impl Iterator<Item = (&str, u16, u32, bool)> {
         self.backends.get_ref().iter().filter_map(|b| {
             Some((
                 b.name.as_ref()?.get_ref().as_str(),
                 b.port?,
                 *b.weight.get_ref(),
+                b.backup,
             ))
         })
     }
@@ -112,6 +133,10 @@ pub struct BackendConfig {
     /// This backend's own limit (0: none), over the pool's `max_connections`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<Num<0, MAX_BACKEND_CONNECTIONS>>,
+    /// A backup: takes new connections only while no non-backup backend of the pool is up
+    /// (HAProxy's `backup`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backup: bool,
 }
 
 impl BackendConfig {

@@ -37,7 +37,7 @@ fn targets(c: &Control) -> Vec<Target> {
         .pools
         .iter()
         .flat_map(|(pool, pc)| {
-            pc.named().map(move |(name, port, _)| Target {
+            pc.named().map(move |(name, port, _, _)| Target {
                 pool: pool.clone(),
                 name: name.to_string(),
                 port,

@@ -246,21 +246,22 @@ impl Overlay {
 /// answer (a failed or empty lookup changes nothing).
 pub type Resolved = BTreeMap<(String, String, u16), Vec<SocketAddr>>;
 
-/// A pool's backends from DNS: (address, weight), first answer first, each address once.
+/// A pool's backends from DNS: (address, weight, backup), first answer first, each address
+/// once.
 fn resolved_of(
     resolved: &Resolved,
     pool: &str,
     pc: &crate::config::PoolConfig,
-) -> Vec<(SocketAddr, u32)> {
-    let mut out: Vec<(SocketAddr, u32)> = Vec::new();
-    for (name, port, weight) in pc.named() {
+) -> Vec<(SocketAddr, u32, bool)> {
+    let mut out: Vec<(SocketAddr, u32, bool)> = Vec::new();
+    for (name, port, weight, backup) in pc.named() {
         for a in resolved
             .get(&(pool.to_string(), name.to_string(), port))
             .into_iter()
             .flatten()
         {
-            if !pc.lists(*a) && !out.iter().any(|(x, _)| x == a) {
-                out.push((*a, weight));
+            if !pc.lists(*a) && !out.iter().any(|(x, _, _)| x == a) {
+                out.push((*a, weight, backup));
             }
         }
     }
@@ -273,7 +274,7 @@ fn listed(config: &Config, resolved: &Resolved, pool: &str, addr: SocketAddr) ->
         p.lists(addr)
             || resolved_of(resolved, pool, p)
                 .iter()
-                .any(|(a, _)| *a == addr)
+                .any(|(a, _, _)| *a == addr)
     })
 }
 
@@ -291,7 +292,11 @@ fn members_of(
         let old = existing.get(name);
         let changes = overlay.pools.get(name);
         let mut list: Vec<Arc<Backend>> = Vec::new();
-        let mut join = |addr: SocketAddr, weight: u32, fresh: BackendState, e: Option<&Entry>| {
+        let mut join = |addr: SocketAddr,
+                        weight: u32,
+                        backup: bool,
+                        fresh: BackendState,
+                        e: Option<&Entry>| {
             let weight = e.and_then(|e| e.weight).unwrap_or(weight);
             let drained = e.is_some_and(|e| e.drained);
             let protected_until = e.and_then(|e| e.protection()).unwrap_or(0);
@@ -318,6 +323,7 @@ fn members_of(
                 )),
             };
             b.set_protected_until(protected_until);
+            b.set_backup(backup);
             list.push(b);
         };
         for bc in pc.backends.get_ref() {
@@ -326,23 +332,23 @@ fn members_of(
             if e.is_some_and(|e| e.op == Membership::Remove) {
                 continue;
             }
-            join(addr, *bc.weight.get_ref(), BackendState::Up, e);
+            join(addr, *bc.weight.get_ref(), bc.backup, BackendState::Up, e);
         }
         // From DNS: new addresses start `starting`, up after `rise` checks (as admin adds).
         let from_dns = resolved_of(resolved, name, pc);
-        for &(addr, weight) in &from_dns {
+        for &(addr, weight, backup) in &from_dns {
             let e = changes.and_then(|c| c.get(&addr));
             if e.is_some_and(|e| e.op == Membership::Remove) {
                 continue;
             }
-            join(addr, weight, BackendState::Starting, e);
+            join(addr, weight, backup, BackendState::Starting, e);
         }
         for (addr, e) in changes.into_iter().flatten() {
             if e.op == Membership::Add
                 && !pc.lists(*addr)
-                && !from_dns.iter().any(|(a, _)| a == addr)
+                && !from_dns.iter().any(|(a, _, _)| a == addr)
             {
-                join(*addr, 1, BackendState::Starting, Some(e));
+                join(*addr, 1, false, BackendState::Starting, Some(e));
             }
         }
         out.insert(name.clone(), list);
@@ -715,7 +721,7 @@ impl State {
                 .all(|(a, b)| Config::same_socket(a, b));
         if !same_listeners {
             return Err(
-                "listeners were added, removed, rebound or given another backlog or tcp_congestion: restart ringlb to apply that".into(),
+                "listeners were added, removed, rebound or given another backlog, tcp_congestion or tcp_keepalive: restart ringlb (or serve --upgrade) to apply that".into(),
             );
         }
         if let Some(what) = Config::needs_restart(&self.config, &config) {

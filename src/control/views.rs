@@ -61,6 +61,12 @@ pub struct BackendView {
     pub protected: bool,
     /// Seconds of protection left (null: no protection).
     pub protection_expires_in: Option<u64>,
+    /// A backup: takes connections only while no non-backup backend of its pool is up.
+    #[serde(default)]
+    pub backup: bool,
+    /// Connections closed because the backend was marked down (`on_backend_down = "close"`).
+    #[serde(default)]
+    pub closed_on_down_total: u64,
 }
 
 impl BackendView {
@@ -77,6 +83,8 @@ impl BackendView {
             draining_since: b.draining_since(),
             protected: b.protection_left().is_some(),
             protection_expires_in: b.protection_left(),
+            backup: b.is_backup(),
+            closed_on_down_total: b.stats.closed_on_down.load(Relaxed),
         }
     }
 }

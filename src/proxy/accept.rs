@@ -8,7 +8,8 @@
 //! Must not touch: backend sockets (that begins in `connect.rs`); a queued client has
 //! nothing in flight and nothing read.
 
-use super::conn::{Conn, Dir, LogInfo, Phase};
+use super::accept_proxy::ProxyHeaderError;
+use super::conn::{Conn, Dir, LogInfo, NO_SOURCE, Phase};
 use super::ring::Cqe;
 use super::sys;
 use super::table::{Op, user_data};
@@ -176,10 +177,12 @@ impl Worker {
         let stats = &listener.stats;
         stats.connections.fetch_add(1, Relaxed);
         let active = stats.active.fetch_add(1, Relaxed) + 1;
-        // The client's address: for the allow/deny rules and the access log (one
-        // getpeername, only when either is configured).
+        // The client's address: for the allow/deny rules, the per-source limits, the
+        // PROXY senders' check and the access log (one getpeername, only when one of them
+        // is configured).
         let logs = listener.logs();
-        let peer = if logs || !listener.acl.is_empty() {
+        let proxied = listener.accept_proxy != crate::config::AcceptProxy::Off;
+        let peer = if logs || !listener.acl.is_empty() || listener.sources.is_some() || proxied {
             sys::peer_addr(fd)
         } else {
             None
@@ -205,20 +208,36 @@ impl Worker {
             self.cancel_accept(li);
             return;
         }
-        // A client whose address cannot be read (it reset already) is refused too.
-        if !listener.acl.is_empty() && !peer.is_some_and(|a| listener.acl.admits(a.ip())) {
-            stats.active.fetch_sub(1, Relaxed);
-            stats.denied.fetch_add(1, Relaxed);
-            sys::close(fd);
-            self.log_refused(&listener, peer, End::Denied);
-            return;
+        let mut source_slot = NO_SOURCE;
+        if proxied {
+            // Only the front balancers may say who the client is.
+            if !peer.is_some_and(|a| listener.proxy_from.contains(a.ip())) {
+                stats.active.fetch_sub(1, Relaxed);
+                stats.proxy_header_errors[ProxyHeaderError::Untrusted as usize]
+                    .fetch_add(1, Relaxed);
+                sys::close(fd);
+                self.log_refused(&listener, peer, End::ProxyHeader);
+                return;
+            }
+        } else {
+            match source_check(&listener, peer) {
+                Ok(s) => source_slot = s,
+                Err(end) => {
+                    stats.active.fetch_sub(1, Relaxed);
+                    sys::close(fd);
+                    self.log_refused(&listener, peer, end);
+                    return;
+                }
+            }
         }
         let inspect = !listener.routes.is_empty();
         let now = self.now;
         let slot = self.conns.insert(|gen_| Conn {
             gen_,
             inflight: 0,
-            phase: if inspect {
+            phase: if proxied {
+                Phase::ProxyHeader
+            } else if inspect {
                 Phase::Inspecting
             } else {
                 Phase::Connecting
@@ -240,6 +259,9 @@ impl Worker {
             end: None,
             reset: false,
             logged: logs,
+            proxied: None,
+            source_slot,
+            born: now,
             accepted_at: std::time::Instant::now(),
             connect_started: std::time::Instant::now(),
         });
@@ -253,15 +275,39 @@ impl Worker {
                 ..LogInfo::default()
             };
         }
-        if inspect {
-            self.inspect(slot);
+        if proxied {
+            self.read_proxy_header(slot);
         } else {
-            self.enter_pool(slot);
+            self.route(slot);
         }
         self.release_if_idle(slot);
     }
 
+    /// Admitted: to inspection when the listener routes by SNI, else to its pool.
+    fn route(&mut self, slot: usize) {
+        if self.conns.get(slot).listener.routes.is_empty() {
+            self.enter_pool(slot);
+        } else {
+            self.inspect(slot);
+        }
+    }
+
+    /// The PROXY header named the client: the allow/deny rules and the per-source limits
+    /// apply to that address, then the connection goes on as any other.
+    pub(super) fn admit_source(&mut self, slot: usize) {
+        let c = self.conns.get(slot);
+        let client = c.client_addr();
+        match source_check(&c.listener, client) {
+            Ok(s) => {
+                c.source_slot = s;
+                self.route(slot);
+            }
+            Err(end) => self.teardown(slot, end),
+        }
+    }
+
     /// A client refused before it had a slot, in the access log.
+    #[cold]
     fn log_refused(
         &mut self,
         listener: &Arc<crate::snapshot::Listener>,
@@ -294,7 +340,7 @@ impl Worker {
     pub(super) fn enter_pool(&mut self, slot: usize) {
         let c = self.conns.get(slot);
         if c.pool.needs_client_key() {
-            c.key = match sys::peer_addr(c.client) {
+            c.key = match c.client_addr() {
                 Some(a) => key_hash(
                     a.ip(),
                     (c.pool.hash_key == HashKey::ClientIpPort).then_some(a.port()),
@@ -432,7 +478,7 @@ impl Worker {
                     self.close(slot, End::NoBackend);
                     continue;
                 };
-                if crate::balance::all_full(&pool.backends, c.tried()) {
+                if crate::balance::all_full(&pool.backends, c.tried(), pool.serving_backups()) {
                     break;
                 }
                 self.queued.pools[qi].1.pop_front();
@@ -511,4 +557,29 @@ impl Waiting {
         };
         &mut self.pools[i].1
     }
+}
+
+/// The allow/deny rules and the per-source limits for a client at `addr` (None: its address
+/// could not be read, as when it reset already: refused wherever a rule needs it). Counts
+/// what it refuses; on success, the per-source entry to release at close.
+fn source_check(
+    listener: &crate::snapshot::Listener,
+    addr: Option<std::net::SocketAddr>,
+) -> Result<u32, End> {
+    let stats = &listener.stats;
+    if !listener.acl.is_empty() && !addr.is_some_and(|a| listener.acl.admits(a.ip())) {
+        stats.denied.fetch_add(1, Relaxed);
+        return Err(End::Denied);
+    }
+    let Some(table) = &listener.sources else {
+        return Ok(NO_SOURCE);
+    };
+    let Some(addr) = addr else {
+        stats.denied.fetch_add(1, Relaxed);
+        return Err(End::Denied);
+    };
+    table.acquire(addr.ip(), table.now_us()).map_err(|why| {
+        stats.source_limited[why as usize].fetch_add(1, Relaxed);
+        End::SourceLimited
+    })
 }

@@ -52,7 +52,10 @@ impl Worker {
         // A recv already being cancelled (backpressure) ends by itself; cancelling the
         // connect (or the inspection's poll) also ends its linked timeout.
         let pending = [
-            (phase == Phase::Inspecting, Op::Inspect),
+            (
+                phase == Phase::Inspecting || phase == Phase::ProxyHeader,
+                Op::Inspect,
+            ),
             (phase == Phase::Connecting, Op::Connect),
             (phase == Phase::Header, Op::Header),
             (d0.recv == Recv::Armed, Side::ToBackend.recv_op()),
@@ -99,6 +102,11 @@ impl Worker {
             b.stats.active.fetch_sub(1, Relaxed);
         }
         c.listener.stats.active.fetch_sub(1, Relaxed);
+        if c.source_slot != super::conn::NO_SOURCE
+            && let Some(t) = &c.listener.sources
+        {
+            t.release(c.source_slot);
+        }
         c.listener
             .connection_duration
             .record(c.accepted_at.elapsed().as_secs_f64());

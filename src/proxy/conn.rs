@@ -104,6 +104,8 @@ impl Dir {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// Waiting for the PROXY header a front balancer sends first.
+    ProxyHeader,
     /// Waiting for the client's first bytes to pick a pool by SNI.
     Inspecting,
     /// Every candidate backend is at its `max_connections`: waiting in the pool's queue.
@@ -148,6 +150,13 @@ pub struct Conn {
     pub reset: bool,
     /// Its listener writes an access log: the worker keeps a [`LogInfo`] for this slot.
     pub logged: bool,
+    /// The (client, destination) a PROXY header gave (boxed: only listeners that accept
+    /// PROXY pay for it).
+    pub proxied: Option<Box<(SocketAddr, SocketAddr)>>,
+    /// Its entry in the listener's per-source table ([`NO_SOURCE`]: not counted there).
+    pub source_slot: u32,
+    /// Worker tick of the accept (`max_connection_age`).
+    pub born: u32,
     /// When the client was accepted, and when the current connect attempt (or the wait in
     /// the queue) began.
     pub accepted_at: std::time::Instant,
@@ -165,7 +174,17 @@ pub struct LogInfo {
     pub connect_us: u32,
 }
 
+/// `source_slot` of a connection the per-source table does not count.
+pub const NO_SOURCE: u32 = u32::MAX;
+
 impl Conn {
+    /// The client's address: the PROXY header's, else the socket's peer (a syscall).
+    pub fn client_addr(&self) -> Option<SocketAddr> {
+        match &self.proxied {
+            Some(p) => Some(p.0),
+            None => super::sys::peer_addr(self.client),
+        }
+    }
     pub fn tried(&self) -> &[u32] {
         &self.tried[..self.ntried as usize]
     }

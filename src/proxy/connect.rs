@@ -24,6 +24,7 @@ impl Worker {
         let c = self.conns.get(slot);
         c.phase = Phase::Connecting;
         let attempts_left = c.ntried as u32 <= c.listener.retries;
+        let backup = c.pool.serving_backups();
         let picked = if attempts_left {
             c.pool.balancer.pick(
                 &c.pool.backends,
@@ -31,13 +32,14 @@ impl Worker {
                     key: c.key,
                     rand,
                     tried: c.tried(),
+                    backup,
                 },
             )
         } else {
             None
         };
         let Some(i) = picked else {
-            if attempts_left && c.pool.limited && all_full(&c.pool.backends, c.tried()) {
+            if attempts_left && c.pool.limited && all_full(&c.pool.backends, c.tried(), backup) {
                 // Every candidate is at its max_connections: wait for a slot.
                 return self.enqueue(slot);
             }
@@ -57,7 +59,11 @@ impl Worker {
         c.tried[c.ntried as usize] = i as u32;
         c.ntried += 1;
         backend.stats.connections.fetch_add(1, Relaxed);
-        let fd = match sys::stream_socket(backend.addr.is_ipv6(), c.pool.tcp_congestion()) {
+        let fd = match sys::stream_socket(
+            backend.addr.is_ipv6(),
+            c.pool.tcp_congestion(),
+            c.pool.tcp_keepalive,
+        ) {
             Ok(fd) => fd,
             Err(e) => {
                 backend.stats.active.fetch_sub(1, Relaxed);
@@ -141,7 +147,12 @@ impl Worker {
         let c = self.conns.get(slot);
         let mut hdr = [0u8; HEADER_MAX];
         let version = c.listener.proxy_protocol;
-        let n = match (sys::peer_addr(c.client), sys::local_addr(c.client)) {
+        let addrs = match &c.proxied {
+            // Passed on as the front balancer gave them.
+            Some(p) => (Some(p.0), Some(p.1)),
+            None => (sys::peer_addr(c.client), sys::local_addr(c.client)),
+        };
+        let n = match addrs {
             (Some(peer), Some(local)) => conn::proxy_header(version, peer, local, &mut hdr),
             _ => 0,
         };

@@ -6,6 +6,7 @@
 //! the shared counters, nothing else.
 
 mod accept;
+mod accept_proxy;
 mod bufqueue;
 pub mod clienthello;
 mod close;
@@ -21,6 +22,7 @@ pub mod worker;
 
 use crate::config::Config;
 use crate::snapshot::{Shared, Snapshot};
+pub use accept_proxy::ProxyHeaderError;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -88,7 +90,28 @@ fn adopt(l: &crate::snapshot::Listener, fd: std::os::fd::OwnedFd) -> Result<Sock
             l.name, l.bind
         ));
     }
+    // The successor's keepalive applies to what it accepts from now on.
+    set_keepalive(&s, l).map_err(|e| {
+        format!(
+            "listener {:?}: cannot set TCP keepalive on the inherited socket: {e}",
+            l.name
+        )
+    })?;
     Ok(s)
+}
+
+/// The listener's TCP keepalive, on its listening socket: accepted sockets inherit it, so it
+/// costs nothing per connection.
+fn set_keepalive(s: &Socket, l: &crate::snapshot::Listener) -> std::io::Result<()> {
+    match l.tcp_keepalive {
+        Some((idle, interval, count)) => s.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(std::time::Duration::from_secs(idle as u64))
+                .with_interval(std::time::Duration::from_secs(interval as u64))
+                .with_retries(count),
+        ),
+        None => Ok(()),
+    }
 }
 
 fn bind_one(l: &crate::snapshot::Listener) -> Result<Socket, String> {
@@ -112,6 +135,7 @@ fn bind_one(l: &crate::snapshot::Listener) -> Result<Socket, String> {
         s.set_tcp_congestion(cc.as_bytes())
             .map_err(|e| err(&format!("set TCP_CONGESTION {cc:?} on"), e))?;
     }
+    set_keepalive(&s, l).map_err(|e| err("set TCP keepalive on", e))?;
     s.bind(&l.bind.into()).map_err(|e| err("bind", e))?;
     s.listen(l.backlog.min(i32::MAX as u32) as i32)
         .map_err(|e| err("listen on", e))?;

@@ -12,7 +12,11 @@ use std::os::fd::RawFd;
 /// A new TCP socket for a backend connection, close-on-exec, with TCP_NODELAY (a relay
 /// must not hold back the last small segment of a response) and, if given, a congestion
 /// control (validated at config load; should it fail here, the default stays).
-pub fn stream_socket(v6: bool, congestion: Option<&str>) -> io::Result<RawFd> {
+pub fn stream_socket(
+    v6: bool,
+    congestion: Option<&str>,
+    keepalive: Option<(u32, u32, u32)>,
+) -> io::Result<RawFd> {
     let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
     // SAFETY: plain syscall with constant arguments; the result is checked.
     let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
@@ -43,7 +47,36 @@ pub fn stream_socket(v6: bool, congestion: Option<&str>) -> io::Result<RawFd> {
             );
         }
     }
+    if let Some(ka) = keepalive {
+        set_keepalive(fd, ka);
+    }
     Ok(fd)
+}
+
+/// SO_KEEPALIVE with TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT (seconds, seconds,
+/// probes): four setsockopts, each with a value validated at config load.
+pub fn set_keepalive(fd: RawFd, (idle, interval, count): (u32, u32, u32)) {
+    for (level, name, value) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle as libc::c_int),
+        (
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPINTVL,
+            interval as libc::c_int,
+        ),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, count as libc::c_int),
+    ] {
+        // SAFETY: `value` is a live c_int of the size passed for the duration of the call.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                &value as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
 }
 
 fn sock_name(fd: RawFd, peer: bool) -> Option<SocketAddr> {
@@ -118,6 +151,27 @@ pub fn peek(fd: RawFd, buf: &mut [u8]) -> isize {
             buf.as_mut_ptr() as *mut libc::c_void,
             buf.len(),
             libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        -(io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO) as isize)
+    } else {
+        n
+    }
+}
+
+/// Takes up to `buf.len()` waiting bytes from `fd` without blocking: the count, 0 at EOF,
+/// or -errno (the PROXY header, once its length is known).
+pub fn recv_now(fd: RawFd, buf: &mut [u8]) -> isize {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+            libc::MSG_DONTWAIT,
         )
     };
     if n < 0 {

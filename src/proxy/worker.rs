@@ -27,6 +27,7 @@ use super::bufqueue::BufLinks;
 use super::conn::{Phase, Side};
 use super::ring::{Cqe, Ring};
 use super::table::{self, ConnTable, Op};
+use crate::accesslog::End;
 use crate::snapshot::Shared;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -192,6 +193,9 @@ impl Worker {
                     self.conns.complete(slot);
                 }
                 match op {
+                    Op::Inspect if self.conns.get(slot).phase == Phase::ProxyHeader => {
+                        self.on_proxy_header(slot, c.result)
+                    }
                     Op::Inspect => self.on_inspect(slot, c.result),
                     Op::Connect => self.on_connect(slot, c.result),
                     Op::Header => self.on_header(slot, c.result),
@@ -242,27 +246,74 @@ impl Worker {
         self.ring.set_busy_poll(busy_poll);
         self.resume_accepts();
         self.expire_queued();
-        // Idle timeouts, removed backends, and the relay's invariant.
+        // Timeouts, backends removed or marked down, and the relay's invariant.
         let tick_ms = TICK.as_millis() as u64;
         for slot in 0..self.conns.capacity() {
             let Some(c) = self.conns.try_get(slot) else {
                 continue;
             };
-            if c.backend.as_ref().is_some_and(|b| b.is_removed()) {
-                // Its backend was removed (a drain that timed out): close what remains.
-                self.close(slot, crate::accesslog::End::DrainTimeout);
-                continue;
+            if let Some(b) = &c.backend {
+                if b.is_removed() {
+                    // Its backend was removed (a drain that timed out): close what remains.
+                    self.close(slot, End::DrainTimeout);
+                    continue;
+                }
+                if b.closes_now() {
+                    // Marked down in a pool that says `on_backend_down = "close"`.
+                    b.stats.closed_on_down.fetch_add(1, Relaxed);
+                    self.close(slot, End::BackendDown);
+                    continue;
+                }
             }
             if c.phase != Phase::Relaying {
                 continue;
             }
             self.check_directions(slot);
             let c = self.conns.get(slot);
-            let idle_ms = (self.now - c.last_active) as u64 * tick_ms;
-            if idle_ms >= c.listener.idle_timeout.as_millis() as u64 {
+            let idle = self.now - c.last_active;
+            if idle as u64 * tick_ms >= c.listener.idle_timeout.as_millis() as u64 {
                 tracing::debug!(worker = self.id, slot, "idle timeout");
-                self.close(slot, crate::accesslog::End::IdleTimeout);
+                self.close(slot, End::IdleTimeout);
+                continue;
+            }
+            if let Some(end) = self.lifetime_end(slot, idle) {
+                self.close(slot, end);
             }
         }
+    }
+
+    /// The fin timeouts and `max_connection_age`: whether a relaying connection, idle for
+    /// `idle` ticks, must end now.
+    fn lifetime_end(&mut self, slot: usize, idle: u32) -> Option<End> {
+        let c = self.conns.get(slot);
+        let l = &c.listener;
+        let [to_backend, to_client] = &c.dirs;
+        // Half-closed: one side sent its EOF, the other has not. The timeout of the side
+        // still open applies (the client ended: the server's; the backend ended: the
+        // client's), counted from the last bytes relayed, as HAProxy's `timeout *-fin`.
+        let half = match (to_backend.eof, to_client.eof) {
+            (true, false) => Some(0),
+            (false, true) => Some(1),
+            _ => None,
+        };
+        if let Some(h) = half {
+            let limit = l.fin_ticks[h];
+            if limit > 0 && idle >= limit {
+                l.stats.fin_timeouts.fetch_add(1, Relaxed);
+                return Some(End::FinTimeout);
+            }
+        }
+        // Aged: only between exchanges, with nothing received and not yet sent, so that
+        // the close cuts no bytes in flight (what was sent the kernel still delivers
+        // before the FIN).
+        if l.max_age_ticks > 0
+            && self.now - c.born >= l.max_age_ticks
+            && idle >= l.age_idle_ticks
+            && c.dirs.iter().all(|d| d.queue.is_empty() && !d.sending)
+        {
+            l.stats.aged_out.fetch_add(1, Relaxed);
+            return Some(End::MaxAge);
+        }
+        None
     }
 }

@@ -171,7 +171,7 @@ async function act(kind, pool, addr) {
 
 function matches(filter, b) {
   if (!filter) return true;
-  return (b.addr + " " + b.pool + " " + b.state + (b.protected ? " protected" : "")).toLowerCase().includes(filter);
+  return (b.addr + " " + b.pool + " " + b.state + (b.protected ? " protected" : "") + (b.backup ? " backup" : "")).toLowerCase().includes(filter);
 }
 
 function draw(s) {
@@ -228,12 +228,14 @@ function draw(s) {
       tr.dataset.weight = b.weight;
       tr.dataset.state = b.state;
       tr.dataset.protected = b.protected ? "1" : "0";
+      tr.dataset.backup = b.backup ? "1" : "0";
       tr.className = b.state;
       const visible = matches(filter, b);
       tr.classList.toggle("hidden", !visible);
       if (visible) shown++;
       tr.querySelector(".state").innerHTML = '<span class="badge ' + b.state + '">' + b.state + "</span>" +
-        (b.protected ? '<span class="badge protected" title="scale-in protection">protected</span>' : "");
+        (b.protected ? '<span class="badge protected" title="scale-in protection">protected</span>' : "") +
+        (b.backup ? '<span class="badge backup" title="takes connections only while no non-backup backend of its pool is up">backup</span>' : "");
       tr.querySelector(".weight").textContent = b.effective_weight < b.weight ? b.effective_weight + " / " + b.weight : String(b.weight);
       tr.querySelector(".active").textContent = b.active_connections + (b.max_connections ? " / " + b.max_connections : "");
       tr.querySelector(".rate").innerHTML = human(conns) + sparkline(h.conns);
@@ -297,7 +299,7 @@ $("filter").addEventListener("input", () => {
   for (const [, sec] of sections) {
     let shown = 0;
     for (const tr of sec.querySelectorAll("tbody tr")) {
-      const b = { addr: tr.dataset.addr, pool: tr.dataset.pool, state: tr.dataset.state, protected: tr.dataset.protected === "1" };
+      const b = { addr: tr.dataset.addr, pool: tr.dataset.pool, state: tr.dataset.state, protected: tr.dataset.protected === "1", backup: tr.dataset.backup === "1" };
       const visible = matches(filter, b);
       tr.classList.toggle("hidden", !visible);
       if (visible) shown++;

@@ -1,4 +1,11 @@
-//! Health checks: the rise/fall state machine, TCP and HTTP probes, and the checker loop.
+//! Health checks: the rise/fall state machine and the probes, one file per protocol.
+//!
+//! - `dialogue`: a connection to a backend with a bounded read buffer: send, and wait for
+//!   bytes or a pattern (HAProxy's `tcp-check send/expect`); `send_expect` runs its steps;
+//! - `http`: a GET and the status line;
+//! - `redis`: `AUTH`, `PING`, and `INFO replication`'s role;
+//! - `postgres`: an SSLRequest, or a StartupMessage, as a PostgreSQL client begins;
+//! - `mysql`: the server's greeting, and optionally a login without password.
 //!
 //! Owns: deciding whether a backend is healthy. [`Health`] is a small pure type (consecutive
 //! successes and failures against `rise`/`fall`) tested on its own; probes run on the control
@@ -6,10 +13,17 @@
 //! Must not touch: the data plane. A verdict reaches workers only as a backend state change
 //! published by the control state (`control::state`).
 
-use crate::config::{HealthConfig, HealthKind, parse_status_range};
+mod dialogue;
+mod http;
+mod mysql;
+mod postgres;
+mod redis;
+
+pub use dialogue::Dialogue;
+
+use crate::config::{HealthConfig, HealthKind};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Consecutive-threshold health: `rise` successes in a row make a backend healthy, `fall`
 /// failures in a row make it unhealthy. Anything else keeps the current verdict.
@@ -66,56 +80,25 @@ pub enum Outcome {
     Fail(String),
 }
 
-/// Probes `addr` once as the pool's health settings say, within `timeout`.
+/// Probes `addr` once as the pool's health settings say, within `timeout` (the whole
+/// check: connect and every exchange).
 pub async fn probe(addr: SocketAddr, cfg: &HealthConfig) -> Outcome {
     let target = match cfg.port {
         Some(p) => SocketAddr::new(addr.ip(), p),
         None => addr,
     };
     let work = async {
-        let mut stream = tokio::net::TcpStream::connect(target)
+        let stream = tokio::net::TcpStream::connect(target)
             .await
             .map_err(|e| format!("connect to {target}: {e}"))?;
-        if cfg.kind == HealthKind::Tcp {
-            return Ok(());
-        }
-        let host = cfg.host.clone().unwrap_or_else(|| target.to_string());
-        let req = format!(
-            "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringlb-health\r\nConnection: close\r\n\r\n",
-            cfg.path
-        );
-        stream
-            .write_all(req.as_bytes())
-            .await
-            .map_err(|e| format!("send request: {e}"))?;
-        // The status line is all a verdict needs.
-        let mut buf = [0u8; 256];
-        let mut have = 0;
-        while !buf[..have].contains(&b'\n') && have < buf.len() {
-            let n = stream
-                .read(&mut buf[have..])
-                .await
-                .map_err(|e| format!("read response: {e}"))?;
-            if n == 0 {
-                break;
-            }
-            have += n;
-        }
-        let line = String::from_utf8_lossy(&buf[..have]);
-        let line = line.lines().next().unwrap_or("");
-        let status: u16 = line
-            .strip_prefix("HTTP/1.")
-            .and_then(|r| r.get(2..5))
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("not an HTTP response: {line:?}"))?;
-        let ranges = parse_status_range(&cfg.expect_status).unwrap_or_else(|_| vec![(200, 399)]);
-        if ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&status)) {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} answered {status}, expected {}",
-                cfg.path, cfg.expect_status
-            ))
+        let mut d = Dialogue::new(stream, cfg.max_read.get() as usize);
+        match cfg.kind {
+            HealthKind::Tcp => Ok(()),
+            HealthKind::Http => http::check(&mut d, target, cfg).await,
+            HealthKind::SendExpect => dialogue::run_steps(&mut d, &cfg.steps).await,
+            HealthKind::Redis => redis::check(&mut d, cfg).await,
+            HealthKind::Postgres => postgres::check(&mut d, cfg).await,
+            HealthKind::Mysql => mysql::check(&mut d, cfg).await,
         }
     };
     match tokio::time::timeout(cfg.timeout.get(), work).await {
