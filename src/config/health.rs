@@ -127,7 +127,7 @@ impl StepConfig {
 /// Hex digits, optionally separated by spaces: `"2a 31 0d 0a"` or `"2a310d0a"`.
 pub fn decode_hex(s: &str) -> Result<Vec<u8>, String> {
     let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err(format!("{s:?} has an odd number of hex digits"));
     }
     digits

@@ -8,6 +8,9 @@
 use crate::config::{Expect, StepConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// What a parser of the read buffer says: not yet (`None`), or a value and the bytes it used.
+pub type Parsed<T> = Result<Option<(T, usize)>, String>;
+
 pub struct Dialogue<S> {
     stream: S,
     buf: Vec<u8>,
@@ -82,7 +85,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Dialogue<S> {
     pub async fn read_until<T>(
         &mut self,
         what: &str,
-        mut parse: impl FnMut(&[u8]) -> Result<Option<(T, usize)>, String>,
+        mut parse: impl FnMut(&[u8]) -> Parsed<T>,
     ) -> Result<T, String> {
         let mut chunk = [0u8; 4096];
         loop {

@@ -9,12 +9,12 @@
 //! for the check, with no rights) to avoid that.
 
 use super::Dialogue;
-use super::dialogue::shown;
+use super::dialogue::{Parsed, shown};
 use crate::config::HealthConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// One packet from the front of `buf`: (sequence id, payload).
-pub fn parse_packet(buf: &[u8]) -> Result<Option<((u8, Vec<u8>), usize)>, String> {
+pub fn parse_packet(buf: &[u8]) -> Parsed<(u8, Vec<u8>)> {
     if buf.len() < 4 {
         return Ok(None);
     }

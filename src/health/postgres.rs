@@ -11,7 +11,7 @@
 //! Patroni's REST API (`GET /primary` on port 8008) for that.
 
 use super::Dialogue;
-use super::dialogue::shown;
+use super::dialogue::{Parsed, shown};
 use crate::config::HealthConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -41,7 +41,7 @@ pub fn startup_message(user: &str, database: &str) -> Vec<u8> {
 }
 
 /// The first message of a server's answer to a StartupMessage: its type byte and body.
-pub fn parse_message(buf: &[u8]) -> Result<Option<((u8, Vec<u8>), usize)>, String> {
+pub fn parse_message(buf: &[u8]) -> Parsed<(u8, Vec<u8>)> {
     if buf.len() < 5 {
         return Ok(None);
     }

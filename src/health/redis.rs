@@ -6,7 +6,7 @@
 //! `:`) or a bulk string (`$`), bounded by `max_read`.
 
 use super::Dialogue;
-use super::dialogue::shown;
+use super::dialogue::{Parsed, shown};
 use crate::config::{HealthConfig, RedisRole, read_secret};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -31,7 +31,7 @@ pub fn command(args: &[&[u8]]) -> Vec<u8> {
 }
 
 /// Parses one reply from the front of `buf`: `Ok(None)` while incomplete.
-pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
+pub fn parse_reply(buf: &[u8]) -> Parsed<Reply> {
     let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
         return Ok(None);
     };
