@@ -63,6 +63,26 @@ fn broken_files(good: &str) -> Vec<(String, Vec<u8>)> {
         ("proxy_protocol", "\"v3\""),
         ("relay", "\"splice\""),
         ("tcp_congestion", "\"no-such-cc\""),
+        ("tcp_keepalive", "{ idle = \"0s\" }"),
+        ("tcp_keepalive", "{ idle = \"10h\" }"),
+        ("tcp_keepalive", "{ count = 128 }"),
+        ("tcp_keepalive", "{ idel = \"1s\" }"),
+        ("server_fin_timeout", "\"0s\""),
+        ("client_fin_timeout", "\"-1s\""),
+        ("max_connection_age", "\"500ms\""),
+        ("max_connection_age_idle", "\"2h\""),
+        ("accept_proxy_protocol", "\"v3\""),
+        ("accept_proxy_protocol", "\"v2\""),
+        ("proxy_protocol_from", "[\"10.0.0.0/8\"]"),
+        ("max_connections_per_source", "-1"),
+        ("max_connections_per_source", "1000001"),
+        ("connection_rate_per_source", "\"20\""),
+        ("connection_rate_per_source", "\"0/s\""),
+        ("connection_rate_per_source", "\"20/h\""),
+        ("connection_rate_per_source", "\"99999999999/s\""),
+        ("connection_rate_burst", "5"),
+        ("source_table_size", "10"),
+        ("source_table_size", "99999999999"),
     ] {
         add(
             &format!("listener {k} = {v}"),
@@ -78,6 +98,8 @@ fn broken_files(good: &str) -> Vec<(String, Vec<u8>)> {
         ("balance_factor", "nan"),
         ("algorithm", "\"fastest\""),
         ("hash_key", "\"mac\""),
+        ("on_backend_down", "\"shutdown\""),
+        ("tcp_keepalive", "{ interval = \"0s\" }"),
     ] {
         add(&format!("pool {k} = {v}"), in_pool(&format!("{k} = {v}")));
     }
@@ -92,6 +114,29 @@ fn broken_files(good: &str) -> Vec<(String, Vec<u8>)> {
         ("port", "70000"),
         ("expect_status", "\"600\""),
         ("host", "\"a\\r\\nX-Injected: 1\""),
+        ("kind", "\"send_expect\""),
+        ("steps", "[{ send = \"x\" }]"),
+        ("role", "\"master\""),
+        ("max_read", "0"),
+        ("max_read", "2000000"),
+        ("password_file", "\"/nonexistent/redis.pass\""),
+        ("kind = \"send_expect\"\nsteps", "[{ send_hex = \"0g\" }]"),
+        ("kind = \"send_expect\"\nsteps", "[{ send_hex = \"123\" }]"),
+        (
+            "kind = \"send_expect\"\nsteps",
+            "[{ expect_regex = \"(\" }]",
+        ),
+        (
+            "kind = \"send_expect\"\nsteps",
+            "[{ send = \"a\", send_hex = \"00\" }]",
+        ),
+        ("kind = \"send_expect\"\nsteps", "[{ expect = \"\" }]"),
+        ("kind = \"send_expect\"\nsteps", "[{}]"),
+        ("kind = \"send_expect\"\nsteps", "[{ sned = \"a\" }]"),
+        ("kind = \"redis\"\nrole", "\"leader\""),
+        ("kind = \"redis\"\nusername", "\"\""),
+        ("kind = \"redis\"\ndatabase", "\"x\""),
+        ("kind = \"postgres\"\nusername", "\"a\\u0000b\""),
     ] {
         add(
             &format!("health {k} = {v}"),
@@ -105,6 +150,10 @@ fn broken_files(good: &str) -> Vec<(String, Vec<u8>)> {
     add("weight as a string", sub("weight = 1", "weight = \"1\""));
     add("weight 0", sub("weight = 1", "weight = 0"));
     add("weight 257", sub("weight = 1", "weight = 257"));
+    add(
+        "backup as a string",
+        sub("weight = 1", "weight = 1, backup = \"yes\""),
+    );
     add(
         "weight huge",
         sub("weight = 1", "weight = 99999999999999999999"),

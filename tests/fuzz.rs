@@ -16,6 +16,7 @@ use common::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, TestRunner};
 use ringlb::config::{Config, ProxyProtocol};
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -337,6 +338,96 @@ fn proxy_headers_decode_with_ppp_to_the_addresses_encoded() {
             Ok(())
         })
         .unwrap();
+}
+
+/// What a front balancer may send a listener that accepts PROXY headers: whole headers of
+/// either version (the encoder above, checked against ppp), the same cut short, with bytes
+/// flipped, or plain noise, each followed by a payload. The real binary must serve exactly
+/// those whose header is whole and valid (the payload comes back from an echo backend,
+/// never the header), end the others, and keep serving throughout.
+#[test]
+fn accepted_proxy_headers_from_the_wire() {
+    let echo = TestBackend::echo();
+    let port = free_port();
+    let cfg = format!(
+        "workers = 2\n{}{}",
+        listener_config(
+            "l",
+            port,
+            "p",
+            "accept_proxy_protocol = \"any\"\nproxy_protocol_from = [\"127.0.0.1/32\"]\ninspect_timeout = \"300ms\""
+        ),
+        pool_config("p", "round_robin", &[(echo.addr, 1)], "")
+    );
+    let _lb = Proxy::start(&cfg, addr(port));
+    #[derive(Debug, Clone)]
+    enum Shape {
+        Whole,
+        Cut(usize),
+        Flip(usize, u8),
+        Noise(Vec<u8>),
+    }
+    let shape = prop_oneof![
+        Just(Shape::Whole),
+        (1usize..120).prop_map(Shape::Cut),
+        (0usize..120, 1u8..=255).prop_map(|(i, x)| Shape::Flip(i, x)),
+        proptest::collection::vec(any::<u8>(), 0..200).prop_map(Shape::Noise),
+    ];
+    let served = AtomicUsize::new(0);
+    runner(150)
+        .run(
+            &(socket_addr(), socket_addr(), any::<bool>(), shape),
+            |(client, local, v2, shape)| {
+                let version = if v2 {
+                    ProxyProtocol::V2
+                } else {
+                    ProxyProtocol::V1
+                };
+                let mut buf = [0u8; ringlb::proxy::ring::HEADER_MAX];
+                let n = ringlb::proxy::conn::proxy_header(version, client, local, &mut buf);
+                let mut header = buf[..n].to_vec();
+                match &shape {
+                    Shape::Whole => {}
+                    Shape::Cut(k) => header.truncate((*k).min(n - 1)),
+                    Shape::Flip(i, x) => header[*i % n] ^= x,
+                    Shape::Noise(b) => header = b.clone(),
+                }
+                let whole = matches!(shape, Shape::Whole);
+                let mut s = TcpStream::connect(addr(port)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let payload = b"payload after the header";
+                let _ = s.write_all(&header);
+                if whole {
+                    let _ = s.write_all(payload);
+                }
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                let mut got = Vec::new();
+                let _ = s.read_to_end(&mut got);
+                if whole {
+                    prop_assert_eq!(&got[..], &payload[..], "a whole header was not served");
+                    served.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    // A damaged header may still be a valid one (a flipped port digit): then
+                    // nothing was sent after it, and nothing can come back but the rest.
+                    prop_assert!(
+                        got.len() <= header.len(),
+                        "echoed more than was sent: {:?}",
+                        got
+                    );
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+    assert!(served.load(Ordering::Relaxed) > 0);
+    // Still serving.
+    let mut s = TcpStream::connect(addr(port)).unwrap();
+    s.write_all(b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\nok")
+        .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"ok");
 }
 
 /// Random requests against the real admin API; two real backends give the fuzzer addresses
