@@ -270,12 +270,16 @@ fn start_ringlb(dir: &Path, name: &str, bin: &str, i: usize, busy: bool) -> Targ
     let http_extra = std::env::var(format!("RINGLB_BENCH_HTTP_{name}"))
         .unwrap_or_default()
         .replace(';', "\n");
+    // RINGLB_BENCH_POOL_<NAME>: extra keys for this target's http pool (e.g. tcp_keepalive).
+    let pool_extra = std::env::var(format!("RINGLB_BENCH_POOL_{name}"))
+        .unwrap_or_default()
+        .replace(';', "\n");
     let cfg = format!(
         "workers = 1\nshutdown_timeout = \"1s\"\n{top}\n\
          [[listeners]]\nname = \"http\"\nbind = \"127.0.0.1:{http}\"\npool = \"http\"\n{http_extra}\n\
          [[listeners]]\nname = \"iperf\"\nbind = \"127.0.0.1:{iperf}\"\npool = \"iperf\"\n\
          [[listeners]]\nname = \"idle\"\nbind = \"127.0.0.1:{idle}\"\npool = \"idle\"\nbacklog = 4096\n\
-         [pools.http]\nbackends = [{{ addr = \"127.0.0.1:{BACKEND_HTTP}\" }}]\n\
+         [pools.http]\nbackends = [{{ addr = \"127.0.0.1:{BACKEND_HTTP}\" }}]\n{pool_extra}\n\
          [pools.iperf]\nbackends = [{{ addr = \"127.0.0.1:{BACKEND_IPERF}\" }}]\n\
          [pools.idle]\nbackends = [{{ addr = \"127.0.0.1:{IDLE_BACKEND}\" }}]\n"
     );
