@@ -85,8 +85,8 @@ pub struct Pool {
     pub limited: bool,
     /// Some backend is a backup (picks then look at which tier serves).
     pub has_backups: bool,
-    /// TCP keepalive for backend sockets: (idle s, interval s, count).
-    pub tcp_keepalive: Option<(u32, u32, u32)>,
+    /// TCP keepalive for backend sockets.
+    pub tcp_keepalive: Option<crate::config::KeepaliveTimers>,
     pub queue: Arc<PoolQueue>,
     /// The health checks' settings (read by the control plane's check loop).
     pub health: crate::config::HealthConfig,
@@ -218,7 +218,7 @@ pub struct Listener {
     /// Congestion control set on the listening socket (accepted sockets inherit it).
     pub tcp_congestion: Option<String>,
     /// TCP keepalive set on the listening socket (accepted sockets inherit it).
-    pub tcp_keepalive: Option<(u32, u32, u32)>,
+    pub tcp_keepalive: Option<crate::config::KeepaliveTimers>,
     /// Worker ticks a half-closed connection may stay silent, by which side ended first:
     /// `[client ended (server_fin_timeout), backend ended (client_fin_timeout)]`; 0: the
     /// idle timeout applies.

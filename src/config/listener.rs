@@ -108,37 +108,36 @@ fn default_source_table_size() -> Num<1024, { 1 << 24 }> {
 }
 
 /// TCP keepalive: after `idle` without traffic, a probe every `interval`; `count`
-/// unanswered probes end the connection. Whole seconds (the kernel's unit).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+/// unanswered probes end the connection. Whole seconds (the kernel's unit). A timer left out
+/// keeps the system's (`net.ipv4.tcp_keepalive_time`, `_intvl`, `_probes`), as Envoy and
+/// HAProxy do; each one given costs a setsockopt per backend connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Keepalive {
-    #[serde(default = "default_ka_idle")]
-    pub idle: Dur<US_S, { 32767 * US_S }>,
-    #[serde(default = "default_ka_interval")]
-    pub interval: Dur<US_S, { 32767 * US_S }>,
-    #[serde(default = "default_ka_count")]
-    pub count: Num<1, 127>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<Dur<US_S, { 32767 * US_S }>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Dur<US_S, { 32767 * US_S }>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<Num<1, 127>>,
+}
+
+/// Keepalive in the kernel's units: seconds, seconds, probes (None: the system's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepaliveTimers {
+    pub idle: Option<u32>,
+    pub interval: Option<u32>,
+    pub count: Option<u32>,
 }
 
 impl Keepalive {
-    /// (idle, interval, count) in the kernel's units.
-    pub fn kernel(&self) -> (u32, u32, u32) {
-        (
-            self.idle.get().as_secs() as u32,
-            self.interval.get().as_secs() as u32,
-            self.count.get(),
-        )
+    pub fn kernel(&self) -> KeepaliveTimers {
+        KeepaliveTimers {
+            idle: self.idle.map(|d| d.get().as_secs() as u32),
+            interval: self.interval.map(|d| d.get().as_secs() as u32),
+            count: self.count.map(|n| n.get()),
+        }
     }
-}
-
-fn default_ka_idle() -> Dur<US_S, { 32767 * US_S }> {
-    Dur(Duration::from_secs(60))
-}
-fn default_ka_interval() -> Dur<US_S, { 32767 * US_S }> {
-    Dur(Duration::from_secs(10))
-}
-fn default_ka_count() -> Num<1, 127> {
-    Num(6)
 }
 
 /// Which PROXY protocol versions a listener reads.

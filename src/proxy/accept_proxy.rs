@@ -173,6 +173,10 @@ impl Worker {
     }
 
     pub(super) fn on_proxy_header(&mut self, slot: usize, res: i32) {
+        if self.conns.get(slot).phase == Phase::Closing {
+            // Closed meanwhile (a stop's deadline): the cancelled poll says nothing more.
+            return;
+        }
         if res < 0 {
             return self.proxy_header_failed(slot, ProxyHeaderError::Timeout);
         }

@@ -103,15 +103,21 @@ fn adopt(l: &crate::snapshot::Listener, fd: std::os::fd::OwnedFd) -> Result<Sock
 /// The listener's TCP keepalive, on its listening socket: accepted sockets inherit it, so it
 /// costs nothing per connection.
 fn set_keepalive(s: &Socket, l: &crate::snapshot::Listener) -> std::io::Result<()> {
-    match l.tcp_keepalive {
-        Some((idle, interval, count)) => s.set_tcp_keepalive(
-            &socket2::TcpKeepalive::new()
-                .with_time(std::time::Duration::from_secs(idle as u64))
-                .with_interval(std::time::Duration::from_secs(interval as u64))
-                .with_retries(count),
-        ),
-        None => Ok(()),
+    let Some(k) = l.tcp_keepalive else {
+        return Ok(());
+    };
+    let secs = |s: u32| std::time::Duration::from_secs(s as u64);
+    let mut ka = socket2::TcpKeepalive::new();
+    if let Some(t) = k.idle {
+        ka = ka.with_time(secs(t));
     }
+    if let Some(t) = k.interval {
+        ka = ka.with_interval(secs(t));
+    }
+    if let Some(n) = k.count {
+        ka = ka.with_retries(n);
+    }
+    s.set_tcp_keepalive(&ka)
 }
 
 fn bind_one(l: &crate::snapshot::Listener) -> Result<Socket, String> {

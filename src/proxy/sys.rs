@@ -15,7 +15,7 @@ use std::os::fd::RawFd;
 pub fn stream_socket(
     v6: bool,
     congestion: Option<&str>,
-    keepalive: Option<(u32, u32, u32)>,
+    keepalive: Option<crate::config::KeepaliveTimers>,
 ) -> io::Result<RawFd> {
     let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
     // SAFETY: plain syscall with constant arguments; the result is checked.
@@ -53,19 +53,18 @@ pub fn stream_socket(
     Ok(fd)
 }
 
-/// SO_KEEPALIVE with TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT (seconds, seconds,
-/// probes): four setsockopts, each with a value validated at config load.
-pub fn set_keepalive(fd: RawFd, (idle, interval, count): (u32, u32, u32)) {
-    for (level, name, value) in [
-        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle as libc::c_int),
-        (
-            libc::IPPROTO_TCP,
-            libc::TCP_KEEPINTVL,
-            interval as libc::c_int,
-        ),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, count as libc::c_int),
-    ] {
+/// SO_KEEPALIVE, with TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT for the timers given
+/// (the others stay the system's): one setsockopt each, values validated at config load.
+pub fn set_keepalive(fd: RawFd, k: crate::config::KeepaliveTimers) {
+    let options = [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, Some(1)),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, k.idle),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, k.interval),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, k.count),
+    ];
+    for (level, name, value) in options {
+        let Some(value) = value else { continue };
+        let value = value as libc::c_int;
         // SAFETY: `value` is a live c_int of the size passed for the duration of the call.
         unsafe {
             libc::setsockopt(
