@@ -85,6 +85,13 @@ fn keepalive_left(line: &str) -> Option<f64> {
 
 #[test]
 fn keepalive_is_set_on_both_sockets_as_configured() {
+    // The backend side's options go with the connect in the ring where the kernel can
+    // (Linux 6.7+), else as setsockopts: both paths.
+    keepalive_both_sides(&[]);
+    keepalive_both_sides(&[("RINGLB_RING_SOCKOPT", "0")]);
+}
+
+fn keepalive_both_sides(env: &[(&str, &str)]) {
     let backend = TestBackend::start("b");
     let plain_backend = TestBackend::start("plain");
     let (port, plain_port) = (free_port(), free_port());
@@ -101,7 +108,7 @@ fn keepalive_is_set_on_both_sockets_as_configured() {
         pool_config("p", "round_robin", &[(backend.addr, 1)], ""),
         pool_config("plain", "round_robin", &[(plain_backend.addr, 1)], "")
     );
-    let _p = Proxy::start(&cfg, addr(plain_port));
+    let _p = Proxy::start_env(&cfg, addr(plain_port), env);
     let (_c1, g1) = greet(addr(port));
     let (_c2, g2) = greet(addr(plain_port));
     assert_eq!((g1.as_str(), g2.as_str()), ("b", "plain"));
@@ -460,6 +467,29 @@ fn per_source_limits_refuse_one_source_and_serve_the_others() {
         let mut s = connect_from(src, addr(lb.port));
         greeted(&mut s)
     });
+    // A reload raises the limit; the connections open across it stay counted (2 held + 3
+    // new = 5, then a refusal), as a rebuilt table would have forgotten the 2.
+    let path = lb._proxy.config_path.clone();
+    let cfg = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        cfg.replace(
+            "max_connections_per_source = 3",
+            "max_connections_per_source = 5",
+        ),
+    )
+    .unwrap();
+    lb._proxy.signal("HUP");
+    wait_until(Duration::from_secs(10), || {
+        unlabelled_metric(lb.metrics, "ringlb_config_reloads_total") == Some(1.0)
+    });
+    for _ in 0..3 {
+        let mut s = connect_from(src, addr(lb.port));
+        assert!(greeted(&mut s), "below the reloaded limit");
+        held.push(s);
+    }
+    let mut sixth = connect_from(src, addr(lb.port));
+    assert!(!greeted(&mut sixth), "past the reloaded limit");
 }
 
 #[test]
