@@ -417,7 +417,8 @@ fn state_text(b: &BackendView) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
-    if b.protected { s + ",protected" } else { s }
+    let s = if b.protected { s + ",protected" } else { s };
+    if b.backup { s + ",backup" } else { s }
 }
 
 fn backend_row(b: &BackendView) -> Vec<String> {

@@ -16,12 +16,14 @@
 //!   below its limit) applied outside them.
 //! - [`proxy`]: the data plane. `worker` runs the per-core loop and dispatch; `table` the
 //!   connection slab and user data; `bufqueue` a direction's buffers; one file per stage:
-//!   `accept` (admission, queue), `inspect` (SNI, with `clienthello`), `connect` (+PROXY
-//!   header), `relay`, `close`; `ring` (io_uring and its buffer ring) and `sys` (sockets,
+//!   `accept` (admission, queue), `accept_proxy` (a PROXY header read from a front
+//!   balancer), `inspect` (SNI, with `clienthello`), `connect` (+PROXY header), `relay`,
+//!   `close`; `ring` (io_uring and its buffer ring) and `sys` (sockets,
 //!   rlimit, affinity, fd passing) hold the only `unsafe` (the crate denies it elsewhere);
 //!   `preflight` explains what blocks io_uring.
 //! - [`cpus`]: how many CPUs `workers = 0` means: affinity capped by the cgroup quota.
-//! - [`health`]: the rise/fall state machine and the TCP/HTTP probes.
+//! - [`health`]: the rise/fall state machine and the probes, one file per protocol
+//!   (`dialogue`: send/expect over a bounded buffer; `http`, `redis`, `postgres`, `mysql`).
 //! - [`metrics`]: metric names, the Prometheus recorder, the scrape.
 //! - [`control`]: the control plane on its own tokio thread: `state` (membership, runtime
 //!   changes, persistence), `admin` (HTTP API, probes, /metrics), `discovery` (DNS-named

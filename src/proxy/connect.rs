@@ -6,7 +6,7 @@
 //! Must not touch: relayed bytes.
 
 use super::conn::{self, Phase, Side};
-use super::ring::{HEADER_MAX, SockOpt};
+use super::ring::HEADER_MAX;
 use super::sys;
 use super::table::Op;
 use super::worker::Worker;
@@ -59,13 +59,10 @@ impl Worker {
         c.tried[c.ntried as usize] = i as u32;
         c.ntried += 1;
         backend.stats.connections.fetch_add(1, Relaxed);
-        // Keepalive goes with the connect, in the ring, where the kernel can (no syscall per
-        // option); else as plain setsockopts on the new socket.
-        let in_ring = self.ring.sets_sockopts();
         let fd = match sys::stream_socket(
             backend.addr.is_ipv6(),
             c.pool.tcp_congestion(),
-            if in_ring { None } else { c.pool.tcp_keepalive },
+            c.pool.tcp_keepalive,
         ) {
             Ok(fd) => fd,
             Err(e) => {
@@ -87,21 +84,9 @@ impl Worker {
         c.connect_started = std::time::Instant::now();
         let timeout = c.listener.connect_timeout;
         c.backend = Some(backend.clone());
-        let mut opts = [SockOpt {
-            level: 0,
-            name: 0,
-            value: 0,
-        }; 4];
-        let n = match c.pool.tcp_keepalive {
-            Some(k) if in_ring => keepalive_opts(k, &mut opts),
-            _ => 0,
-        };
-        // A failed option's completion: a user data the dispatch ignores.
-        let opt_ud = self.conns.ud(slot, Op::Close);
         let cu = self.conns.submit(slot, Op::Connect);
         let tu = self.conns.submit(slot, Op::ConnectTimeout);
-        self.ring
-            .connect(fd, &backend.sockaddr, timeout, &opts[..n], opt_ud, cu, tu);
+        self.ring.connect(fd, &backend.sockaddr, timeout, cu, tu);
     }
 
     pub(super) fn on_connect(&mut self, slot: usize, res: i32) {
@@ -205,25 +190,4 @@ impl Worker {
         self.arm_recv(slot, Side::ToBackend);
         self.arm_recv(slot, Side::ToClient);
     }
-}
-
-/// SO_KEEPALIVE and the timers given, as socket options for the ring; how many.
-fn keepalive_opts(k: crate::config::KeepaliveTimers, out: &mut [SockOpt; 4]) -> usize {
-    let mut n = 0;
-    for (level, name, value) in [
-        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, Some(1)),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, k.idle),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, k.interval),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, k.count),
-    ] {
-        if let Some(v) = value {
-            out[n] = SockOpt {
-                level,
-                name,
-                value: v as libc::c_int,
-            };
-            n += 1;
-        }
-    }
-    n
 }

@@ -150,21 +150,6 @@ pub struct Ring {
     busy_poll_ns: u64,
     /// The kernel can cap the bytes one arming of a multishot recv takes (Linux 6.17+).
     recv_capped: bool,
-    /// The kernel sets socket options from the ring (IORING_OP_URING_CMD with
-    /// SOCKET_URING_OP_SETSOCKOPT, Linux 6.7+).
-    sockopt: bool,
-    /// Every socket-option value ever asked for, each boxed once: a linked setsockopt runs
-    /// after the submission (in task work, once the request before it completes), so the
-    /// value it points at must outlive the staged slots. A handful of ints in practice.
-    sockopt_values: Vec<Box<libc::c_int>>,
-}
-
-/// A socket option set on a backend socket before it connects (see [`Ring::connect`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SockOpt {
-    pub level: i32,
-    pub name: i32,
-    pub value: libc::c_int,
 }
 
 /// Offset of `optlen` (a union with `file_index`) in a 64-byte SQE: for a multishot recv,
@@ -245,8 +230,6 @@ impl Ring {
             enter_flags: abi::IORING_ENTER_GETEVENTS,
             busy_poll_ns: 0,
             recv_capped: false,
-            sockopt: false,
-            sockopt_values: Vec::new(),
         };
         // SAFETY: the entries mapping is page-aligned, holds `count` entries, and lives in
         // `ring` (dropped after the IoUring, which unregisters the group with it).
@@ -290,68 +273,7 @@ impl Ring {
         // RINGLB_RECV_CAP=0 turns the cap off (to compare, or on a kernel that misbehaves).
         let wanted = std::env::var("RINGLB_RECV_CAP").map_or(true, |v| v != "0");
         ring.recv_capped = wanted && ring.probe_recv_cap();
-        // RINGLB_RING_SOCKOPT=0: plain setsockopts instead (to compare, or to test that path).
-        let wanted = std::env::var("RINGLB_RING_SOCKOPT").map_or(true, |v| v != "0");
-        ring.sockopt = wanted && ring.probe_sockopt();
         Ok(ring)
-    }
-
-    /// Whether this kernel sets socket options from the ring: SO_KEEPALIVE on a throwaway
-    /// socket, read back.
-    fn probe_sockopt(&mut self) -> bool {
-        // SAFETY: plain syscall with constant arguments; the result is checked.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return false;
-        }
-        const PROBE: u64 = u64::MAX - 1;
-        let one = self.sockopt_value(1);
-        let sqe = opcode::SetSockOpt::new(
-            types::Fd(fd),
-            libc::SOL_SOCKET as u32,
-            libc::SO_KEEPALIVE as u32,
-            one as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as u32,
-        )
-        .build()
-        .user_data(PROBE);
-        self.push(sqe);
-        let mut ok = false;
-        let mut out = Vec::new();
-        let queued = self.uring.submission().len() as u32;
-        if self.enter(queued, 1).is_ok() {
-            self.drain(&mut out);
-            ok = out.iter().any(|c| c.user_data == PROBE && c.result == 0);
-        }
-        let mut v: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: `v` and `len` are live for the call and `len` is `v`'s size.
-        let r = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_KEEPALIVE,
-                &mut v as *mut libc::c_int as *mut libc::c_void,
-                &mut len,
-            )
-        };
-        // SAFETY: `fd` is ours and not used after.
-        unsafe { libc::close(fd) };
-        ok && r == 0 && v == 1
-    }
-
-    /// Whether [`Ring::connect`] sets socket options itself (else the caller must).
-    pub fn sets_sockopts(&self) -> bool {
-        self.sockopt
-    }
-
-    /// A pointer to `v` that lives as long as the ring (see `sockopt_values`).
-    fn sockopt_value(&mut self, v: libc::c_int) -> *const libc::c_int {
-        if let Some(b) = self.sockopt_values.iter().find(|b| ***b == v) {
-            return &**b;
-        }
-        self.sockopt_values.push(Box::new(v));
-        &**self.sockopt_values.last().expect("just pushed")
     }
 
     /// Whether this kernel caps a multishot recv at `optlen` bytes: one byte is written to
@@ -432,8 +354,7 @@ impl Ring {
     fn push(&mut self, sqe: squeue::Entry) {
         loop {
             // SAFETY: every SQE built in this module points only at memory owned by `self`
-            // (buffers, staged connects, header slots, the tick timespec, socket-option
-            // values) or at nothing.
+            // (buffers, staged connects, header slots, the tick timespec) or at nothing.
             if unsafe { self.uring.submission().push(&sqe) }.is_ok() {
                 return;
             }
@@ -616,12 +537,12 @@ impl Ring {
     /// A staged slot for a request with a linked timeout, holding `timeout`. The request and
     /// its timeout go into one submission batch, and the slot must not be reused before that
     /// batch is submitted: room for both is made first.
-    fn stage(&mut self, timeout: Duration, sqes: usize) -> &mut Staged {
+    fn stage(&mut self, timeout: Duration) -> &mut Staged {
         let free = {
             let sq = self.uring.submission();
             sq.capacity() - sq.len()
         };
-        if self.nstaged == STAGED || free < sqes {
+        if self.nstaged == STAGED || free < 2 {
             self.submit();
         }
         let slot = &mut self.staged[self.nstaged];
@@ -632,50 +553,15 @@ impl Ring {
 
     /// Connects `fd` to `addr`, with a linked timeout. Two completions follow: the connect's
     /// (`-ECANCELED` when the timeout fired) and the timeout's.
-    ///
-    /// `opts` (only where [`Ring::sets_sockopts`]) are set first, each a setsockopt linked
-    /// ahead of the connect in the same submission: no syscall of their own. They post no
-    /// completion when they succeed; one that fails posts `opt_ud` (which must be a user
-    /// data the caller ignores) and the connect fails with `-ECANCELED`, as on a timeout.
-    #[allow(clippy::too_many_arguments)]
     pub fn connect(
         &mut self,
         fd: RawFd,
         addr: &socket2::SockAddr,
         timeout: Duration,
-        opts: &[SockOpt],
-        opt_ud: u64,
         connect_ud: u64,
         timeout_ud: u64,
     ) {
-        let opts = if self.sockopt { opts } else { &[] };
-        if !opts.is_empty() {
-            // Room for the whole chain (options, connect, timeout) and its staged slot in one
-            // batch: a chain split across two submissions would start before its end is
-            // linked.
-            let free = {
-                let sq = self.uring.submission();
-                sq.capacity() - sq.len()
-            };
-            if self.nstaged == STAGED || free < opts.len() + 2 {
-                self.submit();
-            }
-        }
-        for o in opts {
-            let value = self.sockopt_value(o.value);
-            let sqe = opcode::SetSockOpt::new(
-                types::Fd(fd),
-                o.level as u32,
-                o.name as u32,
-                value as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as u32,
-            )
-            .build()
-            .flags(squeue::Flags::IO_LINK | squeue::Flags::SKIP_SUCCESS)
-            .user_data(opt_ud);
-            self.push(sqe);
-        }
-        let slot = self.stage(timeout, 2);
+        let slot = self.stage(timeout);
         let len = addr.len() as usize;
         // SAFETY: `addr.as_ptr()` is valid for `addr.len()` bytes, and a SockAddr is never
         // longer than sockaddr_storage, which is what `slot.addr` is.
@@ -705,7 +591,7 @@ impl Ring {
     /// completions follow: the poll's (its revents, or `-ECANCELED` when the timeout fired)
     /// and the timeout's.
     pub fn poll_readable(&mut self, fd: RawFd, timeout: Duration, poll_ud: u64, timeout_ud: u64) {
-        let slot = self.stage(timeout, 2);
+        let slot = self.stage(timeout);
         let poll = opcode::PollAdd::new(types::Fd(fd), (libc::POLLIN | libc::POLLRDHUP) as u32)
             .build()
             .flags(squeue::Flags::IO_LINK)

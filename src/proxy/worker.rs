@@ -3,7 +3,9 @@
 //!
 //! A connection's stages, one file each (`impl Worker` blocks over the same state):
 //! - `accept.rs`: multishot accept, admission (descriptor budget, `max_connections`, source
-//!   allow/deny), the pool's queue when every backend is at its limit;
+//!   allow/deny, per-source limits), the pool's queue when every backend is at its limit;
+//! - `accept_proxy.rs`: reads the PROXY header a front balancer sends, whose address then
+//!   goes through the same admission;
 //! - `inspect.rs`: waits for the TLS ClientHello and picks the pool by SNI;
 //! - `connect.rs`: picks a backend, connects with a linked timeout (the next candidate on
 //!   refusal or timeout, up to `retries`), sends the PROXY header;
@@ -12,7 +14,8 @@
 //! - `close.rs`: teardown (cancel what is in flight) and release, the one place a
 //!   connection ends.
 //!
-//! This file holds the loop, the dispatch of completions, and the tick.
+//! This file holds the loop, the dispatch of completions, and the tick (timeouts: idle,
+//! fin, age; backends removed or marked down).
 //!
 //! Owns: its ring, its connections, its listening sockets. Reads the shared snapshot (one
 //! lock-free load per new connection) and writes the shared atomic counters.
