@@ -54,6 +54,22 @@ fn metric(metrics: SocketAddr, name: &str, labels: &str) -> f64 {
         .sum()
 }
 
+/// Waits (bounded) until `name{labels}` reads `want`; fails with the value it last read.
+fn wait_metric(metrics: SocketAddr, name: &str, labels: &str, want: f64) {
+    let t = Instant::now();
+    loop {
+        let v = metric(metrics, name, labels);
+        if v == want {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{name}{{{labels}}} is {v}, not {want}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `ss -tno` lines for established sockets matching `filter`.
 fn ss(filter: &str) -> String {
     let out = Command::new("ss")
@@ -204,13 +220,12 @@ fn half_closed_connections_end_at_their_fin_timeout() {
         ends_within(&mut b, Duration::from_secs(10)),
         "client_fin_timeout closed it"
     );
-    wait_until(Duration::from_secs(5), || {
-        metric(
-            lb.metrics,
-            "ringlb_listener_fin_timeouts_total",
-            "listener=\"l\"",
-        ) == 2.0
-    });
+    wait_metric(
+        lb.metrics,
+        "ringlb_listener_fin_timeouts_total",
+        "listener=\"l\"",
+        2.0,
+    );
     drop(c);
 
     // A connection open both ways is not touched by the fin timeouts.
@@ -259,13 +274,12 @@ fn aged_connections_close_only_while_idle() {
         ends_within(&mut c, Duration::from_secs(10)),
         "the aged connection was never closed"
     );
-    wait_until(Duration::from_secs(5), || {
-        metric(
-            lb.metrics,
-            "ringlb_listener_max_age_closed_total",
-            "listener=\"l\"",
-        ) == 1.0
-    });
+    wait_metric(
+        lb.metrics,
+        "ringlb_listener_max_age_closed_total",
+        "listener=\"l\"",
+        1.0,
+    );
     eprintln!("{rounds} exchanges on the aged connection before it was closed");
 }
 
@@ -361,9 +375,12 @@ fn proxy_header_from_a_real_haproxy_names_the_client() {
         !echoes_from(Ipv4Addr::new(127, 0, 0, 66), front),
         "a denied client was served"
     );
-    wait_until(Duration::from_secs(5), || {
-        metric(lb.metrics, "ringlb_listener_denied_total", "listener=\"l\"") == 1.0
-    });
+    wait_metric(
+        lb.metrics,
+        "ringlb_listener_denied_total",
+        "listener=\"l\"",
+        1.0,
+    );
 
     // A sender outside proxy_protocol_from, and a trusted one sending garbage or nothing.
     let mut direct = connect_from(Ipv4Addr::new(127, 0, 0, 9), addr(lb.port));
@@ -392,24 +409,12 @@ fn proxy_header_from_a_real_haproxy_names_the_client() {
         ("timeout", 1.0),
     ] {
         let label = format!("reason=\"{reason}\"");
-        let t = Instant::now();
-        while metric(
+        wait_metric(
             lb.metrics,
             "ringlb_listener_proxy_header_errors_total",
             &label,
-        ) != n
-        {
-            assert!(
-                t.elapsed() < Duration::from_secs(5),
-                "{reason}: {}",
-                metric(
-                    lb.metrics,
-                    "ringlb_listener_proxy_header_errors_total",
-                    &label
-                )
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            n,
+        );
     }
     assert!(
         lines.try_recv().is_err(),

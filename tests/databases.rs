@@ -67,19 +67,9 @@ fn redis_cli(port: u16, password: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// The backends of `pool` as `GET /backends` shows them, by address.
+/// Backend `b` of `pool` as `GET /backends` shows it.
 fn backend(admin: SocketAddr, pool: &str, b: SocketAddr) -> serde_json::Value {
-    let (status, body) = http(admin, "GET", "/backends", None, None);
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["pools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["name"] == pool)
-        .flat_map(|p| p["backends"].as_array().unwrap().clone())
-        .find(|x| x["addr"] == b.to_string())
-        .unwrap_or_else(|| panic!("{b} not in pool {pool}: {body}"))
+    backend_view(admin, Some(pool), b).unwrap_or_else(|| panic!("{b} is not in pool {pool}"))
 }
 
 fn state(admin: SocketAddr, pool: &str, b: SocketAddr) -> String {

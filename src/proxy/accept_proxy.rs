@@ -13,7 +13,6 @@
 
 use super::conn::Phase;
 use super::sys;
-use super::table::Op;
 use super::worker::Worker;
 use crate::accesslog::End;
 use crate::config::AcceptProxy;
@@ -157,19 +156,10 @@ fn incomplete(b: &[u8]) -> Parsed {
 impl Worker {
     /// Starts (or continues) waiting for the PROXY header.
     pub(super) fn read_proxy_header(&mut self, slot: usize) {
-        let c = self.conns.get(slot);
-        c.phase = Phase::ProxyHeader;
-        let left = c
-            .listener
-            .inspect_timeout
-            .saturating_sub(c.accepted_at.elapsed());
-        if left.is_zero() {
-            return self.proxy_header_failed(slot, ProxyHeaderError::Timeout);
+        self.conns.get(slot).phase = Phase::ProxyHeader;
+        if !self.poll_client(slot) {
+            self.proxy_header_failed(slot, ProxyHeaderError::Timeout);
         }
-        let fd = c.client;
-        let pu = self.conns.submit(slot, Op::Inspect);
-        let tu = self.conns.submit(slot, Op::InspectTimeout);
-        self.ring.poll_readable(fd, left, pu, tu);
     }
 
     pub(super) fn on_proxy_header(&mut self, slot: usize, res: i32) {

@@ -24,19 +24,29 @@ use crate::routes::NoRoute;
 impl Worker {
     /// Starts (or continues) waiting for the client's first bytes.
     pub(super) fn inspect(&mut self, slot: usize) {
+        self.conns.get(slot).phase = Phase::Inspecting;
+        if !self.poll_client(slot) {
+            self.no_route(slot, NoRoute::Timeout);
+        }
+    }
+
+    /// Polls the client for (more) bytes, under what is left of the listener's
+    /// `inspect_timeout` (counted from the accept); false when nothing is left of it. What
+    /// both the SNI inspection and the PROXY header wait with.
+    pub(super) fn poll_client(&mut self, slot: usize) -> bool {
         let c = self.conns.get(slot);
-        c.phase = Phase::Inspecting;
         let left = c
             .listener
             .inspect_timeout
             .saturating_sub(c.accepted_at.elapsed());
         if left.is_zero() {
-            return self.no_route(slot, NoRoute::Timeout);
+            return false;
         }
         let fd = c.client;
         let pu = self.conns.submit(slot, Op::Inspect);
         let tu = self.conns.submit(slot, Op::InspectTimeout);
         self.ring.poll_readable(fd, left, pu, tu);
+        true
     }
 
     pub(super) fn on_inspect(&mut self, slot: usize, res: i32) {

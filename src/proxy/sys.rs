@@ -143,36 +143,18 @@ pub fn close(fd: RawFd) {
 /// Copies the bytes waiting on `fd` into `buf` without taking them (MSG_PEEK), without
 /// blocking: the count, 0 at EOF, or -errno.
 pub fn peek(fd: RawFd, buf: &mut [u8]) -> isize {
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            buf.as_mut_ptr() as *mut libc::c_void,
-            buf.len(),
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        -(io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO) as isize)
-    } else {
-        n
-    }
+    recv_with(fd, buf, libc::MSG_PEEK | libc::MSG_DONTWAIT)
 }
 
 /// Takes up to `buf.len()` waiting bytes from `fd` without blocking: the count, 0 at EOF,
 /// or -errno (the PROXY header, once its length is known).
 pub fn recv_now(fd: RawFd, buf: &mut [u8]) -> isize {
+    recv_with(fd, buf, libc::MSG_DONTWAIT)
+}
+
+fn recv_with(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> isize {
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            buf.as_mut_ptr() as *mut libc::c_void,
-            buf.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), flags) };
     if n < 0 {
         -(io::Error::last_os_error()
             .raw_os_error()

@@ -462,6 +462,15 @@ pub fn http(
 
 /// The state of one backend as GET /backends reports it.
 pub fn backend_state(admin: SocketAddr, backend: SocketAddr) -> Option<String> {
+    backend_view(admin, None, backend).map(|b| b["state"].as_str().unwrap().to_string())
+}
+
+/// One backend as GET /backends shows it: in `pool`, or in the first pool that lists it.
+pub fn backend_view(
+    admin: SocketAddr,
+    pool: Option<&str>,
+    backend: SocketAddr,
+) -> Option<serde_json::Value> {
     let (status, body) = http(admin, "GET", "/backends", None, None);
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -469,9 +478,10 @@ pub fn backend_state(admin: SocketAddr, backend: SocketAddr) -> Option<String> {
         .as_array()
         .unwrap()
         .iter()
+        .filter(|p| pool.is_none_or(|want| p["name"] == want))
         .flat_map(|p| p["backends"].as_array().unwrap().iter())
         .find(|b| b["addr"] == backend.to_string())
-        .map(|b| b["state"].as_str().unwrap().to_string())
+        .cloned()
 }
 
 /// A backend speaking just enough HTTP: `/health` answers with the status in `health`,
