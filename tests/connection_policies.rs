@@ -528,3 +528,47 @@ fn connection_rate_per_source_holds_across_two_workers() {
     let (_s, g) = greet(addr(lb.port));
     assert_eq!(g, "b");
 }
+
+#[test]
+fn after_a_proxy_header_sni_routes_and_the_log_names_the_real_client() {
+    let (a, p) = (TestBackend::start("a"), TestBackend::start("p"));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let lb = start(
+        &format!(
+            "accept_proxy_protocol = \"any\"\nproxy_protocol_from = [\"127.0.0.1/32\"]\naccess_log = \"{}\"\nroutes = [{{ sni = \"a.example\", pool = \"a\" }}]",
+            log.display()
+        ),
+        &format!(
+            "{}{}",
+            pool_config("p", "round_robin", &[(p.addr, 1)], ""),
+            pool_config("a", "round_robin", &[(a.addr, 1)], "")
+        ),
+    );
+    for (sni, src, want) in [
+        ("a.example", "198.51.100.7:4242", "a"),
+        ("other.example", "198.51.100.8:4343", "p"),
+    ] {
+        let hello = ringlb::proxy::clienthello::build_hello(Some(sni), 16384);
+        let (ip, port) = src.split_once(':').unwrap();
+        let mut s = TcpStream::connect(addr(lb.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // The header and the hello in separate writes, then all of the hello comes back.
+        s.write_all(format!("PROXY TCP4 {ip} 127.0.0.1 {port} {}\r\n", lb.port).as_bytes())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        s.write_all(&hello).unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), want, "routed by {sni}");
+        let mut back = vec![0u8; hello.len()];
+        r.read_exact(&mut back).unwrap();
+        assert_eq!(back, hello, "the backend got the hello, without the header");
+    }
+    // The access log names the client the header gave.
+    wait_until(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("198.51.100.7:4242") && text.contains("198.51.100.8:4343")
+    });
+}
