@@ -85,10 +85,11 @@ fn api_state(admin: SocketAddr, backend: SocketAddr) -> String {
     let (status, body) = http(admin, "GET", "/backends", None, Some(TOKEN));
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["pools"][0]["backends"]
+    v["pools"]
         .as_array()
         .unwrap()
         .iter()
+        .flat_map(|p| p["backends"].as_array().unwrap().iter())
         .find(|b| b["addr"] == backend.to_string())
         .map(|b| b["state"].as_str().unwrap().to_string())
         .unwrap_or_default()
@@ -118,8 +119,10 @@ async fn the_status_page_shows_backends_live_and_drains_one_with_a_click() {
     let token = dir.path().join("token");
     std::fs::write(&token, TOKEN).unwrap();
     let (port, admin) = (free_port(), addr(free_port()));
+    // A second pool, with a backup server: the page marks it.
+    let (primary, backup) = (TestBackend::start("primary"), TestBackend::start("backup"));
     let cfg = format!(
-        "[admin]\nlisten = \"{admin}\"\ntoken_file = {:?}\n{}{}[pools.web.health]\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 2\nfall = 2\n",
+        "[admin]\nlisten = \"{admin}\"\ntoken_file = {:?}\n{}{}[pools.web.health]\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 2\nfall = 2\n[pools.db]\nbackends = [{{ addr = \"{}\" }}, {{ addr = \"{}\", backup = true }}]\n",
         token.display().to_string(),
         listener_config("web", port, "web", ""),
         pool_config(
@@ -128,6 +131,8 @@ async fn the_status_page_shows_backends_live_and_drains_one_with_a_click() {
             &addrs.iter().map(|a| (*a, 1)).collect::<Vec<_>>(),
             ""
         ),
+        primary.addr,
+        backup.addr,
     );
     let _lb = Proxy::start(&cfg, addr(port));
     let mut backends = backends;
@@ -152,6 +157,20 @@ async fn the_status_page_shows_backends_live_and_drains_one_with_a_click() {
         })
         .await;
     }
+    page_shows(
+        &c,
+        &row(backup.addr, ".state"),
+        Duration::from_secs(10),
+        |t| t.contains("up") && t.contains("backup"),
+    )
+    .await;
+    page_shows(
+        &c,
+        &row(primary.addr, ".state"),
+        Duration::from_secs(10),
+        |t| t == "up",
+    )
+    .await;
     let stored: serde_json::Value = c
         .execute(
             "return sessionStorage.getItem('ringlb-admin-token')",
