@@ -210,6 +210,10 @@ pub fn install() -> Result<(), String> {
         "Relay directions found unarmed and re-armed (should stay 0)."
     );
     describe_gauge!("ringlb_build_info", "1, labelled with the version.");
+    describe_gauge!(
+        "ringlb_io_uring_features",
+        "1 for each io_uring feature the workers use (recv_cap: capped multishot recvs, Linux 6.17+; buf_inc: incremental buffer consumption, 6.12+); 0 where the kernel lacks it or RINGLB_IO_URING_OFF turns it off."
+    );
     describe_counter!(
         "ringlb_access_log_dropped_total",
         "Access-log records dropped: a worker's queue was full (the logger fell behind) or the destination could not be written."
@@ -337,6 +341,13 @@ pub fn render(shared: &Shared) -> String {
         counter!("ringlb_buffer_ring_exhausted_total")
             .absolute(shared.buffer_ring_exhausted.load(Relaxed));
         counter!("ringlb_relay_repairs_total").absolute(shared.relay_repairs.load(Relaxed));
+        for (feature, on) in shared.io_uring_features.list() {
+            gauge!("ringlb_io_uring_features", "feature" => feature).set(if on {
+                1.0
+            } else {
+                0.0
+            });
+        }
         gauge!("ringlb_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         if let Some(q) = shared.access_log.get() {
             counter!("ringlb_access_log_dropped_total").absolute(q.dropped.load(Relaxed));

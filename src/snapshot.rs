@@ -403,6 +403,27 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// The access log's queues, once some listener logs (see `accesslog.rs`).
     pub access_log: std::sync::OnceLock<Arc<crate::accesslog::Queues>>,
+    /// The io_uring features the workers' rings use (each worker probes its own; they agree).
+    pub io_uring_features: IoUringFeatures,
+}
+
+/// The io_uring features in use (`ringlb_io_uring_features`).
+#[derive(Default)]
+pub struct IoUringFeatures {
+    /// Multishot recvs capped per arming (Linux 6.17+).
+    pub recv_cap: AtomicBool,
+    /// Buffers consumed incrementally (IOU_PBUF_RING_INC, Linux 6.12+).
+    pub buf_inc: AtomicBool,
+}
+
+impl IoUringFeatures {
+    /// (name, in use), as the metric labels them.
+    pub fn list(&self) -> [(&'static str, bool); 2] {
+        [
+            ("recv_cap", self.recv_cap.load(Ordering::Relaxed)),
+            ("buf_inc", self.buf_inc.load(Ordering::Relaxed)),
+        ]
+    }
 }
 
 /// The outcome of the last reload, as Prometheus' own `_config_last_reload_*` series put it.
@@ -445,6 +466,7 @@ impl Shared {
             doorbells: std::sync::OnceLock::new(),
             ready: AtomicBool::new(false),
             access_log: std::sync::OnceLock::new(),
+            io_uring_features: IoUringFeatures::default(),
             reloads: ReloadStatus {
                 last_successful: AtomicBool::new(true),
                 last_success_time: AtomicU64::new(unix_now()),

@@ -12,12 +12,17 @@ use super::ring::Ring;
 pub fn check() -> Result<String, String> {
     match Ring::new(8, 2, 4096) {
         Ok(ring) => Ok(format!(
-            "io_uring: usable (kernel {}; capped multishot recvs: {})",
+            "io_uring: usable (kernel {}; capped multishot recvs: {}; incremental buffers: {})",
             kernel_release(),
             if ring.recv_capped() {
                 "yes"
             } else {
                 "no, Linux 6.17+ has them"
+            },
+            if ring.incremental() {
+                "yes"
+            } else {
+                "no, Linux 6.12+ has them"
             }
         )),
         Err(e) => Err(explain(&e)),

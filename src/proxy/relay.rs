@@ -63,14 +63,17 @@ impl Worker {
         }
         if cqe.result > 0 {
             let bid = cqe.buffer().expect("a recv with data names its buffer");
+            let (n, keeps) = (cqe.result as u32, cqe.buf_more());
             let c = self.conns.get(slot);
             if c.phase == Phase::Closing {
-                self.ring.recycle(bid);
+                if let Some(bid) = self.links.discard(bid, n, keeps) {
+                    self.ring.recycle(bid);
+                }
                 return;
             }
             c.last_active = now;
             let d = c.dir(side);
-            d.queue.push(&mut self.links, bid, cqe.result as u32);
+            d.queue.push(&mut self.links, bid, n, keeps);
             if !d.sending {
                 self.send_head(slot, side);
             }

@@ -35,6 +35,18 @@ mod abi {
     pub const IORING_ENTER_REGISTERED_RING: u32 = 1 << 4;
     pub const IORING_ENTER_NO_IOWAIT: u32 = 1 << 7;
     pub const IORING_REGISTER_RING_FDS: u32 = 20;
+    /// Buffer-ring registration flag: buffers consumed incrementally (Linux 6.12+).
+    pub const IOU_PBUF_RING_INC: u16 = 2;
+    /// Completion flag: the kernel keeps using this (incremental) buffer.
+    pub const IORING_CQE_F_BUF_MORE: u32 = 1 << 4;
+}
+
+/// Whether io_uring feature `name` may be used: not listed in `RINGLB_IO_URING_OFF`
+/// (comma-separated: `recv_cap`, `buf_inc`), for comparisons and for running the tests on
+/// the fallback paths a kernel without the feature takes.
+pub fn feature_wanted(name: &str) -> bool {
+    let off = std::env::var("RINGLB_IO_URING_OFF").unwrap_or_default();
+    !off.split(',').any(|f| f.trim() == name)
 }
 
 /// `struct io_uring_rsrc_update`, as IORING_REGISTER_RING_FDS takes it.
@@ -61,6 +73,11 @@ impl Cqe {
     /// The provided buffer this completion filled.
     pub fn buffer(&self) -> Option<u16> {
         cqueue::buffer_select(self.flags)
+    }
+    /// The kernel keeps filling this buffer (incremental consumption): it must not be
+    /// recycled yet, and the next completion naming it continues where this one ended.
+    pub fn buf_more(&self) -> bool {
+        self.flags & abi::IORING_CQE_F_BUF_MORE != 0
     }
 }
 
@@ -150,6 +167,8 @@ pub struct Ring {
     busy_poll_ns: u64,
     /// The kernel can cap the bytes one arming of a multishot recv takes (Linux 6.17+).
     recv_capped: bool,
+    /// Buffers are consumed incrementally (IOU_PBUF_RING_INC, Linux 6.12+).
+    incremental: bool,
 }
 
 /// Offset of `optlen` (a union with `file_index`) in a 64-byte SQE: for a multishot recv,
@@ -230,6 +249,7 @@ impl Ring {
             enter_flags: abi::IORING_ENTER_GETEVENTS,
             busy_poll_ns: 0,
             recv_capped: false,
+            incremental: false,
         };
         // SAFETY: the entries mapping is page-aligned, holds `count` entries, and lives in
         // `ring` (dropped after the IoUring, which unregisters the group with it).
@@ -271,9 +291,55 @@ impl Ring {
             ring.enter_flags |= abi::IORING_ENTER_NO_IOWAIT;
         }
         // RINGLB_RECV_CAP=0 turns the cap off (to compare, or on a kernel that misbehaves).
-        let wanted = std::env::var("RINGLB_RECV_CAP").map_or(true, |v| v != "0");
+        let wanted = std::env::var("RINGLB_RECV_CAP").map_or(true, |v| v != "0")
+            && feature_wanted("recv_cap");
         ring.recv_capped = wanted && ring.probe_recv_cap();
+        // Incremental consumption, once the probes (which recycle whole buffers) are done:
+        // the group is registered again with the flag, and filled again.
+        if feature_wanted("buf_inc") {
+            ring.incremental = ring.reregister_incremental();
+        }
         Ok(ring)
+    }
+
+    /// Registers the buffer group again, with IOU_PBUF_RING_INC: a recv takes only the bytes
+    /// it got from a buffer, and the next recv (of any connection) goes on in the same
+    /// buffer. Falls back to whole buffers where the kernel refuses the flag (before 6.12).
+    fn reregister_incremental(&mut self) -> bool {
+        if self.uring.submitter().unregister_buf_ring(BGID).is_err() {
+            return false;
+        }
+        // The kernel starts the new group at head 0: the tail starts over too.
+        self.tail = 0;
+        self.published = 0;
+        let register = |ring: &mut Ring, flags: u16| {
+            // SAFETY: as at the first registration: the entries mapping is page-aligned,
+            // holds `count` entries, and lives as long as the ring.
+            unsafe {
+                ring.uring.submitter().register_buf_ring_with_flags(
+                    ring.entries.ptr as u64,
+                    ring.count,
+                    BGID,
+                    flags,
+                )
+            }
+        };
+        let inc = register(self, abi::IOU_PBUF_RING_INC).is_ok();
+        if !inc && register(self, 0).is_err() {
+            // Cannot happen (the same call worked moments ago); without a group every recv
+            // would fail, so say so loudly.
+            tracing::error!("io_uring: cannot register the relay buffers again");
+        }
+        for bid in 0..self.count {
+            self.recycle(bid);
+        }
+        self.commit();
+        inc
+    }
+
+    /// Whether buffers are consumed incrementally (see [`Cqe::buf_more`]).
+    pub fn incremental(&self) -> bool {
+        self.incremental
     }
 
     /// Whether this kernel caps a multishot recv at `optlen` bytes: one byte is written to

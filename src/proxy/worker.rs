@@ -129,8 +129,12 @@ impl Worker {
         tracing::debug!(
             worker = self.id,
             recv_cap = self.ring.recv_capped(),
-            "relay ready (recv_cap: multishot recvs bounded per arming; needs Linux 6.17+)"
+            buf_inc = self.ring.incremental(),
+            "relay ready (recv_cap: multishot recvs bounded per arming, Linux 6.17+; buf_inc: buffers consumed incrementally, 6.12+)"
         );
+        let f = &self.shared.io_uring_features;
+        f.recv_cap.store(self.ring.recv_capped(), Relaxed);
+        f.buf_inc.store(self.ring.incremental(), Relaxed);
         self.ring.tick(TICK, table::user_data(0, 0, Op::Tick));
         self.arm_doorbell();
         self.ring
