@@ -204,10 +204,16 @@ pub fn start(
     let pin = cfg.pin_workers;
     let (tx, rx) = std::sync::mpsc::channel();
     let mut handles = Vec::with_capacity(n);
+    // No worker accepts before every worker has its ring: under a low open-file limit the
+    // first worker's clients could otherwise take the descriptors a later ring needs, and
+    // the start would fail with EMFILE (seen with 48 descriptors and 2 workers).
+    let mut go = Vec::with_capacity(n);
     for (id, socks) in sockets.into_iter().enumerate() {
         let shared = shared.clone();
         let shared_for_exit = shared.clone();
         let tx = tx.clone();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        go.push(go_tx);
         let cpu = if pin && !cpus.is_empty() {
             Some(cpus[id % cpus.len()])
         } else {
@@ -229,6 +235,10 @@ pub fn start(
                     }
                 };
                 let _ = tx.send(Ok(()));
+                if go_rx.recv().is_err() {
+                    // Another worker could not start: the process is not starting.
+                    return;
+                }
                 // A worker that ends before a stop was asked for leaves a balancer that cannot
                 // serve what its listener takes: end the process, loudly, so that a
                 // supervisor restarts it, rather than limp on.
@@ -261,6 +271,9 @@ pub fn start(
             }
             Err(_) => return Err("a worker died while starting".into()),
         }
+    }
+    for g in go {
+        let _ = g.send(());
     }
     Ok((handles, offer))
 }
