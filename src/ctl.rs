@@ -81,6 +81,9 @@ pub enum CtlCommand {
         /// Its weight (default 1).
         #[arg(long)]
         weight: Option<u32>,
+        /// A backup server (takes connections only while no other backend of the pool is up).
+        #[arg(long)]
+        backup: bool,
     },
     /// Delete a backend: it drains, then leaves (connections left at the timeout are closed).
     Delete {
@@ -193,10 +196,18 @@ pub fn main(a: CtlArgs) -> i32 {
             backend(pool, addr) + "/weight",
             Some(serde_json::json!({ "weight": weight }).to_string()),
         ),
-        CtlCommand::Add { pool, addr, weight } => {
+        CtlCommand::Add {
+            pool,
+            addr,
+            weight,
+            backup,
+        } => {
             let mut b = serde_json::json!({ "addr": addr });
             if let Some(w) = weight {
                 b["weight"] = (*w).into();
+            }
+            if *backup {
+                b["backup"] = true.into();
             }
             (
                 "POST",

@@ -553,6 +553,15 @@ fn backup_takes_over_only_while_every_primary_is_down() {
     );
     assert!(status == 200 || status == 202, "{status} {body}");
     assert_eq!(serve(10), ["backup".to_string()].into());
+    // A backup added through the admin API (as `ringlb ctl add --backup` does) joins the
+    // backups that serve.
+    let spare = HttpBackend::start("backup-2");
+    let body = format!("{{\"addr\": \"{}\", \"backup\": true}}", spare.addr);
+    let (status, text) = http(lb.admin, "POST", "/pools/p/backends", Some(&body), None);
+    assert!(status == 200 || status == 201, "{status} {text}");
+    wait_state(lb.admin, "p", spare.addr, "up");
+    assert_eq!(backend(lb.admin, "p", spare.addr)["backup"], true);
+    assert_eq!(serve(20), ["backup", "backup-2"].map(String::from).into());
     // The metric and the status page's data say which is the backup.
     let (_, stats) = http(lb.admin, "GET", "/stats", None, None);
     assert!(stats.contains("\"backup\":true"), "{stats}");

@@ -226,7 +226,10 @@ async fn add(State(app): State<App>, Params(pool): Params<String>, body: Bytes) 
         Ok(r) => r,
         Err(e) => return *e,
     };
-    let added = app.control.lock().add(&pool, &req.addr, req.weight);
+    let added = app
+        .control
+        .lock()
+        .add(&pool, &req.addr, req.weight, req.backup);
     match added {
         Ok(b) => {
             app.control.watch(b.clone());

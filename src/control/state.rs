@@ -55,6 +55,9 @@ pub struct Entry {
     /// clock, so that it means the same after a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protected_until: Option<u64>,
+    /// Added at runtime as a backup server.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backup: bool,
 }
 
 impl Entry {
@@ -348,7 +351,7 @@ fn members_of(
                 && !pc.lists(*addr)
                 && !from_dns.iter().any(|(a, _, _)| a == addr)
             {
-                join(*addr, 1, false, BackendState::Starting, Some(e));
+                join(*addr, 1, e.backup, BackendState::Starting, Some(e));
             }
         }
         out.insert(name.clone(), list);
@@ -487,6 +490,7 @@ impl State {
         pool: &str,
         addr: &str,
         weight: Option<u32>,
+        backup: bool,
     ) -> Result<Arc<Backend>, Refusal> {
         if !self.members.contains_key(pool) {
             return Err(Refusal::NotFound(format!("no pool {:?}", shown(pool))));
@@ -514,10 +518,12 @@ impl State {
         let entry = Entry {
             op: Membership::Add,
             weight: Some(weight),
+            backup,
             ..Entry::default()
         };
         self.commit(self.overlay.with(pool, addr, entry))?;
         let b = Arc::new(Backend::new(pool, addr, weight, BackendState::Starting));
+        b.set_backup(backup);
         self.members
             .get_mut(pool)
             .expect("checked above")
@@ -836,19 +842,19 @@ mod tests {
         let mut s = State::new(config(""), 1).unwrap();
         let before = s.shared.snapshot.load_full();
         assert!(matches!(
-            s.add("nope", "127.0.0.1:9003", None),
+            s.add("nope", "127.0.0.1:9003", None, false),
             Err(Refusal::NotFound(_))
         ));
         assert!(matches!(
-            s.add("p", "127.0.0.1:9001", None),
+            s.add("p", "127.0.0.1:9001", None, false),
             Err(Refusal::Conflict(_))
         ));
         assert!(matches!(
-            s.add("p", "not-an-addr", None),
+            s.add("p", "not-an-addr", None, false),
             Err(Refusal::BadRequest(_))
         ));
         assert!(matches!(
-            s.add("p", "127.0.0.1:9003", Some(0)),
+            s.add("p", "127.0.0.1:9003", Some(0), false),
             Err(Refusal::BadRequest(_))
         ));
         assert!(matches!(
@@ -880,11 +886,21 @@ mod tests {
         let file = dir.path().join("state.json");
         let extra = format!("state_file = {:?}", file.display().to_string());
         let mut s = State::new(config(&extra), 1).unwrap();
-        s.add("p", "127.0.0.1:9003", Some(3)).unwrap();
+        s.add("p", "127.0.0.1:9003", Some(3), false).unwrap();
+        s.add("p", "127.0.0.1:9004", None, true).unwrap();
         let (b, d) = s.remove("p", "127.0.0.1:9001").unwrap();
         s.finish_removal(&b, d.unwrap());
         s.set_weight("p", "127.0.0.1:9002", 5).unwrap();
-        let again = State::new(config(&extra), 1).unwrap();
+        let mut again = State::new(config(&extra), 1).unwrap();
+        // A backup added at runtime is still one after the restart.
+        let backups: Vec<String> = again.members["p"]
+            .iter()
+            .filter(|b| b.is_backup())
+            .map(|b| b.addr.to_string())
+            .collect();
+        assert_eq!(backups, vec!["127.0.0.1:9004".to_string()]);
+        let (b, d) = again.remove("p", "127.0.0.1:9004").unwrap();
+        again.finish_removal(&b, d.unwrap());
         let got: Vec<(String, u32, BackendState)> = again.members["p"]
             .iter()
             .map(|b| (b.addr.to_string(), b.weight(), b.state()))
@@ -924,7 +940,7 @@ mod tests {
         let mut s = State::new(config(&extra), 1).unwrap();
         let (b, d) = s.remove("p", "127.0.0.1:9001").unwrap();
         s.finish_removal(&b, d.unwrap());
-        s.add("p", "127.0.0.1:9001", Some(2)).unwrap();
+        s.add("p", "127.0.0.1:9001", Some(2), false).unwrap();
         let (b, d) = s.remove("p", "127.0.0.1:9001").unwrap();
         s.finish_removal(&b, d.unwrap());
         s.reload(config(&extra)).unwrap();
@@ -1098,7 +1114,7 @@ mod tests {
     fn a_failed_persist_applies_nothing() {
         let mut s = State::new(config("state_file = \"/nonexistent-dir/state.json\""), 1).unwrap();
         assert!(matches!(
-            s.add("p", "127.0.0.1:9003", None),
+            s.add("p", "127.0.0.1:9003", None, false),
             Err(Refusal::Internal(_))
         ));
         assert_eq!(s.members["p"].len(), 2);

@@ -164,6 +164,10 @@ pub struct AddBody {
     #[schema(minimum = 1, maximum = 256)]
     #[serde(default, deserialize_with = "integral_opt")]
     pub weight: Option<u32>,
+    /// A backup server: takes connections only while no non-backup backend of the pool is
+    /// up. Default false.
+    #[serde(default)]
+    pub backup: bool,
 }
 
 /// A u32 given as a JSON number: `15` or `15.0` (JSON Schema counts both as the integer
