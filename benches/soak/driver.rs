@@ -275,9 +275,13 @@ struct Traffic {
     mismatches: AtomicU64,
     /// Each kill: backend name, when it was killed, when it came back.
     kills: Mutex<Vec<(String, Instant, Option<Instant>)>>,
-    failures: Mutex<Vec<(String, Option<String>, Instant, Instant)>>,
+    failures: Mutex<Vec<Failure>>,
     bulk_max: usize,
 }
+
+/// A failed connection: what failed, the backend its greeting named (if it got one), and
+/// when it started and ended.
+type Failure = (String, Option<String>, Instant, Instant);
 
 #[derive(Clone, Copy)]
 enum Kind {
