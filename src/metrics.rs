@@ -259,11 +259,11 @@ pub fn render(shared: &Shared) -> String {
                     .absolute(s.source_limited[why as usize].load(Relaxed));
             }
         }
-        if l.fin_ticks != [0, 0] {
+        if l.fin_timeout != [Duration::ZERO; 2] {
             counter!("ringlb_listener_fin_timeouts_total", "listener" => name.clone())
                 .absolute(s.fin_timeouts.load(Relaxed));
         }
-        if l.max_age_ticks > 0 {
+        if !l.max_age.is_zero() {
             counter!("ringlb_listener_max_age_closed_total", "listener" => name.clone())
                 .absolute(s.aged_out.load(Relaxed));
         }

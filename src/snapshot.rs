@@ -219,13 +219,14 @@ pub struct Listener {
     pub tcp_congestion: Option<String>,
     /// TCP keepalive set on the listening socket (accepted sockets inherit it).
     pub tcp_keepalive: Option<crate::config::KeepaliveTimers>,
-    /// Worker ticks a half-closed connection may stay silent, by which side ended first:
-    /// `[client ended (server_fin_timeout), backend ended (client_fin_timeout)]`; 0: the
+    /// How long a half-closed connection may stay silent, by which side ended first:
+    /// `[client ended (server_fin_timeout), backend ended (client_fin_timeout)]`; zero: the
     /// idle timeout applies.
-    pub fin_ticks: [u32; 2],
-    /// `max_connection_age` in ticks (0: none), and the idle ticks an aged close waits for.
-    pub max_age_ticks: u32,
-    pub age_idle_ticks: u32,
+    pub fin_timeout: [Duration; 2],
+    /// `max_connection_age` (zero: none), and how long an aged connection must be idle
+    /// before it is closed.
+    pub max_age: Duration,
+    pub max_age_idle: Duration,
     /// PROXY headers read from clients, and from whom.
     pub accept_proxy: AcceptProxy,
     pub proxy_from: CidrSet,
@@ -305,14 +306,6 @@ impl Snapshot {
                         .collect();
                     CidrSet::new(&nets)
                 };
-                let ticks = |d: Option<Duration>| {
-                    d.map(|d| {
-                        (d.as_millis() as u64)
-                            .div_ceil(crate::proxy::worker::TICK.as_millis() as u64)
-                            .clamp(1, u32::MAX as u64) as u32
-                    })
-                    .unwrap_or(0)
-                };
                 let limits = crate::sources::Limits::of(lc);
                 let sources = limits.map(|limits| {
                     // Kept across reloads while its size stays: open connections stay counted.
@@ -333,12 +326,12 @@ impl Snapshot {
                 });
                 Arc::new(Listener {
                     tcp_keepalive: lc.tcp_keepalive.map(|k| k.kernel()),
-                    fin_ticks: [
-                        ticks(lc.server_fin_timeout.map(|d| d.get())),
-                        ticks(lc.client_fin_timeout.map(|d| d.get())),
+                    fin_timeout: [
+                        lc.server_fin_timeout.map(|d| d.get()).unwrap_or_default(),
+                        lc.client_fin_timeout.map(|d| d.get()).unwrap_or_default(),
                     ],
-                    max_age_ticks: ticks(lc.max_connection_age.map(|d| d.get())),
-                    age_idle_ticks: ticks(Some(lc.max_connection_age_idle.get())),
+                    max_age: lc.max_connection_age.map(|d| d.get()).unwrap_or_default(),
+                    max_age_idle: lc.max_connection_age_idle.get(),
                     accept_proxy: lc.accept_proxy_protocol,
                     proxy_from: cidrs(&lc.proxy_protocol_from),
                     sources,

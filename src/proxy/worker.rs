@@ -259,6 +259,11 @@ impl Worker {
             let Some(c) = self.conns.try_get(slot) else {
                 continue;
             };
+            if c.phase == Phase::Closing {
+                // Ending already, waiting for its cancels: nothing more to decide (and
+                // nothing to count again at every tick until it is released).
+                continue;
+            }
             if let Some(b) = &c.backend {
                 if b.is_removed() {
                     // Its backend was removed (a drain that timed out): close what remains.
@@ -283,15 +288,15 @@ impl Worker {
                 self.close(slot, End::IdleTimeout);
                 continue;
             }
-            if let Some(end) = self.lifetime_end(slot, idle) {
+            if let Some(end) = self.lifetime_end(slot, idle as u64 * tick_ms) {
                 self.close(slot, end);
             }
         }
     }
 
     /// The fin timeouts and `max_connection_age`: whether a relaying connection, idle for
-    /// `idle` ticks, must end now.
-    fn lifetime_end(&mut self, slot: usize, idle: u32) -> Option<End> {
+    /// `idle_ms`, must end now.
+    fn lifetime_end(&mut self, slot: usize, idle_ms: u64) -> Option<End> {
         let c = self.conns.get(slot);
         let l = &c.listener;
         let [to_backend, to_client] = &c.dirs;
@@ -304,8 +309,8 @@ impl Worker {
             _ => None,
         };
         if let Some(h) = half {
-            let limit = l.fin_ticks[h];
-            if limit > 0 && idle >= limit {
+            let limit = l.fin_timeout[h].as_millis() as u64;
+            if limit > 0 && idle_ms >= limit {
                 l.stats.fin_timeouts.fetch_add(1, Relaxed);
                 return Some(End::FinTimeout);
             }
@@ -313,9 +318,10 @@ impl Worker {
         // Aged: only between exchanges, with nothing received and not yet sent, so that
         // the close cuts no bytes in flight (what was sent the kernel still delivers
         // before the FIN).
-        if l.max_age_ticks > 0
-            && self.now - c.born >= l.max_age_ticks
-            && idle >= l.age_idle_ticks
+        let age_ms = (self.now - c.born) as u64 * TICK.as_millis() as u64;
+        if !l.max_age.is_zero()
+            && age_ms >= l.max_age.as_millis() as u64
+            && idle_ms >= l.max_age_idle.as_millis() as u64
             && c.dirs.iter().all(|d| d.queue.is_empty() && !d.sending)
         {
             l.stats.aged_out.fetch_add(1, Relaxed);
