@@ -564,3 +564,56 @@ fn backup_takes_over_only_while_every_primary_is_down() {
     let (_, stats) = http(lb.admin, "GET", "/stats", None, None);
     assert!(stats.contains("\"backup\":true"), "{stats}");
 }
+
+#[test]
+fn on_backend_down_set_by_a_reload_applies_to_open_connections() {
+    // The backend relays; its health is what an HTTP endpoint on another port says (the
+    // check's `port`), so the test can fail it while a session is held.
+    let echo = TestBackend::echo();
+    let health = HttpBackend::start("health");
+    let lb = start(
+        "",
+        &format!(
+            "{}[pools.p.health]\nkind = \"http\"\nport = {}\ninterval = \"100ms\"\nrise = 1\nfall = 1\n",
+            pool_config(
+                "p",
+                "round_robin",
+                &[(echo.addr, 1)],
+                "on_backend_down = \"keep\""
+            ),
+            health.addr.port()
+        ),
+    );
+    wait_state(lb.admin, "p", echo.addr, "up");
+    let mut held = TcpStream::connect(addr(lb.port)).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut two = [0u8; 2];
+    held.write_all(b"hi").unwrap();
+    held.read_exact(&mut two).unwrap();
+    // Down with "keep": the session goes on.
+    health
+        .health
+        .store(503, std::sync::atomic::Ordering::Relaxed);
+    wait_state(lb.admin, "p", echo.addr, "down");
+    held.write_all(b"ok").unwrap();
+    held.read_exact(&mut two).unwrap();
+    assert_eq!(&two, b"ok", "keep: the down backend's session still relays");
+    // A reload says "close": the session that is already open is closed.
+    let cfg = std::fs::read_to_string(&lb._proxy.config_path).unwrap();
+    std::fs::write(
+        &lb._proxy.config_path,
+        cfg.replace("on_backend_down = \"keep\"", "on_backend_down = \"close\""),
+    )
+    .unwrap();
+    lb._proxy.signal("HUP");
+    let mut buf = [0u8; 8];
+    match held.read(&mut buf) {
+        Ok(0) => {}
+        Err(e)
+            if e.kind() != std::io::ErrorKind::WouldBlock
+                && e.kind() != std::io::ErrorKind::TimedOut => {}
+        other => panic!("the session outlived the reload to \"close\": {other:?}"),
+    }
+    assert_eq!(backend(lb.admin, "p", echo.addr)["closed_on_down_total"], 1);
+}
