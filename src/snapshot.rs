@@ -407,14 +407,17 @@ pub struct IoUringFeatures {
     pub recv_cap: AtomicBool,
     /// Buffers consumed incrementally (IOU_PBUF_RING_INC, Linux 6.12+).
     pub buf_inc: AtomicBool,
+    /// Sockets mirrored into a registered file table (sparse tables, Linux 5.19+).
+    pub fixed_files: AtomicBool,
 }
 
 impl IoUringFeatures {
     /// (name, in use), as the metric labels them.
-    pub fn list(&self) -> [(&'static str, bool); 2] {
+    pub fn list(&self) -> [(&'static str, bool); 3] {
         [
             ("recv_cap", self.recv_cap.load(Ordering::Relaxed)),
             ("buf_inc", self.buf_inc.load(Ordering::Relaxed)),
+            ("fixed_files", self.fixed_files.load(Ordering::Relaxed)),
         ]
     }
 }

@@ -529,3 +529,119 @@ fn clients_that_stop_reading_do_not_starve_the_others() {
     }
     drop(stalled);
 }
+
+/// The io_uring features the test run leaves on: all of them, but those named in
+/// `RINGLB_IO_URING_OFF` (CI runs the suite again with some forced off).
+fn feature_on(name: &str) -> bool {
+    let off = std::env::var("RINGLB_IO_URING_OFF").unwrap_or_default();
+    !off.split(',').any(|f| f.trim() == name)
+}
+
+/// The sockets in the registered file tables of `pid`'s rings, as (index, socket inode),
+/// read from each ring's fdinfo. The kernel prints the table only when it gets the ring's
+/// lock at once, so a busy ring is asked again (bounded).
+fn fixed_sockets(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        if target.to_string_lossy() != "anon_inode:[io_uring]" {
+            continue;
+        }
+        let info_path = format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy());
+        for _ in 0..100 {
+            let Ok(info) = std::fs::read_to_string(&info_path) else {
+                break;
+            };
+            if !info.contains("UserFiles:") {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            // "UserFiles:\t<n>" then one "<index>: <path>" line per file in the table.
+            let mut in_files = false;
+            for l in info.lines() {
+                if l.starts_with("UserFiles:") {
+                    in_files = true;
+                    continue;
+                }
+                if in_files {
+                    let Some((i, path)) = l.trim().split_once(": ") else {
+                        break;
+                    };
+                    let Ok(i) = i.parse::<u32>() else { break };
+                    out.push((i, path.trim().to_string()));
+                }
+            }
+            break;
+        }
+    }
+    out
+}
+
+/// Direct descriptors: while a connection is open, its two sockets sit in the worker ring's
+/// file table at the index of their descriptor number (the mirror the ring's requests use),
+/// and once it closes the table lets go of both, so no socket outlives its connection there.
+/// With `RINGLB_IO_URING_OFF=fixed_files` the table stays empty, and the metric says which.
+#[test]
+fn open_sockets_are_mirrored_in_the_ring_file_table_and_released_at_close() {
+    let echo = TestBackend::echo();
+    let metrics = addr(free_port());
+    let (p, lb) = single_pool(
+        &[echo.addr],
+        "",
+        &format!("workers = 2\n[metrics]\nlisten = \"{metrics}\""),
+    );
+    let on = feature_on("fixed_files");
+    let mut clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(lb).unwrap()).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let msg = format!("hello {i}\n");
+        c.write_all(msg.as_bytes()).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        c.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg.as_bytes());
+    }
+    // Each worker reports its ring as it starts, before it accepts: once one relayed, the
+    // gauge has its value (both workers' rings agree).
+    let want_line = format!(
+        "ringlb_io_uring_features{{feature=\"fixed_files\"}} {}",
+        on as u8
+    );
+    let body = http(metrics, "GET", "/metrics", None, None).1;
+    assert!(
+        body.contains(&want_line),
+        "fixed_files is {on} in this run:\n{body}"
+    );
+    let pid = p.pid();
+    let want = if on { 6 } else { 0 };
+    let mut table = Vec::new();
+    wait_until(Duration::from_secs(10), || {
+        table = fixed_sockets(pid);
+        table.len() == want
+    });
+    assert_eq!(
+        table.len(),
+        want,
+        "3 connections, 2 sockets each: {table:?}"
+    );
+    for (i, path) in &table {
+        assert!(path.starts_with("socket:"), "{path}");
+        let fd = std::fs::read_link(format!("/proc/{pid}/fd/{i}")).unwrap();
+        assert_eq!(
+            fd.to_string_lossy(),
+            *path,
+            "index {i} mirrors descriptor {i}"
+        );
+    }
+    drop(clients);
+    wait_until(Duration::from_secs(10), || fixed_sockets(pid).is_empty());
+    assert_eq!(
+        fixed_sockets(pid),
+        vec![],
+        "closed connections leave the table"
+    );
+}

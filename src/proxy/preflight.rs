@@ -10,9 +10,9 @@ use super::ring::Ring;
 
 /// Sets up a small ring with a buffer ring, as a worker would, and drops it.
 pub fn check() -> Result<String, String> {
-    match Ring::new(8, 2, 4096) {
+    match Ring::new(8, 2, 4096, 16) {
         Ok(ring) => Ok(format!(
-            "io_uring: usable (kernel {}; capped multishot recvs: {}; incremental buffers: {})",
+            "io_uring: usable (kernel {}; capped multishot recvs: {}; incremental buffers: {}; fixed files: {})",
             kernel_release(),
             if ring.recv_capped() {
                 "yes"
@@ -23,6 +23,11 @@ pub fn check() -> Result<String, String> {
                 "yes"
             } else {
                 "no, Linux 6.12+ has them"
+            },
+            if ring.fixed_files() {
+                "yes"
+            } else {
+                "no, Linux 5.19+ has them"
             }
         )),
         Err(e) => Err(explain(&e)),

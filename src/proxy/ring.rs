@@ -169,6 +169,13 @@ pub struct Ring {
     recv_capped: bool,
     /// Buffers are consumed incrementally (IOU_PBUF_RING_INC, Linux 6.12+).
     incremental: bool,
+    /// The fixed-file mirror (see [`Ring::adopt`]): `mirror[fd]` is 1 while descriptor `fd`
+    /// also sits at index `fd` of the ring's registered file table. Empty when the table
+    /// could not be registered (or `fixed_files` is off).
+    mirror: Vec<u8>,
+    /// Where a FILES_UPDATE reads the descriptor it installs: `fds[fd] == fd`, written
+    /// before the SQE is pushed and stable (never moved) until it is submitted.
+    mirror_fds: Box<[RawFd]>,
 }
 
 /// Offset of `optlen` (a union with `file_index`) in a 64-byte SQE: for a multishot recv,
@@ -189,6 +196,21 @@ const SQE_IOPRIO: usize = 2;
 /// include/uapi/linux/io_uring.h (the crate does not export its `sys` constants).
 const IORING_ACCEPT_DONTWAIT: u16 = 1 << 1;
 
+/// Builds an SQE on socket `$fd`: on its fixed-file mirror when `$fixed` (see
+/// [`Ring::adopt`]), else on the descriptor (`$t` is a `types::Fixed` or a `types::Fd` in
+/// `$build`).
+macro_rules! on_socket {
+    ($fixed:expr, $fd:expr, |$t:ident| $build:expr) => {
+        if $fixed {
+            let $t = types::Fixed($fd as u32);
+            $build
+        } else {
+            let $t = types::Fd($fd);
+            $build
+        }
+    };
+}
+
 /// Sets an SQE's `ioprio` field (an accept's flags).
 fn set_ioprio(sqe: &mut squeue::Entry, v: u16) {
     // SAFETY: as in `set_optlen`: 64 plain bytes, and bytes 2..4 are the u16 `ioprio`.
@@ -200,7 +222,10 @@ impl Ring {
     /// A ring of `sq_entries` with `count` relay buffers of `size` bytes (`count` a power of
     /// two). Uses DEFER_TASKRUN + SINGLE_ISSUER where the kernel has them (the ring is only
     /// ever used by the thread that made it).
-    pub fn new(sq_entries: u32, count: u16, size: u32) -> io::Result<Ring> {
+    ///
+    /// `files` sizes the registered file table the ring's sockets are mirrored into (see
+    /// [`Ring::adopt`]); 0 registers none.
+    pub fn new(sq_entries: u32, count: u16, size: u32, files: u32) -> io::Result<Ring> {
         assert!(
             count.is_power_of_two(),
             "buffer count must be a power of two"
@@ -250,6 +275,8 @@ impl Ring {
             busy_poll_ns: 0,
             recv_capped: false,
             incremental: false,
+            mirror: Vec::new(),
+            mirror_fds: Box::new([]),
         };
         // SAFETY: the entries mapping is page-aligned, holds `count` entries, and lives in
         // `ring` (dropped after the IoUring, which unregisters the group with it).
@@ -299,6 +326,13 @@ impl Ring {
         if feature_wanted("buf_inc") {
             ring.incremental = ring.reregister_incremental();
         }
+        if files > 0
+            && feature_wanted("fixed_files")
+            && ring.uring.submitter().register_files_sparse(files).is_ok()
+        {
+            ring.mirror = vec![0; files as usize];
+            ring.mirror_fds = (0..files as RawFd).collect();
+        }
         Ok(ring)
     }
 
@@ -340,6 +374,47 @@ impl Ring {
     /// Whether buffers are consumed incrementally (see [`Cqe::buf_more`]).
     pub fn incremental(&self) -> bool {
         self.incremental
+    }
+
+    /// Whether sockets are mirrored into a registered file table (see [`Ring::adopt`]).
+    pub fn fixed_files(&self) -> bool {
+        !self.mirror.is_empty()
+    }
+
+    /// Mirrors descriptor `fd` into the ring's registered file table, at index `fd`
+    /// (IORING_OP_FILES_UPDATE, queued like any request: no syscall of its own). From then
+    /// on every request this ring makes on `fd` names the fixed file instead, so the kernel
+    /// takes no reference on the file per request (an `fget`/`fput` pair, two atomics on a
+    /// table shared by all workers). The descriptor itself stays open for what only a
+    /// descriptor can do (getpeername, setsockopt, shutdown(2)); [`Ring::close`] ends both.
+    ///
+    /// A descriptor past the table keeps the plain path. An update cannot fail for a valid
+    /// socket below the table's size; were it to, its failure completion carries `user_data`
+    /// and the requests that follow fail with EBADF, which ends the connection as an error.
+    pub fn adopt(&mut self, fd: RawFd, user_data: u64) {
+        let Some(flag) = usize::try_from(fd)
+            .ok()
+            .and_then(|i| self.mirror.get_mut(i))
+        else {
+            return;
+        };
+        *flag = 1;
+        let ptr = &self.mirror_fds[fd as usize] as *const RawFd;
+        let sqe = opcode::FilesUpdate::new(ptr, 1)
+            .offset(fd)
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(user_data);
+        self.push(sqe);
+    }
+
+    /// Whether requests on `fd` name its fixed-file mirror.
+    #[inline]
+    fn mirrored(&self, fd: RawFd) -> bool {
+        usize::try_from(fd)
+            .ok()
+            .and_then(|i| self.mirror.get(i))
+            .is_some_and(|&m| m != 0)
     }
 
     /// Whether this kernel caps a multishot recv at `optlen` bytes: one byte is written to
@@ -572,9 +647,9 @@ impl Ring {
     /// one ends (a completion without MORE) after `cap_buffers` buffers' worth of bytes, so
     /// one connection never takes more than that from the shared ring at once.
     pub fn recv_multi(&mut self, fd: RawFd, user_data: u64, cap_buffers: u32) {
-        let mut sqe = opcode::RecvMulti::new(types::Fd(fd), BGID)
-            .build()
-            .user_data(user_data);
+        let mut sqe = on_socket!(self.mirrored(fd), fd, |t| opcode::RecvMulti::new(t, BGID)
+            .build())
+        .user_data(user_data);
         if self.recv_capped {
             set_optlen(&mut sqe, self.size.saturating_mul(cap_buffers.max(1)));
         }
@@ -593,10 +668,10 @@ impl Ring {
                 .ptr
                 .add(bid as usize * self.size as usize + offset as usize)
         };
-        let sqe = opcode::Send::new(types::Fd(fd), ptr, len)
+        let sqe = on_socket!(self.mirrored(fd), fd, |t| opcode::Send::new(t, ptr, len)
             .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(user_data);
+            .build())
+        .user_data(user_data);
         self.push(sqe);
     }
 
@@ -627,6 +702,7 @@ impl Ring {
         connect_ud: u64,
         timeout_ud: u64,
     ) {
+        let fixed = self.mirrored(fd);
         let slot = self.stage(timeout);
         let len = addr.len() as usize;
         // SAFETY: `addr.as_ptr()` is valid for `addr.len()` bytes, and a SockAddr is never
@@ -638,12 +714,13 @@ impl Ring {
                 len,
             );
         }
-        let connect = opcode::Connect::new(
-            types::Fd(fd),
-            &slot.addr as *const _ as *const libc::sockaddr,
-            len as libc::socklen_t,
+        let addr = &slot.addr as *const _ as *const libc::sockaddr;
+        let connect = on_socket!(fixed, fd, |t| opcode::Connect::new(
+            t,
+            addr,
+            len as libc::socklen_t
         )
-        .build()
+        .build())
         .flags(squeue::Flags::IO_LINK)
         .user_data(connect_ud);
         let timer = opcode::LinkTimeout::new(&slot.timeout)
@@ -657,9 +734,10 @@ impl Ring {
     /// completions follow: the poll's (its revents, or `-ECANCELED` when the timeout fired)
     /// and the timeout's.
     pub fn poll_readable(&mut self, fd: RawFd, timeout: Duration, poll_ud: u64, timeout_ud: u64) {
+        let fixed = self.mirrored(fd);
         let slot = self.stage(timeout);
-        let poll = opcode::PollAdd::new(types::Fd(fd), (libc::POLLIN | libc::POLLRDHUP) as u32)
-            .build()
+        let mask = (libc::POLLIN | libc::POLLRDHUP) as u32;
+        let poll = on_socket!(fixed, fd, |t| opcode::PollAdd::new(t, mask).build())
             .flags(squeue::Flags::IO_LINK)
             .user_data(poll_ud);
         let timer = opcode::LinkTimeout::new(&slot.timeout)
@@ -679,9 +757,21 @@ impl Ring {
         self.push(sqe);
     }
 
-    /// Closes `fd`. Only a failure posts a completion (carrying `user_data`): a close that
-    /// works needs no answer, and skipping its CQE saves a completion per descriptor.
+    /// Closes `fd`, and its fixed-file mirror first (the socket ends when both let go of
+    /// it). Only a failure posts a completion (carrying `user_data`): a close that works
+    /// needs no answer, and skipping its CQE saves a completion per descriptor.
     pub fn close(&mut self, fd: RawFd, user_data: u64) {
+        if self.mirrored(fd) {
+            self.mirror[fd as usize] = 0;
+            // Queued before the descriptor's close, so the index is free again before the
+            // number can come back from an accept or a socket() and be adopted anew.
+            self.push(
+                opcode::Close::new(types::Fixed(fd as u32))
+                    .build()
+                    .flags(squeue::Flags::SKIP_SUCCESS)
+                    .user_data(user_data),
+            );
+        }
         self.push(
             opcode::Close::new(types::Fd(fd))
                 .build()
@@ -720,10 +810,11 @@ impl Ring {
         }
         let buf = &mut self.headers[slot / HEADER_CHUNK][slot % HEADER_CHUNK];
         buf[..bytes.len()].copy_from_slice(bytes);
-        let sqe = opcode::Send::new(types::Fd(fd), buf.as_ptr(), bytes.len() as u32)
+        let (ptr, len) = (buf.as_ptr(), bytes.len() as u32);
+        let sqe = on_socket!(self.mirrored(fd), fd, |t| opcode::Send::new(t, ptr, len)
             .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(user_data);
+            .build())
+        .user_data(user_data);
         self.push(sqe);
     }
 

@@ -303,6 +303,18 @@ pub fn terminate_self() {
     unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
 }
 
+/// The soft open-file limit in force (0 if it cannot be read).
+pub fn nofile_limit() -> u64 {
+    // SAFETY: `lim` is a valid rlimit for the call.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        lim.rlim_cur
+    }
+}
+
 /// Raises the soft open-file limit to the hard one (as HAProxy does); returns the limit.
 pub fn raise_nofile_limit() -> u64 {
     // SAFETY: `lim` is a valid rlimit for both calls.

@@ -36,6 +36,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+/// The largest registered file table a ring mirrors its sockets into; descriptors numbered
+/// above it take the plain path.
+const FIXED_FILES_MAX: u64 = 1 << 16;
+
 /// How often a worker wakes on its own: idle timeouts, resumed accepts, shutdown.
 pub const TICK: Duration = Duration::from_millis(100);
 
@@ -94,7 +98,10 @@ impl Worker {
         buffer_count: u16,
         buffer_size: u32,
     ) -> std::io::Result<Worker> {
-        let ring = Ring::new(4096, buffer_count, buffer_size)?;
+        // Every descriptor number the process can hold has a slot in the ring's file table,
+        // up to FIXED_FILES_MAX (a slot costs the kernel 8 bytes per ring).
+        let files = super::sys::nofile_limit().min(FIXED_FILES_MAX) as u32;
+        let ring = Ring::new(4096, buffer_count, buffer_size, files)?;
         Ok(Worker {
             id,
             ring,
@@ -130,11 +137,13 @@ impl Worker {
             worker = self.id,
             recv_cap = self.ring.recv_capped(),
             buf_inc = self.ring.incremental(),
-            "relay ready (recv_cap: multishot recvs bounded per arming, Linux 6.17+; buf_inc: buffers consumed incrementally, 6.12+)"
+            fixed_files = self.ring.fixed_files(),
+            "relay ready (recv_cap: multishot recvs bounded per arming, Linux 6.17+; buf_inc: buffers consumed incrementally, 6.12+; fixed_files: sockets mirrored in a registered file table, 5.19+)"
         );
         let f = &self.shared.io_uring_features;
         f.recv_cap.store(self.ring.recv_capped(), Relaxed);
         f.buf_inc.store(self.ring.incremental(), Relaxed);
+        f.fixed_files.store(self.ring.fixed_files(), Relaxed);
         self.ring.tick(TICK, table::user_data(0, 0, Op::Tick));
         self.arm_doorbell();
         self.ring
