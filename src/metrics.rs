@@ -212,7 +212,7 @@ pub fn install() -> Result<(), String> {
     describe_gauge!("ringlb_build_info", "1, labelled with the version.");
     describe_gauge!(
         "ringlb_io_uring_features",
-        "1 for each io_uring feature the workers use (recv_cap: capped multishot recvs, Linux 6.17+; buf_inc: incremental buffer consumption, 6.12+); 0 where the kernel lacks it or RINGLB_IO_URING_OFF turns it off."
+        "1 for each io_uring feature the workers use (recv_cap: capped multishot recvs, Linux 6.17+; buf_inc: incremental buffer consumption, 6.12+; fixed_files: long connections' sockets in a registered file table, 5.19+); 0 where the kernel lacks it or RINGLB_IO_URING_OFF turns it off."
     );
     describe_counter!(
         "ringlb_access_log_dropped_total",

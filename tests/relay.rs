@@ -582,10 +582,11 @@ fn fixed_sockets(pid: u32) -> Vec<(u32, String)> {
     out
 }
 
-/// Direct descriptors: while a connection is open, its two sockets sit in the worker ring's
-/// file table at the index of their descriptor number (the mirror the ring's requests use),
-/// and once it closes the table lets go of both, so no socket outlives its connection there.
-/// With `RINGLB_IO_URING_OFF=fixed_files` the table stays empty, and the metric says which.
+/// Direct descriptors: once a connection has relayed for a tick, its two sockets sit in the
+/// worker ring's file table at the index of their descriptor number (the mirror the ring's
+/// requests use), and once it closes the table lets go of both, so no socket outlives its
+/// connection there. With `RINGLB_IO_URING_OFF=fixed_files` the table stays empty, and the
+/// metric says which.
 #[test]
 fn open_sockets_are_mirrored_in_the_ring_file_table_and_released_at_close() {
     let echo = TestBackend::echo();

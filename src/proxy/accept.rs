@@ -266,8 +266,6 @@ impl Worker {
             connect_started: std::time::Instant::now(),
         });
         self.shared.worker_connections[self.id].fetch_add(1, Relaxed);
-        let adopted = self.conns.ud(slot, Op::Close);
-        self.ring.adopt(fd, adopted);
         if logs {
             if self.logs.len() <= slot {
                 self.logs.resize(slot + 1, LogInfo::default());

@@ -154,8 +154,21 @@ impl BufQueue {
 
     /// Appends the `n` bytes a completion put into buffer `bid` (`kernel_keeps`: its
     /// `BUF_MORE` flag).
+    ///
+    /// Bytes that continue the tail slice in the same buffer (incremental consumption with
+    /// no other connection's recv in between: a stream arriving faster than it is sent)
+    /// lengthen that slice instead of starting one, so one send takes them all. A send of
+    /// that slice already in flight is not disturbed: [`BufQueue::advance`] leaves the rest
+    /// of the slice at the head for the next send.
     pub fn push(&mut self, links: &mut BufLinks, bid: u16, n: u32, kernel_keeps: bool) {
         let off = links.received(bid, n, kernel_keeps);
+        if self.tail != NONE {
+            let t = self.tail as usize;
+            if links.bid[t] == bid && links.off[t] + links.len[t] == off {
+                links.len[t] += n;
+                return;
+            }
+        }
         let s = links.new_slice(bid, off, n);
         if self.tail == NONE {
             self.head = s;
@@ -268,6 +281,32 @@ mod tests {
         assert_eq!(links.discard(0, 5, false), Some(0));
     }
 
+    #[test]
+    fn contiguous_bytes_join_the_tail_slice_even_while_it_is_being_sent() {
+        let mut links = BufLinks::new(4);
+        let (mut a, mut b) = (BufQueue::new(), BufQueue::new());
+        a.push(&mut links, 1, 100, true);
+        // A send of those 100 bytes is in flight when 50 more land right after them.
+        assert_eq!(a.front(&links), Some((1, 0, 100)));
+        a.push(&mut links, 1, 50, true);
+        assert_eq!(a.len(), 1, "one slice");
+        assert_eq!(
+            a.advance(&mut links, 100),
+            None,
+            "the rest stays at the head"
+        );
+        assert_eq!(a.front(&links), Some((1, 100, 50)));
+        // Another queue's bytes in between: the next ones cannot join.
+        b.push(&mut links, 1, 10, true);
+        a.push(&mut links, 1, 20, false);
+        assert_eq!(a.len(), 2);
+        assert_eq!(a.advance(&mut links, 50), None);
+        assert_eq!(a.front(&links), Some((1, 160, 20)));
+        assert_eq!(b.advance(&mut links, 10), None);
+        assert_eq!(a.advance(&mut links, 20), Some(1));
+        assert_eq!(links.held(), 0);
+    }
+
     proptest! {
         /// Any interleaving of completions (whole or incremental) into two queues and of
         /// sends: every byte is sent once, in order per queue, from where the kernel put it;
@@ -288,7 +327,11 @@ mod tests {
                         None => match spare.pop() { Some(b) => (b, 0), None => continue },
                     };
                     qs[q].push(&mut links, bid, n, keeps);
-                    expected[q].push_back((bid, at, n));
+                    // Bytes continuing the queue's last slice in its buffer join it.
+                    match expected[q].back_mut() {
+                        Some((b, o, l)) if *b == bid && *o + *l == at => *l += n,
+                        _ => expected[q].push_back((bid, at, n)),
+                    }
                     filling = keeps.then_some((bid, at + n));
                 } else if let Some((bid, off, len)) = qs[q].front(&links) {
                     let (ebid, eoff, elen) = expected[q].front().copied().unwrap();

@@ -81,9 +81,6 @@ impl Worker {
             }
         };
         c.server = fd;
-        let adopted = self.conns.ud(slot, Op::Close);
-        self.ring.adopt(fd, adopted);
-        let c = self.conns.get(slot);
         c.connect_started = std::time::Instant::now();
         let timeout = c.listener.connect_timeout;
         c.backend = Some(backend.clone());

@@ -197,10 +197,7 @@ pub fn start(
         .map_err(|e| format!("cannot create the workers' eventfds: {e}"))?;
     let _ = shared.doorbells.set(doorbells);
     let cpus = sys::allowed_cpus();
-    let (count, size) = (
-        *cfg.buffer_count.get_ref() as u16,
-        *cfg.buffer_size.get_ref(),
-    );
+    let (count, size) = cfg.relay_buffers(preflight::incremental_buffers());
     let pin = cfg.pin_workers;
     let (tx, rx) = std::sync::mpsc::channel();
     let mut handles = Vec::with_capacity(n);

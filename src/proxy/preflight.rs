@@ -34,6 +34,13 @@ pub fn check() -> Result<String, String> {
     }
 }
 
+/// Whether this kernel consumes provided buffers incrementally (and `buf_inc` is not
+/// turned off), asked of a throwaway ring: it decides the default relay buffer layout
+/// before the workers make theirs.
+pub fn incremental_buffers() -> bool {
+    Ring::new(8, 2, 4096, 0).is_ok_and(|r| r.incremental())
+}
+
 /// What an io_uring setup error means here.
 pub fn explain(e: &std::io::Error) -> String {
     let kernel = kernel_release();

@@ -8,7 +8,9 @@
 //!   kernel only gets a buffer back through [`Ring::recycle`];
 //! - a connect's address and timeout, and a PROXY header, are copied into storage owned here;
 //!   the kernel consumes address and timespec at submission (IORING_FEAT_SUBMIT_STABLE,
-//!   checked at setup), and a header slot lives until the ring is dropped.
+//!   checked at setup), and a header slot lives until the ring is dropped;
+//! - the registered file table the sockets of long connections are mirrored into (see
+//!   [`Ring::adopt`]), and the array a table update reads its descriptor from.
 //!
 //! Must not touch: connection logic. It knows file descriptors, buffer ids and user data, not
 //! what they mean.
@@ -42,7 +44,7 @@ mod abi {
 }
 
 /// Whether io_uring feature `name` may be used: not listed in `RINGLB_IO_URING_OFF`
-/// (comma-separated: `recv_cap`, `buf_inc`), for comparisons and for running the tests on
+/// (comma-separated: `recv_cap`, `buf_inc`, `fixed_files`), for comparisons and for running the tests on
 /// the fallback paths a kernel without the feature takes.
 pub fn feature_wanted(name: &str) -> bool {
     let off = std::env::var("RINGLB_IO_URING_OFF").unwrap_or_default();
@@ -381,12 +383,15 @@ impl Ring {
         !self.mirror.is_empty()
     }
 
-    /// Mirrors descriptor `fd` into the ring's registered file table, at index `fd`
+    /// Mirrors descriptor `fd` (if not yet) into the ring's registered file table, at index `fd`
     /// (IORING_OP_FILES_UPDATE, queued like any request: no syscall of its own). From then
     /// on every request this ring makes on `fd` names the fixed file instead, so the kernel
     /// takes no reference on the file per request (an `fget`/`fput` pair, two atomics on a
     /// table shared by all workers). The descriptor itself stays open for what only a
     /// descriptor can do (getpeername, setsockopt, shutdown(2)); [`Ring::close`] ends both.
+    ///
+    /// Requests already in flight on the descriptor go on as they are (each holds its own
+    /// reference), so a socket may be adopted at any point of its life.
     ///
     /// A descriptor past the table keeps the plain path. An update cannot fail for a valid
     /// socket below the table's size; were it to, its failure completion carries `user_data`
@@ -398,6 +403,9 @@ impl Ring {
         else {
             return;
         };
+        if *flag != 0 {
+            return;
+        }
         *flag = 1;
         let ptr = &self.mirror_fds[fd as usize] as *const RawFd;
         let sqe = opcode::FilesUpdate::new(ptr, 1)
