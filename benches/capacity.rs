@@ -1,6 +1,7 @@
 //! Capacity of the relay buffer pool: how many connections with bytes stuck in ringlb one
-//! worker's default pool (256 buffers of 64 KiB, 16 MiB) serves before a recv finds the pool
-//! empty and parks (`ringlb_buffer_ring_exhausted_total` > 0).
+//! worker's default pool (16 MiB: 64 buffers of 256 KiB with incremental consumption, 256 of
+//! 64 KiB with whole buffers) serves before a recv finds the pool empty and parks
+//! (`ringlb_buffer_ring_exhausted_total` > 0).
 //!
 //!     cargo bench --bench capacity                          # this build, buf_inc on and off
 //!     cargo bench --bench capacity -- --bin /tmp/ringlb-old --label old
