@@ -68,6 +68,8 @@ pub enum End {
     ProxyHeader,
     /// Over `max_connections_per_source` or `connection_rate_per_source`.
     SourceLimited,
+    /// Closed while idle because its backend held more than its share (`rebalance`).
+    Rebalanced,
 }
 
 impl End {
@@ -93,6 +95,7 @@ impl End {
             End::MaxAge => "max_age",
             End::ProxyHeader => "proxy_header",
             End::SourceLimited => "source_limited",
+            End::Rebalanced => "rebalanced",
         }
     }
 }

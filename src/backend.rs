@@ -72,6 +72,8 @@ pub struct BackendStats {
     pub failures_in_row: AtomicU32,
     /// Connections closed because the backend was marked down (`on_backend_down = "close"`).
     pub closed_on_down: AtomicU64,
+    /// Connections closed to rebalance the pool (`ringlb_backend_rebalanced_total`).
+    pub rebalanced: AtomicU64,
 }
 
 /// One backend server. Shared by all snapshots that list it, so its counters survive
@@ -105,6 +107,11 @@ pub struct Backend {
     up_since_ms: AtomicU64,
     /// When the current drain began (Unix seconds; 0: not draining).
     draining_since: AtomicU64,
+    /// Idle connections the rebalancer lets the workers close now (granted at its pace,
+    /// taken one by one as the workers close them), and how long one must have been idle
+    /// (ms). See `control/rebalance.rs`.
+    rebalance_quota: AtomicU32,
+    rebalance_idle_ms: AtomicU32,
     pub stats: CachePadded<BackendStats>,
     /// The last health check, as the status page shows it. Written by the control plane's
     /// check loop once per interval and read by `GET /stats`; the data plane never takes it.
@@ -147,6 +154,8 @@ impl Backend {
             } else {
                 0
             }),
+            rebalance_quota: AtomicU32::new(0),
+            rebalance_idle_ms: AtomicU32::new(0),
             stats: CachePadded::new(BackendStats::default()),
             last_check: std::sync::Mutex::new(None),
         }
@@ -291,6 +300,28 @@ impl Backend {
     }
     pub fn set_weight(&self, w: u32) {
         self.weight.store(w, Ordering::Relaxed);
+    }
+    /// Lets the workers close `n` more idle connections (idle at least `idle_ms`).
+    pub fn grant_rebalance(&self, n: u32, idle_ms: u32) {
+        self.rebalance_idle_ms.store(idle_ms, Ordering::Relaxed);
+        self.rebalance_quota.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Takes back what was granted and not used (the backend is back at its share).
+    pub fn revoke_rebalance(&self) -> u32 {
+        self.rebalance_quota.swap(0, Ordering::Relaxed)
+    }
+    /// How long a connection must have been idle to be closed for rebalancing, if the
+    /// rebalancer wants some of this backend's closed now.
+    #[inline]
+    pub fn rebalance_wanted(&self) -> Option<u32> {
+        (self.rebalance_quota.load(Ordering::Relaxed) > 0)
+            .then(|| self.rebalance_idle_ms.load(Ordering::Relaxed))
+    }
+    /// Takes one close from the quota; false when another worker took the last one.
+    pub fn take_rebalance(&self) -> bool {
+        self.rebalance_quota
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| q.checked_sub(1))
+            .is_ok()
     }
     #[inline]
     pub fn active(&self) -> i64 {

@@ -95,6 +95,12 @@ pub enum CtlCommand {
         #[arg(long, value_name = "DURATION")]
         drain_timeout: Option<String>,
     },
+    /// Rebalance a pool now: backends over their share get idle connections closed, at the
+    /// pool's pace, until each is at its share (clients that reconnect land on the others).
+    Rebalance {
+        /// The pool.
+        pool: String,
+    },
     /// Show, set or clear a backend's scale-in protection (the scaler never removes it).
     Protect {
         /// The pool.
@@ -190,6 +196,7 @@ pub fn main(a: CtlArgs) -> i32 {
         CtlCommand::Backends { .. } => ("GET", "/backends".into(), None),
         CtlCommand::Stats => ("GET", "/stats".into(), None),
         CtlCommand::Drain { pool, addr } => ("POST", backend(pool, addr) + "/drain", None),
+        CtlCommand::Rebalance { pool } => ("POST", format!("/pools/{}/rebalance", seg(pool)), None),
         CtlCommand::Ready { pool, addr } => ("POST", backend(pool, addr) + "/ready", None),
         CtlCommand::Weight { pool, addr, weight } => (
             "PUT",
@@ -402,6 +409,28 @@ fn render(cmd: &CtlCommand, text: &str) -> Result<String, serde_json::Error> {
             format!(
                 "{} {}: {how} ({} connections open)\n",
                 r.backend.pool, r.backend.addr, r.backend.active_connections
+            )
+        }
+        CtlCommand::Rebalance { .. } => {
+            let r: crate::control::views::RebalanceView = serde_json::from_str(text)?;
+            let rows = r
+                .backends
+                .iter()
+                .map(|b| {
+                    vec![
+                        r.pool.clone(),
+                        b.addr.clone(),
+                        b.active_connections.to_string(),
+                        format!("{:.2}", b.share),
+                        if b.over { "closing idle" } else { "-" }.to_string(),
+                    ]
+                })
+                .collect();
+            format!(
+                "{}rebalancing {} for at most {}s\n",
+                table(&["POOL", "BACKEND", "ACTIVE", "SHARE", "ACTION"], rows),
+                r.pool,
+                r.ends_within_seconds
             )
         }
         CtlCommand::Protect { .. } => {

@@ -152,6 +152,10 @@ pub fn install() -> Result<(), String> {
         "1 for a backup backend (takes connections only while no non-backup backend of its pool is up)."
     );
     describe_counter!(
+        "ringlb_backend_rebalanced_total",
+        "Idle connections closed because the backend held more than its share of the pool (rebalance)."
+    );
+    describe_counter!(
         "ringlb_backend_closed_on_down_total",
         "Connections closed because the backend was marked down (on_backend_down = \"close\")."
     );
@@ -316,6 +320,8 @@ pub fn render(shared: &Shared) -> String {
                 .set(if b.is_backup() { 1.0 } else { 0.0 });
             counter!("ringlb_backend_closed_on_down_total", "pool" => pool.clone(), "backend" => addr.clone())
                 .absolute(s.closed_on_down.load(Relaxed));
+            counter!("ringlb_backend_rebalanced_total", "pool" => pool.clone(), "backend" => addr.clone())
+                .absolute(s.rebalanced.load(Relaxed));
             gauge!("ringlb_backend_effective_weight", "pool" => pool.clone(), "backend" => addr.clone())
                 .set(b.effective_weight());
             gauge!("ringlb_backend_max_connections", "pool" => pool.clone(), "backend" => addr.clone())

@@ -92,6 +92,8 @@ pub struct Pool {
     pub health: crate::config::HealthConfig,
     /// Cached handle for `ringlb_backend_connect_duration_seconds`.
     pub connect_duration: metrics::Histogram,
+    /// `rebalance`, resolved (read by the control plane's rebalancer; None: off).
+    pub rebalance: Option<crate::config::RebalanceSettings>,
 }
 
 impl Pool {
@@ -144,6 +146,7 @@ impl Pool {
             queue,
             health: cfg.health.clone(),
             connect_duration: metrics::histogram!("ringlb_backend_connect_duration_seconds", "pool" => name.to_string()),
+            rebalance: cfg.rebalance.as_ref().map(|r| r.settings()),
         }
     }
 

@@ -1256,3 +1256,54 @@ fn a_registration_answered_503_is_asked_again() {
         "{log}"
     );
 }
+
+/// `rebalance_on_scale_out`: once the backend a scale-out launched is up, the scaler asks
+/// the balancer to rebalance the pool, so that the long-lived connections held on the old
+/// backend are not left there while the new one sits idle; the events file says so.
+#[test]
+fn a_scale_out_asks_the_balancer_to_rebalance_once_the_new_backend_is_up() {
+    let b = balancer();
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let s = Scaler::start_with(
+        &b,
+        31800,
+        1,
+        2,
+        Opts {
+            top: format!(
+                "rebalance_on_scale_out = true\nevents_file = \"{}\"",
+                events.display()
+            ),
+            dir: Some(dir),
+            ..Opts::default()
+        },
+    );
+    // 10 idle connections, target 5 per backend: one more backend.
+    let held = hold(b.lb, 10);
+    wait_until(Duration::from_secs(15), || up_count(b.admin) == 2);
+    let new = launched_backend(&b);
+    // Shares of 5 and 5: the static backend's idle connections (idle over the default
+    // second) close until it holds its share.
+    wait_until(Duration::from_secs(15), || {
+        pool(b.admin)
+            .iter()
+            .find(|(a, _, _)| *a == b.static_addr)
+            .is_some_and(|(_, _, n)| *n <= 5)
+    });
+    let (_, metrics) = http(b.metrics, "GET", "/metrics", None, None);
+    let closed: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("ringlb_backend_rebalanced_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(closed >= 5.0, "{closed} closed to rebalance");
+    let text = std::fs::read_to_string(&events).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("\"rebalanced_after\"") && l.contains(&new.to_string())),
+        "the events file records the rebalance:\n{text}"
+    );
+    assert!(s.log().contains("rebalances the pool"), "{}", s.log());
+    drop(held);
+}

@@ -78,6 +78,68 @@ pub struct PoolConfig {
     /// TCP keepalive on the sockets to this pool's backends (unset: the system's, off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_keepalive: Option<super::listener::Keepalive>,
+    /// Closes idle connections of backends holding more than their share (off when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance: Option<Rebalance>,
+}
+
+/// `rebalance = { tolerance, idle_for, rate }`: when a backend holds more than
+/// (1 + `tolerance`) × its weighted share of the pool's connections, its connections idle
+/// for `idle_for` are closed (a FIN both ways, oldest first), at most `rate` per second
+/// for the pool, until it is back at its share; clients that reconnect land on the others.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rebalance {
+    #[serde(default = "default_tolerance")]
+    pub tolerance: Spanned<f64>,
+    #[serde(default = "default_idle_for")]
+    pub idle_for: Dur<{ 100 * US_MS }, US_H>,
+    #[serde(default = "default_rebalance_rate")]
+    pub rate: Spanned<String>,
+}
+
+fn default_tolerance() -> Spanned<f64> {
+    Spanned::new(0..0, RebalanceSettings::default().tolerance)
+}
+fn default_idle_for() -> Dur<{ 100 * US_MS }, US_H> {
+    Dur(RebalanceSettings::default().idle_for)
+}
+fn default_rebalance_rate() -> Spanned<String> {
+    Spanned::new(0..0, "20/s".into())
+}
+
+/// Most `rebalance.tolerance`: past 10 (eleven times its share) there is nothing to balance.
+pub const MAX_REBALANCE_TOLERANCE: f64 = 10.0;
+
+/// `rebalance`, resolved: what the control plane's rebalancer works with (also the
+/// settings of a rebalance asked for through the admin API in a pool without the key).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RebalanceSettings {
+    pub tolerance: f64,
+    pub idle_for: Duration,
+    /// Closes per second, for the whole pool.
+    pub rate: f64,
+}
+
+impl Default for RebalanceSettings {
+    fn default() -> Self {
+        RebalanceSettings {
+            tolerance: 0.2,
+            idle_for: Duration::from_secs(1),
+            rate: 20.0,
+        }
+    }
+}
+
+impl Rebalance {
+    /// The settings (valid once the config validated).
+    pub fn settings(&self) -> RebalanceSettings {
+        RebalanceSettings {
+            tolerance: *self.tolerance.get_ref(),
+            idle_for: self.idle_for.get(),
+            rate: super::listener::parse_rate(self.rate.get_ref()).unwrap_or(20.0),
+        }
+    }
 }
 
 /// `on_backend_down`: HAProxy's `on-marked-down shutdown-sessions`, Envoy's
@@ -291,6 +353,34 @@ pub(super) fn validate_pool(pname: &str, p: &PoolConfig) -> Result<(), Invalid> 
                 span_of(f),
                 format!(
                     "pools.{pname}.balance_factor: {v} must be above 1.0 and at most {MAX_BALANCE_FACTOR} (e.g. 1.25)"
+                ),
+            ));
+        }
+    }
+    if let Some(r) = &p.rebalance {
+        let t = *r.tolerance.get_ref();
+        if !(0.0..=MAX_REBALANCE_TOLERANCE).contains(&t) {
+            return Err((
+                span_of(&r.tolerance),
+                format!(
+                    "pools.{pname}.rebalance.tolerance: {t} must be from 0 to {MAX_REBALANCE_TOLERANCE} (0.2: act above 1.2 times the share)"
+                ),
+            ));
+        }
+        super::listener::parse_rate(r.rate.get_ref()).map_err(|m| {
+            (
+                span_of(&r.rate),
+                format!("pools.{pname}.rebalance.rate: {m}"),
+            )
+        })?;
+        if matches!(p.algorithm, Algorithm::RingHash | Algorithm::Maglev)
+            && p.hash_key == HashKey::ClientIp
+        {
+            return Err((
+                span_of(&r.tolerance).or(span_of(&p.backends)),
+                format!(
+                    "pools.{pname}.rebalance: {:?} on client_ip sends a client back to the backend its address hashes to, so closing it moves nothing; use round_robin, least_conn or hash_key = \"client_ip_port\"",
+                    p.algorithm
                 ),
             ));
         }

@@ -239,6 +239,32 @@ async fn add(State(app): State<App>, Params(pool): Params<String>, body: Bytes) 
     }
 }
 
+/// Starts rebalancing a pool now: its backends over their share (by more than the pool's
+/// `rebalance.tolerance`, 0.2 without the key) get idle connections closed, at the pool's
+/// `rebalance.rate` (20/s), until each is back at its share. Clients that reconnect land on
+/// the others. Bytes in flight are never cut.
+#[utoipa::path(post, path = "/pools/{pool}/rebalance", tag = "backends",
+    security(("bearer" = [])),
+    params(("pool" = String, Path, description = "Pool name")),
+    responses(
+        (status = 202, description = "Rebalancing", body = super::views::RebalanceView),
+        Guarded,
+        Lookup,
+    ))]
+async fn rebalance(State(app): State<App>, Params(pool): Params<String>) -> Response {
+    match app.control.rebalance_now(&pool) {
+        Some(backends) => json(
+            StatusCode::ACCEPTED,
+            super::views::RebalanceView {
+                pool,
+                ends_within_seconds: super::rebalance::MANUAL_LIMIT.as_secs(),
+                backends,
+            },
+        ),
+        None => error(StatusCode::NOT_FOUND, format!("no pool {pool:?}")),
+    }
+}
+
 /// Drains a backend: no new connections; open ones go on until they end. `ready` undoes it.
 #[utoipa::path(post, path = "/pools/{pool}/backends/{addr}/drain", tag = "backends",
     security(("bearer" = [])),
@@ -630,7 +656,8 @@ fn routes() -> (
         .routes(routes!(ready))
         .routes(routes!(get_protection, put_protection))
         .routes(routes!(remove))
-        .routes(routes!(weight));
+        .routes(routes!(weight))
+        .routes(routes!(rebalance));
     let open = OpenApiRouter::new()
         .routes(routes!(healthz))
         .routes(routes!(readyz))

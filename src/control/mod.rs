@@ -8,6 +8,7 @@
 
 pub mod admin;
 mod discovery;
+pub mod rebalance;
 pub mod state;
 pub mod upgrade;
 pub mod views;
@@ -32,6 +33,8 @@ pub struct Control {
     endpoints: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
     /// When this process's control plane started (Unix seconds, and for uptime).
     pub started: (u64, Instant),
+    /// Rebalancing of pools over their backends (ticked by its own loop).
+    rebalancer: Arc<Mutex<rebalance::Rebalancer>>,
 }
 
 /// Listeners bound before anything starts, so a taken port fails the start cleanly.
@@ -64,6 +67,7 @@ impl Control {
             runtime: runtime.handle().clone(),
             endpoints: Arc::new(Mutex::new(Vec::new())),
             started: (crate::backend::unix_now(), Instant::now()),
+            rebalancer: Arc::new(Mutex::new(rebalance::Rebalancer::default())),
         };
         let c = control.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -80,6 +84,7 @@ impl Control {
                     // the config every 100 ms.
                     tokio::spawn(c.clone().discovery_loop());
                     let shared = c.lock().shared.clone();
+                    tokio::spawn(c.clone().rebalance_loop(shared.clone()));
                     let mut result = Ok(());
                     if let Some(l) = endpoints.metrics {
                         match serve(l, admin::metrics_router(shared.clone())) {
@@ -118,6 +123,34 @@ impl Control {
             .recv()
             .map_err(|_| "the control thread died".to_string())??;
         Ok(control)
+    }
+
+    /// Compares shares and grants rebalancing closes, every [`rebalance::PERIOD`].
+    async fn rebalance_loop(self, shared: Arc<crate::snapshot::Shared>) {
+        let mut every = tokio::time::interval(rebalance::PERIOD);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let snapshot = shared.snapshot.load_full();
+            self.rebalancer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .tick(&snapshot.pools, Instant::now());
+        }
+    }
+
+    /// Starts rebalancing `pool` now (see [`rebalance::Rebalancer::start`]); None: no
+    /// such pool.
+    pub fn rebalance_now(&self, pool: &str) -> Option<Vec<views::RebalanceShare>> {
+        let shared = self.lock().shared.clone();
+        let snapshot = shared.snapshot.load_full();
+        let p = snapshot.pool(pool)?;
+        Some(
+            self.rebalancer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .start(p, Instant::now()),
+        )
     }
 
     /// While an upgrade hands the sockets over, changes are refused (503) rather than made

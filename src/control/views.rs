@@ -67,6 +67,9 @@ pub struct BackendView {
     /// Connections closed because the backend was marked down (`on_backend_down = "close"`).
     #[serde(default)]
     pub closed_on_down_total: u64,
+    /// Idle connections closed because the backend held more than its share (`rebalance`).
+    #[serde(default)]
+    pub rebalanced_total: u64,
 }
 
 impl BackendView {
@@ -85,6 +88,7 @@ impl BackendView {
             protection_expires_in: b.protection_left(),
             backup: b.is_backup(),
             closed_on_down_total: b.stats.closed_on_down.load(Relaxed),
+            rebalanced_total: b.stats.rebalanced.load(Relaxed),
         }
     }
 }
@@ -424,4 +428,26 @@ mod tests {
         assert_eq!(a(r#"{"addr": "x", "weight": null}"#).unwrap(), None);
         assert!(a(r#"{"addr": "x", "weight": 2.5}"#).is_err());
     }
+}
+
+/// A backend as a rebalance saw it when it started.
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone)]
+pub struct RebalanceShare {
+    pub addr: String,
+    pub active_connections: i64,
+    /// Its weighted share of the serving backends' connections.
+    pub share: f64,
+    /// Above (1 + tolerance) × share (and not protected): some of its idle connections
+    /// will close.
+    pub over: bool,
+}
+
+/// What `POST /pools/{pool}/rebalance` found when it started.
+#[derive(Serialize, Deserialize, ToSchema, Debug)]
+pub struct RebalanceView {
+    pub pool: String,
+    /// The run ends when every backend is at its share, or after this many seconds.
+    pub ends_within_seconds: u64,
+    /// The backends that take part: the serving tier, up (draining ones are left alone).
+    pub backends: Vec<RebalanceShare>,
 }

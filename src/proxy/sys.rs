@@ -140,6 +140,17 @@ pub fn close(fd: RawFd) {
     unsafe { libc::close(fd) };
 }
 
+/// Bytes received on socket `fd` and not yet read (FIONREAD); an error counts as some, so
+/// a caller that closes only quiet sockets leaves this one alone.
+pub fn unread_bytes(fd: RawFd) -> i32 {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int, which `n` is.
+    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } != 0 {
+        return 1;
+    }
+    n
+}
+
 /// Copies the bytes waiting on `fd` into `buf` without taking them (MSG_PEEK), without
 /// blocking: the count, 0 at EOF, or -errno.
 pub fn peek(fd: RawFd, buf: &mut [u8]) -> isize {

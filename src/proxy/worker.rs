@@ -29,6 +29,7 @@
 use super::bufqueue::BufLinks;
 use super::conn::{Phase, Side};
 use super::ring::{Cqe, Ring};
+use super::sys;
 use super::table::{self, ConnTable, Op};
 use crate::accesslog::End;
 use crate::snapshot::Shared;
@@ -88,6 +89,8 @@ pub struct Worker {
     cqes: Vec<Cqe>,
     /// Warnings of this kind already logged this second.
     pub(super) accept_warned: u32,
+    /// The tick's finds for rebalancing: (accept tick, slot), kept to reuse its memory.
+    rebalance: Vec<(u32, u32)>,
 }
 
 impl Worker {
@@ -100,7 +103,7 @@ impl Worker {
     ) -> std::io::Result<Worker> {
         // Every descriptor number the process can hold has a slot in the ring's file table,
         // up to FIXED_FILES_MAX (a slot costs the kernel 8 bytes per ring).
-        let files = super::sys::nofile_limit().min(FIXED_FILES_MAX) as u32;
+        let files = sys::nofile_limit().min(FIXED_FILES_MAX) as u32;
         let ring = Ring::new(4096, buffer_count, buffer_size, files)?;
         Ok(Worker {
             id,
@@ -128,6 +131,7 @@ impl Worker {
             stopping: false,
             cqes: Vec::with_capacity(1024),
             accept_warned: 0,
+            rebalance: Vec::new(),
         })
     }
 
@@ -310,8 +314,51 @@ impl Worker {
             }
             if let Some(end) = self.lifetime_end(slot, idle as u64 * tick_ms) {
                 self.close(slot, end);
+                continue;
+            }
+            let c = self.conns.get(slot);
+            if let Some(b) = &c.backend
+                && let Some(idle_for) = b.rebalance_wanted()
+                && idle as u64 * tick_ms >= idle_for as u64
+                && c.dirs
+                    .iter()
+                    .all(|d| d.queue.is_empty() && !d.sending && !d.eof)
+            {
+                self.rebalance.push((c.born, slot as u32));
             }
         }
+        self.close_for_rebalance();
+    }
+
+    /// Closes the idle connections the tick found on backends over their share, oldest
+    /// first, as far as each backend's quota goes (shared by the workers; see
+    /// `control/rebalance.rs`). Like an idle timeout: a FIN both ways, with nothing
+    /// received and not yet sent, so no bytes in flight are cut.
+    fn close_for_rebalance(&mut self) {
+        if self.rebalance.is_empty() {
+            return;
+        }
+        let mut found = std::mem::take(&mut self.rebalance);
+        found.sort_unstable();
+        for &(_, slot) in &found {
+            let slot = slot as usize;
+            let c = self.conns.get(slot);
+            let Some(b) = c.backend.clone() else {
+                continue;
+            };
+            // Bytes the kernel holds for us and the ring has not taken yet: a request on
+            // its way is not idle (and closing on unread bytes would send a reset).
+            // A syscall per side, only for the few connections a rebalance closes.
+            if sys::unread_bytes(c.client) != 0 || sys::unread_bytes(c.server) != 0 {
+                continue;
+            }
+            if b.take_rebalance() {
+                b.stats.rebalanced.fetch_add(1, Relaxed);
+                self.close(slot, End::Rebalanced);
+            }
+        }
+        found.clear();
+        self.rebalance = found;
     }
 
     /// The fin timeouts and `max_connection_age`: whether a relaying connection, idle for

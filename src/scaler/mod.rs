@@ -88,6 +88,11 @@ pub struct ScalerConfig {
         deserialize_with = "crate::config::values::duration_serde::within::<{ US_S }, US_DAY, _>"
     )]
     pub startup_timeout: Duration,
+    /// Once backends this scaler launched come up, ask the balancer to rebalance the pool
+    /// (`POST /pools/{pool}/rebalance`), so that long-lived connections of clients that
+    /// reconnect move to them (the pool's `rebalance` settings, or the defaults, apply).
+    #[serde(default)]
+    pub rebalance_on_scale_out: bool,
     /// Which of our backends goes first on scale-in: the one with the fewest active
     /// connections (default), or the newest (for a StatefulSet, whose scale-down always
     /// removes the highest ordinal).
@@ -303,6 +308,8 @@ pub struct Scaler {
     launch_not_before: Option<Instant>,
     /// What the state file holds now (written when it changes).
     saved: Vec<actuator::Launched>,
+    /// Backends of ours already seen up (a new one coming up asks for a rebalance).
+    seen_up: std::collections::HashSet<SocketAddr>,
 }
 
 impl Scaler {
@@ -336,7 +343,8 @@ impl Scaler {
             saved = list;
         }
         let now = Instant::now();
-        let registered_at = actuator.owned().into_iter().map(|a| (a, now)).collect();
+        let registered_at: std::collections::HashMap<SocketAddr, Instant> =
+            actuator.owned().into_iter().map(|a| (a, now)).collect();
         let mut scaler = Scaler {
             rules: cfg
                 .policy_list()
@@ -360,10 +368,12 @@ impl Scaler {
             token,
             desired: None,
             draining,
-            registered_at,
+            registered_at: registered_at.clone(),
             startup_failures: 0,
             launch_not_before: None,
             saved,
+            // Adopted at a restart: up before this scaler ran, no scale-out of its own.
+            seen_up: registered_at.keys().copied().collect(),
             cfg,
         };
         scaler.save_state();
@@ -398,6 +408,7 @@ impl Scaler {
         body: Option<&str>,
     ) -> Result<(u16, String), String> {
         let ok = match method {
+            "POST" if path.ends_with("/rebalance") => 202,
             "POST" => 201,
             "DELETE" => 202,
             _ => 200,
@@ -582,6 +593,7 @@ impl Scaler {
         {
             self.startup_failures = 0;
         }
+        let rebalanced_after = self.rebalance_after_scale_out(&pool, &backends).await;
         let backends: Vec<BackendView> = backends
             .into_iter()
             .filter(|b| !b.addr.parse().is_ok_and(|a: SocketAddr| stuck.contains(&a)))
@@ -685,7 +697,47 @@ impl Scaler {
             protected: backends.iter().filter(|b| b.protected).count() as u32,
             min: self.bounds.0,
             max: self.bounds.1,
+            rebalanced_after,
         });
+    }
+
+    /// With `rebalance_on_scale_out`: once backends we launched come up, asks every
+    /// balancer to rebalance the pool. Returns those backends (for the events file) if it
+    /// asked.
+    async fn rebalance_after_scale_out(
+        &mut self,
+        pool: &str,
+        backends: &[BackendView],
+    ) -> Vec<String> {
+        let came_up: Vec<SocketAddr> = backends
+            .iter()
+            .filter(|b| b.state == "up")
+            .filter_map(|b| b.addr.parse().ok())
+            .filter(|a| self.registered_at.contains_key(a) && !self.seen_up.contains(a))
+            .collect();
+        self.seen_up.retain(|a| self.registered_at.contains_key(a));
+        self.seen_up.extend(came_up.iter().copied());
+        if came_up.is_empty() || !self.cfg.rebalance_on_scale_out {
+            return Vec::new();
+        }
+        let shown: Vec<String> = came_up.iter().map(|a| a.to_string()).collect();
+        match self
+            .admin_call("POST", &format!("/pools/{pool}/rebalance"), None)
+            .await
+        {
+            Ok((202, _)) => {
+                tracing::info!(pool = %pool, came_up = ?shown, "new backends are up: the balancer rebalances the pool");
+                shown
+            }
+            Ok((status, text)) => {
+                tracing::warn!(pool = %pool, status, body = %text.trim(), "cannot start a rebalance");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(pool = %pool, error = %e, "cannot start a rebalance");
+                Vec::new()
+            }
+        }
     }
 
     /// Appends one evaluation to `events_file` (a failure is logged, never fatal).

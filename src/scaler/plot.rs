@@ -19,6 +19,10 @@ pub struct Event {
     pub protected: u32,
     pub min: u32,
     pub max: u32,
+    /// Backends of ours that came up at this evaluation and made the scaler ask the
+    /// balancer to rebalance the pool (`rebalance_on_scale_out`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rebalanced_after: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -207,6 +211,7 @@ mod tests {
             protected: 0,
             min: 1,
             max: 4,
+            rebalanced_after: vec![],
         }
     }
 
