@@ -100,6 +100,19 @@ fn broken_files(good: &str) -> Vec<(String, Vec<u8>)> {
         ("hash_key", "\"mac\""),
         ("on_backend_down", "\"shutdown\""),
         ("tcp_keepalive", "{ interval = \"0s\" }"),
+        ("rebalance", "{ tolerance = -0.1 }"),
+        ("rebalance", "{ tolerance = 11.0 }"),
+        ("rebalance", "{ tolerance = nan }"),
+        ("rebalance", "{ tolerance = inf }"),
+        ("rebalance", "{ idle_for = \"10ms\" }"),
+        ("rebalance", "{ idle_for = \"2h\" }"),
+        ("rebalance", "{ rate = \"0/s\" }"),
+        ("rebalance", "{ rate = \"20/h\" }"),
+        ("rebalance", "{ rate = \"lots\" }"),
+        ("rebalance", "{ rate = \"99999999/s\" }"),
+        ("rebalance", "{ tolerence = 0.2 }"),
+        ("rebalance", "true"),
+        ("algorithm = \"maglev\"\nrebalance", "{}"),
     ] {
         add(&format!("pool {k} = {v}"), in_pool(&format!("{k} = {v}")));
     }
