@@ -140,7 +140,7 @@ impl Rebalancer {
             }
             // The most loaded first, one close at a time round the list, as far as the
             // pace allows.
-            excess.sort_by(|a, b| b.1.cmp(&a.1));
+            excess.sort_by_key(|e| std::cmp::Reverse(e.1));
             let idle_ms = settings.idle_for.as_millis().min(u32::MAX as u128) as u32;
             let mut grants = vec![0u32; excess.len()];
             let mut left = run.tokens.floor() as u32;
@@ -163,6 +163,139 @@ impl Rebalancer {
                     run.tokens -= n as f64;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendState;
+    use crate::snapshot::{Members, Snapshot};
+    use proptest::prelude::*;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    /// Pool `p` over backends of `weights`, with `rebalance` as given (the real config
+    /// path: parsed, validated, assembled into a snapshot).
+    fn pool(weights: &[u32], rebalance: &str) -> Arc<Pool> {
+        let list: Vec<String> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| format!("{{ addr = \"127.0.0.1:{}\", weight = {w} }}", 9000 + i))
+            .collect();
+        let text = format!(
+            "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:1\"\npool = \"p\"\n[pools.p]\nalgorithm = \"least_conn\"\nbackends = [{}]\n{rebalance}\n",
+            list.join(", ")
+        );
+        let cfg = crate::config::Config::parse("t.toml", &text).expect("valid");
+        let members: Members = [(
+            "p".to_string(),
+            weights
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| {
+                    let a = SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16));
+                    Arc::new(Backend::new("p", a, w, BackendState::Up))
+                })
+                .collect(),
+        )]
+        .into_iter()
+        .collect();
+        Snapshot::assemble(&cfg, &members, None)
+            .pool("p")
+            .unwrap()
+            .clone()
+    }
+
+    /// What the workers may close now, per backend (taken, as workers that found idle
+    /// connections for all of it would).
+    fn take_grants(p: &Pool) -> Vec<u32> {
+        p.backends.iter().map(|b| b.revoke_rebalance()).collect()
+    }
+
+    #[test]
+    fn a_pool_without_the_key_is_left_alone_until_a_run_is_asked_for() {
+        let p = pool(&[1, 1], "");
+        p.backends[0].stats.active.store(20, Relaxed);
+        let mut r = Rebalancer::default();
+        let t = Instant::now();
+        for i in 0..10 {
+            r.tick(std::slice::from_ref(&p), t + PERIOD * i);
+        }
+        assert_eq!(take_grants(&p), vec![0, 0]);
+        let found = r.start(&p, t);
+        assert!(found[0].over && !found[1].over, "{found:?}");
+        r.tick(std::slice::from_ref(&p), t + PERIOD);
+        // The default pace, 20/s: 2 closes per 100 ms, all from the hot backend.
+        assert_eq!(take_grants(&p), vec![2, 0]);
+        // Balanced: the run ends, and grants stop even with connections over the share.
+        p.backends[0].stats.active.store(10, Relaxed);
+        p.backends[1].stats.active.store(10, Relaxed);
+        r.tick(std::slice::from_ref(&p), t + PERIOD * 2);
+        p.backends[0].stats.active.store(13, Relaxed);
+        r.tick(std::slice::from_ref(&p), t + PERIOD * 3);
+        assert_eq!(take_grants(&p), vec![0, 0]);
+    }
+
+    #[test]
+    fn draining_and_protected_backends_lose_nothing() {
+        let p = pool(
+            &[1, 1, 1],
+            "rebalance = { tolerance = 0.0, rate = \"1000/s\" }",
+        );
+        for (b, n) in p.backends.iter().zip([30, 30, 0]) {
+            b.stats.active.store(n, Relaxed);
+        }
+        p.backends[0].set_state(BackendState::Draining);
+        p.backends[1].set_protected_until(crate::backend::unix_now() + 3600);
+        let mut r = Rebalancer::default();
+        r.tick(std::slice::from_ref(&p), Instant::now());
+        assert_eq!(take_grants(&p), vec![0, 0, 0]);
+    }
+
+    proptest! {
+        /// Any loads, weights, tolerance and rate: only backends over their share get
+        /// closes, never more than bring them down to it, and the pool's closes over any
+        /// run of periods stay within the rate (plus the one-period cap).
+        #[test]
+        fn grants_stay_within_the_share_and_the_rate(
+            load in proptest::collection::vec((1u32..5, 0i64..200), 2..6),
+            tolerance in 0.0f64..2.0,
+            rate in 1u32..200,
+            periods in 1u32..30,
+        ) {
+            let weights: Vec<u32> = load.iter().map(|l| l.0).collect();
+            let p = pool(&weights, &format!("rebalance = {{ tolerance = {tolerance}, rate = \"{rate}/s\" }}"));
+            for (b, l) in p.backends.iter().zip(&load) {
+                b.stats.active.store(l.1, Relaxed);
+            }
+            let wsum: u32 = weights.iter().sum();
+            let mut r = Rebalancer::default();
+            let t = Instant::now();
+            let mut closed = 0u64;
+            for i in 1..=periods {
+                // Shares of the connections open now (closed ones are not back yet).
+                let total: i64 = p.backends.iter().map(|b| b.active()).sum();
+                r.tick(std::slice::from_ref(&p), t + PERIOD * i);
+                for ((b, w), n) in p.backends.iter().zip(&weights).zip(take_grants(&p)) {
+                    let share = total as f64 * *w as f64 / wsum as f64;
+                    let active = b.active();
+                    prop_assert!(
+                        n as i64 <= (active - share.ceil() as i64).max(0),
+                        "{} granted {n} with {active} open, share {share}", b.addr
+                    );
+                    if n > 0 {
+                        // As the workers would: closed (and the clients not back yet).
+                        b.stats.active.fetch_sub(n as i64, Relaxed);
+                    }
+                    closed += n as u64;
+                }
+            }
+            let cap = (rate as f64 * PERIOD.as_secs_f64()).max(1.0);
+            prop_assert!(
+                closed as f64 <= rate as f64 * PERIOD.as_secs_f64() * periods as f64 + cap,
+                "{closed} closes in {periods} periods at {rate}/s"
+            );
         }
     }
 }
