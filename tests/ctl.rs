@@ -170,6 +170,22 @@ fn every_subcommand_as_a_table_and_as_json() {
     let v = json(&l, &["delete", "web", &c, "--drain-timeout", "30s"]);
     assert_eq!(v["drain_timeout"], "30s");
 
+    // rebalance: the serving backends with their share; an unknown pool is an error.
+    let t = ok(&l, &["rebalance", "web"]);
+    assert!(
+        t.lines().next().unwrap().contains("SHARE") && t.contains("rebalancing web"),
+        "{t}"
+    );
+    let v = json(&l, &["rebalance", "web"]);
+    assert_eq!(v["pool"], "web");
+    assert!(!v["backends"].as_array().unwrap().is_empty(), "{v}");
+    let o = ctl(
+        &["--config", l.config.to_str().unwrap(), "rebalance", "nope"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("404"), "{}", err(&o));
+
     // stats: listeners and backends, with the last check.
     let t = ok(&l, &["stats"]);
     assert!(

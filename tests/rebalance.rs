@@ -1,7 +1,7 @@
 //! Rebalancing long-lived connections after a scale-out (a pool's `rebalance`, and
-//! `POST /pools/{pool}/rebalance`), through the real binary: reconnecting clients spread over
-//! the new backends, nobody's request fails, a busy connection is never cut, and the rate
-//! holds across two workers.
+//! `POST /pools/{pool}/rebalance`), through the real binary: reconnecting clients of real
+//! `redis-server`s spread over the new backends and none of their requests fails, a busy
+//! connection is never cut, and the rate holds across two workers.
 
 mod common;
 use common::*;
@@ -10,6 +10,30 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+
+/// A `redis-server` on `port` (no persistence), killed when the test ends.
+struct Redis(std::process::Child);
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn redis() -> (Redis, SocketAddr) {
+    let port = free_port();
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (apt install redis-server)");
+    wait_until(Duration::from_secs(10), || {
+        TcpStream::connect(addr(port)).is_ok()
+    });
+    (Redis(child), addr(port))
+}
 
 struct Lb {
     _proxy: Proxy,
@@ -75,9 +99,11 @@ fn rebalanced_total(lb: &Lb) -> u64 {
         .sum::<f64>() as u64
 }
 
-/// Clients that each hold one connection and send a request every 100 ms, as a database
-/// driver's pool does: a request whose connection was closed (or reset) is sent again on
-/// a new one, up to three times; only then does it count as failed.
+/// Redis clients that each hold one connection and send a request every 100 ms (`ECHO` of
+/// a token naming the client and the request, so that an answer meant for another request
+/// cannot pass), as a driver's connection pool with retries does: a request whose connection
+/// was closed (or reset) is sent again on a new one, up to three times; only then does it
+/// count as failed.
 struct Clients {
     stop: Arc<AtomicBool>,
     done: Arc<AtomicU64>,
@@ -97,7 +123,9 @@ impl Clients {
                     let mut seq = 0u64;
                     while !stop.load(Relaxed) {
                         seq += 1;
-                        let msg = format!("client {i} request {seq}\n");
+                        let token = format!("client-{i}-request-{seq}");
+                        let msg = format!("ECHO {token}\r\n");
+                        let want = format!("${}\r\n{token}\r\n", token.len());
                         let mut ok = false;
                         for _ in 0..3 {
                             if conn.is_none() {
@@ -113,10 +141,10 @@ impl Clients {
                                 }
                             }
                             let s = conn.as_mut().unwrap();
-                            let mut back = vec![0u8; msg.len()];
+                            let mut back = vec![0u8; want.len()];
                             if s.write_all(msg.as_bytes()).is_ok()
                                 && s.read_exact(&mut back).is_ok()
-                                && back == msg.as_bytes()
+                                && back == want.as_bytes()
                             {
                                 ok = true;
                                 break;
@@ -151,14 +179,13 @@ impl Clients {
     }
 }
 
-/// Forty reconnecting clients on two backends; two more backends join.
+/// Forty reconnecting Redis clients on two `redis-server`s; two more join.
 /// - Without `rebalance` the new ones get nothing: every client keeps its connection.
 /// - With it, within 10 s every backend holds 10 ± 3, and no request failed.
 #[test]
 fn a_scale_out_spreads_reconnecting_clients_only_with_rebalance() {
     for on in [false, true] {
-        let backends: Vec<TestBackend> = (0..4).map(|_| TestBackend::echo()).collect();
-        let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+        let (_servers, addrs): (Vec<Redis>, Vec<SocketAddr>) = (0..4).map(|_| redis()).unzip();
         let extra = if on {
             "rebalance = { tolerance = 0.2, idle_for = \"100ms\", rate = \"20/s\" }"
         } else {
