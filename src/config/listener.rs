@@ -107,39 +107,6 @@ fn default_source_table_size() -> Num<1024, { 1 << 24 }> {
     Num(65536)
 }
 
-/// TCP keepalive: after `idle` without traffic, a probe every `interval`; `count`
-/// unanswered probes end the connection. Whole seconds (the kernel's unit). A timer left out
-/// keeps the system's (`net.ipv4.tcp_keepalive_time`, `_intvl`, `_probes`), as Envoy and
-/// HAProxy do; each one given costs a setsockopt per backend connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Keepalive {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idle: Option<Dur<US_S, { 32767 * US_S }>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interval: Option<Dur<US_S, { 32767 * US_S }>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub count: Option<Num<1, 127>>,
-}
-
-/// Keepalive in the kernel's units: seconds, seconds, probes (None: the system's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeepaliveTimers {
-    pub idle: Option<u32>,
-    pub interval: Option<u32>,
-    pub count: Option<u32>,
-}
-
-impl Keepalive {
-    pub fn kernel(&self) -> KeepaliveTimers {
-        KeepaliveTimers {
-            idle: self.idle.map(|d| d.get().as_secs() as u32),
-            interval: self.interval.map(|d| d.get().as_secs() as u32),
-            count: self.count.map(|n| n.get()),
-        }
-    }
-}
-
 /// Which PROXY protocol versions a listener reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -149,22 +116,6 @@ pub enum AcceptProxy {
     V1,
     V2,
     Any,
-}
-
-/// Parses `"20/s"` or `"600/m"` into connections per second (fractional for `/m`).
-pub fn parse_rate(s: &str) -> Result<f64, String> {
-    let bad = || format!("{s:?}: expected a rate like \"20/s\" or \"600/m\"");
-    let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
-    let n: u32 = n.trim().parse().map_err(|_| bad())?;
-    let per = match unit.trim() {
-        "s" => 1.0,
-        "m" => 60.0,
-        _ => return Err(bad()),
-    };
-    if n == 0 || n > 1_000_000 {
-        return Err(format!("{s:?}: the count must be 1 to 1000000"));
-    }
-    Ok(n as f64 / per)
 }
 
 /// How a log is written.
@@ -221,31 +172,6 @@ fn default_relay() -> Spanned<Relay> {
 }
 fn default_idle_timeout() -> Dur<US_MS> {
     Dur(Duration::from_secs(300))
-}
-
-/// Checks that this kernel lets ringlb use congestion control `name`, by setting it on a
-/// throwaway socket: the same call the listener and backend sockets will make, so a config
-/// that passes here cannot fail there for this reason.
-pub(super) fn check_congestion(name: &str) -> Result<(), String> {
-    let available = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    if name.is_empty() || name.len() > 15 || !name.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!(
-            "{name:?} is not a congestion control name (this kernel has: {available})"
-        ));
-    }
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .map_err(|e| format!("cannot create a socket to check {name:?}: {e}"))?;
-    s.set_tcp_congestion(name.as_bytes()).map_err(|e| match e.raw_os_error() {
-        Some(libc::ENOENT) => {
-            format!("{name:?} is not available in this kernel (it has: {available})")
-        }
-        Some(libc::EPERM) => format!(
-            "{name:?} is not in net.ipv4.tcp_allowed_congestion_control and ringlb lacks CAP_NET_ADMIN (this kernel has: {available})"
-        ),
-        _ => format!("cannot use {name:?}: {e}"),
-    })
 }
 
 fn default_backlog() -> Num<1, 65535> {

@@ -77,7 +77,7 @@ pub struct PoolConfig {
     pub on_backend_down: OnBackendDown,
     /// TCP keepalive on the sockets to this pool's backends (unset: the system's, off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp_keepalive: Option<super::listener::Keepalive>,
+    pub tcp_keepalive: Option<Keepalive>,
     /// Closes idle connections of backends holding more than their share (off when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebalance: Option<Rebalance>,
@@ -137,7 +137,7 @@ impl Rebalance {
         RebalanceSettings {
             tolerance: *self.tolerance.get_ref(),
             idle_for: self.idle_for.get(),
-            rate: super::listener::parse_rate(self.rate.get_ref()).unwrap_or(20.0),
+            rate: parse_rate(self.rate.get_ref()).unwrap_or(20.0),
         }
     }
 }
@@ -367,7 +367,7 @@ pub(super) fn validate_pool(pname: &str, p: &PoolConfig) -> Result<(), Invalid> 
                 ),
             ));
         }
-        super::listener::parse_rate(r.rate.get_ref()).map_err(|m| {
+        parse_rate(r.rate.get_ref()).map_err(|m| {
             (
                 span_of(&r.rate),
                 format!("pools.{pname}.rebalance.rate: {m}"),
@@ -386,7 +386,7 @@ pub(super) fn validate_pool(pname: &str, p: &PoolConfig) -> Result<(), Invalid> 
         }
     }
     if let Some(cc) = &p.tcp_congestion {
-        super::listener::check_congestion(cc.get_ref())
+        check_congestion(cc.get_ref())
             .map_err(|m| (span_of(cc), format!("pools.{pname}.tcp_congestion: {m}")))?;
     }
     super::health::validate_health(pname, &p.health)?;
