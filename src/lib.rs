@@ -18,7 +18,7 @@
 //!   connection slab and user data; `bufqueue` a direction's buffers; one file per stage:
 //!   `accept` (admission, queue), `accept_proxy` (a PROXY header read from a front
 //!   balancer), `inspect` (SNI, with `clienthello`), `connect` (+PROXY header), `relay`,
-//!   `close`; `ring` (io_uring and its buffer ring) and `sys` (sockets,
+//!   `close`; `ring` (io_uring, its buffer ring and the fixed-file mirror) and `sys` (sockets,
 //!   rlimit, affinity, fd passing) hold the only `unsafe` (the crate denies it elsewhere);
 //!   `preflight` explains what blocks io_uring.
 //! - [`cpus`]: how many CPUs `workers = 0` means: affinity capped by the cgroup quota.
@@ -27,7 +27,9 @@
 //! - [`metrics`]: metric names, the Prometheus recorder, the scrape.
 //! - [`control`]: the control plane on its own tokio thread: `state` (membership, runtime
 //!   changes, persistence), `admin` (HTTP API, probes, /metrics), `discovery` (DNS-named
-//!   backends), `upgrade` (socket handover to a successor), health-check and drain tasks.
+//!   backends), `upgrade` (socket handover to a successor), `rebalance` (which backends
+//!   are over their share, and how many idle connections workers may close for it),
+//!   health-check and drain tasks.
 //! - [`server`]: `ringlb serve`: starts the workers, handles signals (SIGTERM drains,
 //!   SIGHUP reloads) and shuts down.
 //! - [`scaler`]: `ringlb scale`, the companion autoscaler: `source` (readings, and hyper's
