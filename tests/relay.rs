@@ -133,16 +133,20 @@ fn tcp_congestion_is_set_on_both_sides() {
 
 #[test]
 fn half_close_lets_the_reply_through() {
-    // A backend that reads to EOF, then answers with what it counted, then closes.
+    // A backend that reads to EOF, then answers with what it counted, then closes. It
+    // serves every connection: the pool's health checks connect too, and a backend that
+    // stopped after two (as this one once did) refused the test's own connection whenever
+    // two checks came first (a slow debug run under CI load).
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let backend = l.local_addr().unwrap();
     std::thread::spawn(move || {
-        for s in l.incoming().take(2) {
-            let mut s = s.unwrap();
-            let mut all = Vec::new();
-            s.read_to_end(&mut all).unwrap();
-            s.write_all(format!("got {} bytes", all.len()).as_bytes())
-                .unwrap();
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut all = Vec::new();
+                if s.read_to_end(&mut all).is_ok() {
+                    let _ = s.write_all(format!("got {} bytes", all.len()).as_bytes());
+                }
+            });
         }
     });
     let (_p, lb) = single_pool(&[backend], "", "");
@@ -300,10 +304,11 @@ fn proxy_protocol_v1_header_reaches_the_backend() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let backend = l.local_addr().unwrap();
     let (_p, lb) = single_pool(&[backend], "proxy_protocol = \"v1\"", "");
-    // The readiness probe's connection came first: skip it.
+    // Health checks connect too (one at the start, one every 2 s): read connections until
+    // ours (bounded), however many checks come first.
     let handle = std::thread::spawn(move || {
         let mut lines = Vec::new();
-        for s in l.incoming().take(2) {
+        for s in l.incoming().take(10) {
             let s = s.unwrap();
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             let mut r = BufReader::new(s);
@@ -311,7 +316,11 @@ fn proxy_protocol_v1_header_reaches_the_backend() {
             let _ = r.read_line(&mut line);
             let mut rest = String::new();
             let _ = r.read_line(&mut rest);
+            let ours = line.contains("127.0.0.9");
             lines.push((line, rest));
+            if ours {
+                break;
+            }
         }
         lines
     });
