@@ -655,3 +655,45 @@ fn open_sockets_are_mirrored_in_the_ring_file_table_and_released_at_close() {
         "closed connections leave the table"
     );
 }
+
+/// Half-closes of connections whose sockets moved to the ring's file table mid-stream:
+/// forty clients write 300 KB in pieces across several worker ticks (so the worker mirrors
+/// their sockets while bytes flow), then shut their write side; the backend answers 300 ms
+/// after the EOF. Every client gets its whole answer, then the EOF: the FIN goes through
+/// shutdown(2) on the descriptor, which the mirror leaves in place.
+#[test]
+fn half_close_after_the_sockets_moved_to_the_fixed_file_table() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut all = Vec::new();
+                if s.read_to_end(&mut all).is_ok() {
+                    std::thread::sleep(Duration::from_millis(300));
+                    let _ = s.write_all(format!("got {} bytes", all.len()).as_bytes());
+                }
+            });
+        }
+    });
+    let (_p, lb) = single_pool(&[backend], "", "workers = 2");
+    let clients: Vec<_> = (0..40u64)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(lb).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                for _ in 0..5 {
+                    s.write_all(&[7u8; 60_000]).unwrap();
+                    std::thread::sleep(Duration::from_millis(60 + i));
+                }
+                s.shutdown(Shutdown::Write).unwrap();
+                let mut reply = String::new();
+                s.read_to_string(&mut reply).unwrap();
+                assert_eq!(reply, "got 300000 bytes", "client {i}");
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+}
