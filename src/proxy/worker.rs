@@ -343,19 +343,26 @@ impl Worker {
         for &(_, slot) in &found {
             let slot = slot as usize;
             let c = self.conns.get(slot);
-            let Some(b) = c.backend.clone() else {
+            let Some(b) = &c.backend else {
                 continue;
             };
+            // The quota is used up (by this worker's earlier finds or another worker's):
+            // the rest stay, and cost no syscall. A hot backend may have thousands of idle
+            // connections found; only the few its quota allows are looked at further.
+            if b.rebalance_wanted().is_none() {
+                continue;
+            }
             // Bytes the kernel holds for us and the ring has not taken yet: a request on
             // its way is not idle (and closing on unread bytes would send a reset).
-            // A syscall per side, only for the few connections a rebalance closes.
+            // A syscall per side, only for connections the quota may close.
             if sys::unread_bytes(c.client) != 0 || sys::unread_bytes(c.server) != 0 {
                 continue;
             }
-            if b.take_rebalance() {
-                b.stats.rebalanced.fetch_add(1, Relaxed);
-                self.close(slot, End::Rebalanced);
+            if !b.take_rebalance() {
+                continue;
             }
+            b.stats.rebalanced.fetch_add(1, Relaxed);
+            self.close(slot, End::Rebalanced);
         }
         found.clear();
         self.rebalance = found;
