@@ -131,12 +131,11 @@ fn tcp_congestion_is_set_on_both_sides() {
     );
 }
 
-#[test]
-fn half_close_lets_the_reply_through() {
-    // A backend that reads to EOF, then answers with what it counted, then closes. It
-    // serves every connection: the pool's health checks connect too, and a backend that
-    // stopped after two (as this one once did) refused the test's own connection whenever
-    // two checks came first (a slow debug run under CI load).
+/// A backend that reads each connection to EOF, waits `delay`, answers with what it counted
+/// ("got N bytes"), then closes. It serves every connection: the pool's health checks
+/// connect too, and a backend that stopped after two (as one here once did) refused the
+/// test's own connection whenever two checks came first (a slow debug run under CI load).
+fn counting_backend(delay: Duration) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let backend = l.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -144,11 +143,18 @@ fn half_close_lets_the_reply_through() {
             std::thread::spawn(move || {
                 let mut all = Vec::new();
                 if s.read_to_end(&mut all).is_ok() {
+                    std::thread::sleep(delay);
                     let _ = s.write_all(format!("got {} bytes", all.len()).as_bytes());
                 }
             });
         }
     });
+    backend
+}
+
+#[test]
+fn half_close_lets_the_reply_through() {
+    let backend = counting_backend(Duration::ZERO);
     let (_p, lb) = single_pool(&[backend], "", "");
     let mut s = TcpStream::connect(lb).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -663,19 +669,7 @@ fn open_sockets_are_mirrored_in_the_ring_file_table_and_released_at_close() {
 /// shutdown(2) on the descriptor, which the mirror leaves in place.
 #[test]
 fn half_close_after_the_sockets_moved_to_the_fixed_file_table() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let backend = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for mut s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut all = Vec::new();
-                if s.read_to_end(&mut all).is_ok() {
-                    std::thread::sleep(Duration::from_millis(300));
-                    let _ = s.write_all(format!("got {} bytes", all.len()).as_bytes());
-                }
-            });
-        }
-    });
+    let backend = counting_backend(Duration::from_millis(300));
     let (_p, lb) = single_pool(&[backend], "", "workers = 2");
     let clients: Vec<_> = (0..40u64)
         .map(|i| {
