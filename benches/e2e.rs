@@ -777,7 +777,7 @@ fn log_run(rep: usize, w: &str, name: &str, r: &Run) {
 
 fn raise_nofile() {
     // The idle run holds 2 × N descriptors in this process.
-    ringlb::proxy::sys::raise_nofile_limit();
+    ringlb::sys::raise_nofile_limit();
 }
 
 fn report(

@@ -10,7 +10,7 @@
 //! Must not touch: sockets or the ring; a worker only pushes.
 
 use crate::backend::Backend;
-use crate::snapshot::Listener;
+use crate::config::LogTarget;
 use crossbeam_queue::ArrayQueue;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -105,7 +105,7 @@ impl End {
 pub struct Record {
     /// When the client was accepted (Unix ms).
     pub start_ms: u64,
-    pub listener: Arc<Listener>,
+    pub log: Arc<Destination>,
     pub client: Option<SocketAddr>,
     /// The pool (`None` before one was chosen), and the backend of the last attempt.
     pub pool: Option<Arc<str>>,
@@ -119,25 +119,21 @@ pub struct Record {
     pub end: End,
 }
 
-/// Where a listener's records go.
+/// Where a listener's records go, and how: built once per listener and snapshot, held by
+/// each record (an `Arc` clone, no allocation at close).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    Off,
-    Stderr,
-    File(std::path::PathBuf),
+pub struct Destination {
+    /// The listener's name, as the record shows it.
+    pub listener: String,
+    pub target: LogTarget,
+    pub json: bool,
 }
 
-impl Target {
-    pub fn parse(s: &str) -> Result<Target, String> {
-        match s {
-            "off" => Ok(Target::Off),
-            "stderr" => Ok(Target::Stderr),
-            "" => Err("access_log: \"\" is neither \"off\", \"stderr\" nor a path".into()),
-            p if p.starts_with('/') || p.starts_with('.') => Ok(Target::File(p.into())),
-            p => Err(format!(
-                "access_log: {p:?} is neither \"off\", \"stderr\" nor a path (a path starts with / or .)"
-            )),
-        }
+impl Destination {
+    /// Whether records of this destination are written at all.
+    #[inline]
+    pub fn on(&self) -> bool {
+        self.target != LogTarget::Off
     }
 }
 
@@ -188,21 +184,21 @@ impl Queues {
 
 /// Open destinations, by target.
 struct Sinks {
-    open: Vec<(Target, Box<dyn Write + Send>)>,
+    open: Vec<(LogTarget, Box<dyn Write + Send>)>,
 }
 
 impl Sinks {
-    fn get(&mut self, t: &Target) -> Option<&mut Box<dyn Write + Send>> {
+    fn get(&mut self, t: &LogTarget) -> Option<&mut Box<dyn Write + Send>> {
         if let Some(i) = self.open.iter().position(|(k, _)| k == t) {
             return Some(&mut self.open[i].1);
         }
         let w: Box<dyn Write + Send> = match t {
-            Target::Off => return None,
-            Target::Stderr => Box::new(std::io::BufWriter::with_capacity(
+            LogTarget::Off => return None,
+            LogTarget::Stderr => Box::new(std::io::BufWriter::with_capacity(
                 64 * 1024,
                 std::io::stderr(),
             )),
-            Target::File(p) => match std::fs::OpenOptions::new()
+            LogTarget::File(p) => match std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(p)
@@ -244,8 +240,8 @@ fn run(q: &Queues) {
         for wq in &q.per_worker {
             while let Some(r) = wq.pop() {
                 any = true;
-                let target = &r.listener.access_log;
-                let json = r.listener.access_log_json;
+                let target = &r.log.target;
+                let json = r.log.json;
                 line.clear();
                 format_record(&r, json, &mut line);
                 if let Some(w) = sinks.get(target)
@@ -282,7 +278,7 @@ pub fn format_record(r: &Record, json: bool, out: &mut String) {
     let backend = r.backend.as_ref().map(|b| b.addr);
     if json {
         let _ = write!(out, "{{\"start\":\"{start}\",\"listener\":");
-        json_str(out, &r.listener.name);
+        json_str(out, &r.log.listener);
         match r.client {
             Some(a) => {
                 let _ = write!(out, ",\"client\":\"{a}\"");
@@ -309,7 +305,7 @@ pub fn format_record(r: &Record, json: bool, out: &mut String) {
             r.end.as_str()
         );
     } else {
-        let _ = write!(out, "{start} {} ", r.listener.name);
+        let _ = write!(out, "{start} {} ", r.log.listener);
         match r.client {
             Some(a) => {
                 let _ = write!(out, "{a} ");

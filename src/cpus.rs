@@ -11,6 +11,33 @@
 
 use std::path::{Path, PathBuf};
 
+/// How many workers `workers = configured` asks for (0 = one per CPU this process may use: its affinity
+/// mask, capped by its cgroup's CPU quota; see [`usable`]). Worked out and logged
+/// once: `workers` is read only at start, so every later snapshot must agree with it.
+pub fn worker_count(configured: u32) -> usize {
+    if configured > 0 {
+        return configured as usize;
+    }
+    static AUTO: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *AUTO.get_or_init(auto_workers)
+}
+
+fn auto_workers() -> usize {
+    let affinity = crate::sys::allowed_cpus().len();
+    let quota = current_quota();
+    let n = usable(affinity, quota);
+    match quota {
+        Some(q) => tracing::info!(
+            workers = n,
+            cpus = affinity,
+            cpu_quota = format!("{}/{}", q.quota, q.period),
+            "workers = 0: one per CPU, capped by the cgroup CPU quota"
+        ),
+        None => tracing::info!(workers = n, cpus = affinity, "workers = 0: one per CPU"),
+    }
+    n
+}
+
 /// A CPU quota: `quota` microseconds of CPU time per `period`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {

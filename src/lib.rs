@@ -69,3 +69,4 @@ pub mod scaler;
 pub mod server;
 pub mod snapshot;
 pub mod sources;
+pub mod sys;

@@ -1,3 +1,7 @@
+//! The `ringlb` binary: the command line, and nothing else; every command is a call into
+//! the library.
+#![deny(unsafe_code)]
+
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 

@@ -63,7 +63,7 @@ impl Server {
         // not kill the process by the default action.
         let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
             .map_err(|e| format!("cannot handle signals: {e}"))?;
-        let limit = proxy::sys::raise_nofile_limit();
+        let limit = crate::sys::raise_nofile_limit();
         let token = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
             Some(f) => {
                 Some(crate::config::read_token(f).map_err(|e| format!("admin.token_file {e}"))?)
@@ -103,7 +103,7 @@ impl Server {
             // Only with an endpoint: without scrapes or upkeep, histogram samples would pile up.
             crate::metrics::install()?;
         }
-        let workers = proxy::worker_count(&config);
+        let workers = crate::cpus::worker_count(config.workers.get());
         let shutdown_timeout = config.shutdown_timeout.get();
         let listeners: Vec<(String, std::net::SocketAddr, String)> = config
             .listeners
@@ -243,7 +243,7 @@ impl Server {
             |p| {
                 format!(
                     "applying the new configuration panicked: {}",
-                    panic_text(&*p)
+                    proxy::panic_text(&*p)
                 )
             },
         )??;
@@ -348,14 +348,6 @@ fn start_access_log(
     let q = crate::accesslog::Queues::new(workers);
     let _ = shared.access_log.set(q.clone());
     Some(crate::accesslog::start(q))
-}
-
-/// What a caught panic said.
-pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// `ringlb serve --config FILE`: returns the process exit code.

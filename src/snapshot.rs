@@ -131,7 +131,7 @@ impl Pool {
             cfg.queue_timeout.get().as_millis() as u64,
             Ordering::Relaxed,
         );
-        let balancer = balance::build(cfg, &backends);
+        let balancer = balance::build(choice(cfg), &backends);
         Pool {
             name: name.to_string(),
             name_arc: Arc::from(name),
@@ -195,6 +195,25 @@ pub struct ListenerStats {
     pub aged_out: AtomicU64,
 }
 
+/// The balancer a pool's settings name, resolved for [`balance::build`].
+fn choice(cfg: &crate::config::PoolConfig) -> balance::Choice {
+    let bound = cfg.balance_factor.as_ref().map(|f| balance::Bound {
+        factor: *f.get_ref(),
+    });
+    match cfg.algorithm {
+        Algorithm::RoundRobin => balance::Choice::RoundRobin,
+        Algorithm::LeastConn => balance::Choice::LeastConn,
+        Algorithm::RingHash => balance::Choice::RingHash {
+            points: *cfg.ring_points.get_ref(),
+            bound,
+        },
+        Algorithm::Maglev => balance::Choice::Maglev {
+            table_size: *cfg.maglev_table_size.get_ref(),
+            bound,
+        },
+    }
+}
+
 /// A listener's settings as the workers use them.
 pub struct Listener {
     pub name: String,
@@ -211,8 +230,7 @@ pub struct Listener {
     /// Source allow/deny (empty: everyone).
     pub acl: SourceAcl,
     /// Where this listener's access log goes, and whether as JSON.
-    pub access_log: crate::accesslog::Target,
-    pub access_log_json: bool,
+    pub log: Arc<crate::accesslog::Destination>,
     pub connect_timeout: Duration,
     pub retries: u32,
     pub idle_timeout: Duration,
@@ -244,7 +262,7 @@ impl Listener {
     /// Whether this listener writes an access log.
     #[inline]
     pub fn logs(&self) -> bool {
-        self.access_log != crate::accesslog::Target::Off
+        self.log.on()
     }
 
     /// Counts a connection without a route.
@@ -268,7 +286,7 @@ impl Snapshot {
     /// A snapshot of `cfg`'s listeners and pool settings over `members`. Listener counters and
     /// pool queues of `prev` carry on.
     pub fn assemble(cfg: &Config, members: &Members, prev: Option<&Snapshot>) -> Snapshot {
-        let workers = crate::proxy::worker_count(cfg);
+        let workers = crate::cpus::worker_count(cfg.workers.get());
         let pools: Vec<Arc<Pool>> = cfg
             .pools
             .iter()
@@ -342,9 +360,12 @@ impl Snapshot {
                     routes: SniRoutes::new(&routes),
                     pool_names: pool_names.clone(),
                     inspect_timeout: lc.inspect_timeout.get(),
-                    access_log: crate::accesslog::Target::parse(lc.access_log.get_ref())
-                        .unwrap_or(crate::accesslog::Target::Off),
-                    access_log_json: lc.access_log_format == crate::config::LogFormat::Json,
+                    log: Arc::new(crate::accesslog::Destination {
+                        listener: name.clone(),
+                        target: crate::config::LogTarget::parse(lc.access_log.get_ref())
+                            .unwrap_or(crate::config::LogTarget::Off),
+                        json: lc.access_log_format == crate::config::LogFormat::Json,
+                    }),
                     acl: SourceAcl {
                         allow: cidrs(&lc.allow),
                         deny: cidrs(&lc.deny),

@@ -167,7 +167,7 @@ fn half_close_lets_the_reply_through() {
 
 #[test]
 fn two_thousand_concurrent_connections_echo() {
-    ringlb::proxy::sys::raise_nofile_limit();
+    ringlb::sys::raise_nofile_limit();
     let echo = TestBackend::echo();
     let (_p, lb) = single_pool(&[echo.addr], "", "workers = 2");
     let n = 2000;

@@ -19,7 +19,6 @@ pub use ring_hash::RingHash;
 pub use round_robin::RoundRobin;
 
 use crate::backend::Backend;
-use crate::config::{Algorithm, PoolConfig};
 use std::sync::Arc;
 
 /// What a pick may depend on besides the backends.
@@ -101,34 +100,35 @@ fn members(backends: &[Arc<Backend>]) -> Vec<u32> {
     (0..backends.len() as u32).collect()
 }
 
-/// Builds the balancer a pool's settings name.
-pub fn build(cfg: &PoolConfig, backends: &[Arc<Backend>]) -> Box<dyn Balancer> {
+/// Which algorithm a pool uses, with the settings that algorithm reads (resolved from the
+/// pool's config by the snapshot; this room knows nothing of the TOML).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Choice {
+    RoundRobin,
+    LeastConn,
+    RingHash { points: u32, bound: Option<Bound> },
+    Maglev { table_size: u32, bound: Option<Bound> },
+}
+
+/// Builds the balancer `choice` names over `backends`.
+pub fn build(choice: Choice, backends: &[Arc<Backend>]) -> Box<dyn Balancer> {
     let members = members(backends);
-    let bound = cfg.balance_factor.as_ref().map(|f| Bound {
-        factor: *f.get_ref(),
-    });
-    match cfg.algorithm {
-        Algorithm::RoundRobin => Box::new(RoundRobin::new(backends, &members)),
-        Algorithm::LeastConn => Box::new(LeastConn::new(backends, &members)),
-        Algorithm::RingHash => Box::new(RingHash::new(
-            backends,
-            &members,
-            *cfg.ring_points.get_ref(),
-            bound,
-        )),
-        Algorithm::Maglev => Box::new(Maglev::new(
-            backends,
-            &members,
-            *cfg.maglev_table_size.get_ref(),
-            bound,
-        )),
+    match choice {
+        Choice::RoundRobin => Box::new(RoundRobin::new(backends, &members)),
+        Choice::LeastConn => Box::new(LeastConn::new(backends, &members)),
+        Choice::RingHash { points, bound } => {
+            Box::new(RingHash::new(backends, &members, points, bound))
+        }
+        Choice::Maglev { table_size, bound } => {
+            Box::new(Maglev::new(backends, &members, table_size, bound))
+        }
     }
 }
 
 /// Consistent hashing with bounded loads (Mirrokni et al.): a backend may take a new
 /// connection only while its active connections stay under `factor` times its weighted
 /// share of the pool's total, so one hot key range cannot overload one backend.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Bound {
     pub factor: f64,
 }

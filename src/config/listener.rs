@@ -222,7 +222,7 @@ pub(super) fn validate_listener(
         }
         None => {}
     }
-    crate::accesslog::Target::parse(l.access_log.get_ref())
+    LogTarget::parse(l.access_log.get_ref())
         .map_err(|m| (span_of(&l.access_log), format!("listeners.{m}")))?;
     if l.routes.len() > MAX_ROUTES {
         return Err((
@@ -315,4 +315,26 @@ pub(super) fn validate_listener(
         ));
     }
     Ok(())
+}
+
+/// Where a listener's access log goes (`access_log`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    Off,
+    Stderr,
+    File(std::path::PathBuf),
+}
+
+impl LogTarget {
+    pub fn parse(s: &str) -> Result<LogTarget, String> {
+        match s {
+            "off" => Ok(LogTarget::Off),
+            "stderr" => Ok(LogTarget::Stderr),
+            "" => Err("access_log: \"\" is neither \"off\", \"stderr\" nor a path".into()),
+            p if p.starts_with('/') || p.starts_with('.') => Ok(LogTarget::File(p.into())),
+            p => Err(format!(
+                "access_log: {p:?} is neither \"off\", \"stderr\" nor a path (a path starts with / or .)"
+            )),
+        }
+    }
 }

@@ -14,7 +14,7 @@
 //! Must not touch: the data plane (it only gets sockets) or the signal loop (it is told to
 //! stop by a SIGTERM to this process, the path every stop takes).
 
-use crate::proxy::sys;
+use crate::sys;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, OwnedFd};

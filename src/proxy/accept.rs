@@ -11,7 +11,7 @@
 use super::accept_proxy::ProxyHeaderError;
 use super::conn::{Conn, Dir, LogInfo, NO_SOURCE, Phase};
 use super::ring::Cqe;
-use super::sys;
+use crate::sys;
 use super::table::{Op, user_data};
 use super::worker::{AcceptState, Worker};
 use crate::accesslog::End;
@@ -322,7 +322,7 @@ impl Worker {
                 self.id,
                 crate::accesslog::Record {
                     start_ms: crate::backend::unix_now_ms(),
-                    listener: listener.clone(),
+                    log: listener.log.clone(),
                     client,
                     pool: None,
                     backend: None,

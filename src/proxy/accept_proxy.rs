@@ -12,7 +12,7 @@
 //! Must not touch: backends.
 
 use super::conn::Phase;
-use super::sys;
+use crate::sys;
 use super::worker::Worker;
 use crate::accesslog::End;
 use crate::config::AcceptProxy;

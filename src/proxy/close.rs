@@ -6,7 +6,7 @@
 //! Must not touch: anything that would start new work for the connection.
 
 use super::conn::{Phase, Recv, Side};
-use super::sys;
+use crate::sys;
 use super::table::Op;
 use super::worker::Worker;
 use crate::accesslog::{End, Record};
@@ -137,7 +137,7 @@ impl Worker {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
-            listener: c.listener.clone(),
+            log: c.listener.log.clone(),
             client: info.client,
             pool: (c.ntried > 0 || c.backend.is_some()).then(|| c.pool.name_arc.clone()),
             backend: c.backend.clone().or_else(|| {

@@ -182,7 +182,7 @@ impl Conn {
     pub fn client_addr(&self) -> Option<SocketAddr> {
         match &self.proxied {
             Some(p) => Some(p.0),
-            None => super::sys::peer_addr(self.client),
+            None => crate::sys::peer_addr(self.client),
         }
     }
     pub fn tried(&self) -> &[u32] {

@@ -7,7 +7,7 @@
 
 use super::conn::{self, Phase, Side};
 use super::ring::HEADER_MAX;
-use super::sys;
+use crate::sys;
 use super::table::Op;
 use super::worker::Worker;
 use crate::accesslog::End;

@@ -15,7 +15,7 @@
 
 use super::clienthello::{self, Hello, MAX_HELLO};
 use super::conn::Phase;
-use super::sys;
+use crate::sys;
 use super::table::Op;
 use super::worker::Worker;
 use crate::accesslog::End;

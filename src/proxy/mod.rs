@@ -16,43 +16,16 @@ mod inspect;
 pub mod preflight;
 mod relay;
 pub mod ring;
-pub mod sys;
 mod table;
 pub mod worker;
 
 use crate::config::Config;
 use crate::snapshot::{Shared, Snapshot};
+use crate::sys;
 pub use accept_proxy::ProxyHeaderError;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-
-/// How many workers a config asks for (0 = one per CPU this process may use: its affinity
-/// mask, capped by its cgroup's CPU quota; see [`crate::cpus`]). Worked out and logged
-/// once: `workers` is read only at start, so every later snapshot must agree with it.
-pub fn worker_count(cfg: &Config) -> usize {
-    if cfg.workers.get() > 0 {
-        return cfg.workers.get() as usize;
-    }
-    static AUTO: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *AUTO.get_or_init(auto_workers)
-}
-
-fn auto_workers() -> usize {
-    let affinity = sys::allowed_cpus().len();
-    let quota = crate::cpus::current_quota();
-    let n = crate::cpus::usable(affinity, quota);
-    match quota {
-        Some(q) => tracing::info!(
-            workers = n,
-            cpus = affinity,
-            cpu_quota = format!("{}/{}", q.quota, q.period),
-            "workers = 0: one per CPU, capped by the cgroup CPU quota"
-        ),
-        None => tracing::info!(workers = n, cpus = affinity, "workers = 0: one per CPU"),
-    }
-    n
-}
 
 /// Duplicates of every listening socket, by listener: what a process offers its successor.
 pub type Offered = Vec<(String, Vec<std::os::fd::OwnedFd>)>;
@@ -160,7 +133,7 @@ pub fn start(
     shared: Arc<Shared>,
     mut inherited: Inherited,
 ) -> Result<(Vec<JoinHandle<()>>, Offered), String> {
-    let n = worker_count(cfg);
+    let n = crate::cpus::worker_count(cfg.workers.get());
     let snapshot = shared.snapshot.load_full();
     let mut sockets = Vec::with_capacity(n);
     for _ in 0..n {
@@ -244,7 +217,7 @@ pub fn start(
                     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run())) {
                         Ok(Ok(())) => return,
                         Ok(Err(e)) => format!("its ring failed: {e}"),
-                        Err(p) => format!("it panicked: {}", crate::server::panic_text(&*p)),
+                        Err(p) => format!("it panicked: {}", panic_text(&*p)),
                     };
                 if !stopping.stopping.load(std::sync::atomic::Ordering::Relaxed) {
                     tracing::error!(worker = id, "worker {id} stopped, {why}; exiting (code 70)");
@@ -273,4 +246,12 @@ pub fn start(
         let _ = g.send(());
     }
     Ok((handles, offer))
+}
+
+/// What a caught panic said.
+pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }

@@ -11,7 +11,7 @@
 
 use super::conn::{Phase, Recv, Side};
 use super::ring::Cqe;
-use super::sys;
+use crate::sys;
 use super::table::Op;
 use super::worker::Worker;
 use crate::accesslog::End;

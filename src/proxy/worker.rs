@@ -29,7 +29,7 @@
 use super::bufqueue::BufLinks;
 use super::conn::{Phase, Side};
 use super::ring::{Cqe, Ring};
-use super::sys;
+use crate::sys;
 use super::table::{self, ConnTable, Op};
 use crate::accesslog::End;
 use crate::snapshot::Shared;

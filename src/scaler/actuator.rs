@@ -119,14 +119,9 @@ impl Proc {
     }
 
     /// Signals the process's whole group (it leads one: see `launch`).
-    #[allow(unsafe_code)]
     fn signal(&self, sig: i32) {
-        let pid = self.pid() as i32;
-        // SAFETY: kill(2) takes no pointers; a negative pid names the process group.
-        let r = unsafe { libc::kill(-pid, sig) };
-        if r != 0 {
-            // SAFETY: as above, the process alone.
-            unsafe { libc::kill(pid, sig) };
+        if !crate::sys::signal_group(self.pid(), sig) {
+            crate::sys::signal(self.pid(), sig);
         }
     }
 
@@ -490,11 +485,9 @@ async fn run(
 }
 
 /// Sends `sig` to the process group `pid` leads (nothing if the pid is unknown).
-#[allow(unsafe_code)]
 fn signal_group(pid: Option<u32>, sig: i32) {
     if let Some(pid) = pid {
-        // SAFETY: kill(2) takes no pointers; a negative pid names the process group.
-        unsafe { libc::kill(-(pid as i32), sig) };
+        crate::sys::signal_group(pid, sig);
     }
 }
 
@@ -710,10 +703,7 @@ mod tests {
         assert!(a.tick().is_empty());
         let pid = a.pids()[0];
         // Its own process group, led by it.
-        // SAFETY: getpgid(2) takes no pointers.
-        #[allow(unsafe_code)]
-        let pgid = unsafe { libc::getpgid(pid as i32) };
-        assert_eq!(pgid, pid as i32);
+        assert_eq!(crate::sys::process_group(pid), Some(pid));
         let listed = a.launched(&[]);
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].start, start_time(pid));

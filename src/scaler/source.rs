@@ -450,9 +450,7 @@ pub fn memory_share(pids: &[u32]) -> Result<f64, String> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .ok_or("/proc/meminfo has no MemTotal")?;
-    // SAFETY: sysconf(3) takes no pointers.
-    #[allow(unsafe_code)]
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as f64;
+    let page = crate::sys::page_size() as f64;
     let shares: Vec<f64> = pids
         .iter()
         .filter_map(|pid| {

@@ -1,9 +1,11 @@
-//! The few raw system calls around the ring: sockets for backend connections, their
-//! addresses and shutdown, the process's open-file limit and the workers' CPUs.
+//! The process's OS layer: the raw system calls that std and socket2 do not offer. Sockets
+//! for backend connections, their addresses and shutdown; the workers' doorbells, CPUs and
+//! open-file limit; descriptor passing for the upgrade; signals to process groups and the
+//! page size for the scaler.
 //!
-//! Owns: nothing but the calls; every descriptor here is one the worker owns.
-//! Must not touch: the ring or connection logic. One of the two places (with `ring.rs`) where
-//! the data plane may use `unsafe`, each block with its `SAFETY:` comment.
+//! Owns: nothing but the calls; every descriptor here is one its caller owns.
+//! Must not touch: the ring, connection logic or any policy. With `proxy/ring.rs` the only
+//! place in the crate where `unsafe` is allowed, each block with its `SAFETY:` comment.
 #![allow(unsafe_code)]
 use std::io;
 use std::net::SocketAddr;
@@ -371,4 +373,39 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Sends `sig` to the process group that `pid` leads; false if there is none (or `pid` is
+/// no process id: 0 and negative numbers mean "my group" and "everyone" to kill(2), never
+/// what a caller means).
+pub fn signal_group(pid: u32, sig: i32) -> bool {
+    let Some(pid) = i32::try_from(pid).ok().filter(|p| *p > 0) else {
+        return false;
+    };
+    // SAFETY: kill(2) takes no pointers; a negative pid names the process group.
+    unsafe { libc::kill(-pid, sig) == 0 }
+}
+
+/// Sends `sig` to the process `pid` alone; false if there is none.
+pub fn signal(pid: u32, sig: i32) -> bool {
+    let Some(pid) = i32::try_from(pid).ok().filter(|p| *p > 0) else {
+        return false;
+    };
+    // SAFETY: kill(2) takes no pointers.
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// The process group `pid` belongs to (`None` if it does not exist).
+pub fn process_group(pid: u32) -> Option<u32> {
+    let pid = i32::try_from(pid).ok().filter(|p| *p > 0)?;
+    // SAFETY: getpgid(2) takes no pointers.
+    let g = unsafe { libc::getpgid(pid) };
+    u32::try_from(g).ok()
+}
+
+/// The size of a memory page in bytes.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf(3) takes no pointers.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n).unwrap_or(4096).max(1)
 }
