@@ -265,7 +265,7 @@ pub fn main(a: CtlArgs) -> i32 {
             return 2;
         }
     };
-    let answer = rt.block_on(crate::scaler::source::admin_http(
+    let answer = rt.block_on(crate::http_client::admin_http(
         &url,
         method,
         body.as_deref(),

@@ -61,6 +61,7 @@ pub mod cpus;
 pub mod ctl;
 pub mod demo;
 pub mod health;
+pub mod http_client;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;

@@ -10,6 +10,9 @@ use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+/// Longest host name an SNI may carry (a DNS name).
+pub const MAX_SNI_NAME: usize = 255;
+
 /// An address on one scale for both families: IPv4 as IPv4-mapped IPv6, so an IPv4 rule and
 /// an IPv4-mapped client (a v4 client of a `[::]` listener) meet on the same number.
 fn key(ip: IpAddr) -> u128 {
@@ -150,10 +153,10 @@ impl SniRoutes {
     /// `*.b.example.com` wins over `*.example.com` for `x.b.example.com`; a wildcard never
     /// matches the bare suffix: `*.example.com` does not take `example.com`).
     pub fn lookup(&self, name: &[u8]) -> Option<usize> {
-        if name.len() > super::proxy::clienthello::MAX_NAME {
+        if name.len() > MAX_SNI_NAME {
             return None;
         }
-        let mut buf = [0u8; super::proxy::clienthello::MAX_NAME];
+        let mut buf = [0u8; MAX_SNI_NAME];
         let lower = &mut buf[..name.len()];
         lower.copy_from_slice(name);
         lower.make_ascii_lowercase();

@@ -106,8 +106,14 @@ fn members(backends: &[Arc<Backend>]) -> Vec<u32> {
 pub enum Choice {
     RoundRobin,
     LeastConn,
-    RingHash { points: u32, bound: Option<Bound> },
-    Maglev { table_size: u32, bound: Option<Bound> },
+    RingHash {
+        points: u32,
+        bound: Option<Bound>,
+    },
+    Maglev {
+        table_size: u32,
+        bound: Option<Bound>,
+    },
 }
 
 /// Builds the balancer `choice` names over `backends`.

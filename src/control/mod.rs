@@ -1,8 +1,9 @@
 //! The control plane: a small tokio runtime on its own thread running the health checks,
 //! the admin API and the Prometheus endpoint.
 //!
-//! Owns: the [`state::State`] behind one mutex (held briefly, never across an await), the
-//! tasks that watch each backend's health, and the drains that end in removal.
+//! Owns: the [`state::State`] behind one mutex (held briefly, never across an await), starting
+//! a health watch per backend (the loop itself is `health::background`), and the drains that
+//! end in removal.
 //! Must not touch: the data plane, except through the snapshot swap and backend atomics that
 //! `State` publishes.
 
@@ -13,8 +14,8 @@ pub mod state;
 pub mod upgrade;
 pub mod views;
 
-use crate::backend::{Backend, BackendState};
-use crate::health::{self, Health, Outcome};
+use crate::backend::Backend;
+use crate::health;
 use state::State;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -167,11 +168,24 @@ impl Control {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts health-checking a backend until it is removed.
+    /// Starts health-checking a backend until it is removed (see
+    /// [`health::background`]): its settings are read from the snapshot at each probe, and
+    /// a changed verdict goes to the state, which publishes it.
     pub fn watch(&self, backend: Arc<Backend>) {
         let c = self.clone();
+        let shared = self.lock().shared.clone();
+        let settings = move |b: &Backend| {
+            shared
+                .snapshot
+                .load()
+                .pool(&b.pool)
+                .map(|p| p.health.clone())
+        };
+        let verdict = move |b: &Arc<Backend>, healthy: bool, reason: &str| {
+            c.lock().health_changed(b, healthy, reason)
+        };
         self.runtime
-            .spawn(async move { c.check_loop(backend).await });
+            .spawn(health::background::watch(backend, settings, verdict));
     }
 
     /// Drains `backend`, then takes it out of its pool once it has no connections or
@@ -218,79 +232,6 @@ impl Control {
             self.remove_after_drain(b, d, DEFAULT_DRAIN_TIMEOUT);
         }
         Ok(())
-    }
-
-    async fn check_loop(self, backend: Arc<Backend>) {
-        let mut health = Health::new(backend.state() == BackendState::Up);
-        let shared = self.lock().shared.clone();
-        let settings = || {
-            shared
-                .snapshot
-                .load()
-                .pool(&backend.pool)
-                .map(|p| p.health.clone())
-        };
-        let Some(first) = settings() else { return };
-        let seed = xxhash_rust::xxh3::xxh3_64(backend.addr.to_string().as_bytes());
-        let mut wait = health::jitter(first.interval.get(), seed);
-        let label = backend.addr.to_string();
-        loop {
-            // Wait for the next probe, looking at the data plane's connect failures meanwhile.
-            let until = Instant::now() + wait;
-            loop {
-                if backend.is_removed() {
-                    return;
-                }
-                let Some(cfg) = settings() else { return };
-                let failures = backend
-                    .stats
-                    .failures_in_row
-                    .swap(0, std::sync::atomic::Ordering::Relaxed);
-                if failures > 0
-                    && let Some(v) =
-                        health.record_failures(failures, cfg.rise.get(), cfg.fall.get())
-                {
-                    let reason = format!("{failures} connects in a row failed in the data plane");
-                    self.lock().health_changed(&backend, v, &reason);
-                }
-                let now = Instant::now();
-                if now >= until {
-                    break;
-                }
-                tokio::time::sleep(POLL.min(until - now)).await;
-            }
-            let Some(cfg) = settings() else { return };
-            let started = Instant::now();
-            let outcome = health::probe(backend.addr, &cfg).await;
-            let latency = started.elapsed();
-            backend.record_check(crate::backend::CheckReport {
-                ok: outcome == Outcome::Ok,
-                latency,
-                at_ms: crate::backend::unix_now_ms(),
-                error: match &outcome {
-                    Outcome::Ok => None,
-                    Outcome::Fail(why) => Some(why.to_string()),
-                },
-            });
-            let pool = backend.pool.clone();
-            metrics::histogram!("ringlb_health_check_duration_seconds", "pool" => pool.clone())
-                .record(latency.as_secs_f64());
-            let result = if outcome == Outcome::Ok { "ok" } else { "fail" };
-            metrics::counter!("ringlb_health_checks_total", "pool" => pool, "backend" => label.clone(), "result" => result).increment(1);
-            let ok = outcome == Outcome::Ok;
-            if let Some(v) = health.record(ok, cfg.rise.get(), cfg.fall.get()) {
-                let reason = match &outcome {
-                    Outcome::Ok => format!("{} checks in a row passed", cfg.rise),
-                    Outcome::Fail(why) => {
-                        format!("{} checks in a row failed, last: {why}", cfg.fall)
-                    }
-                };
-                self.lock().health_changed(&backend, v, &reason);
-            } else if let Outcome::Fail(why) = &outcome {
-                tracing::debug!(pool = %backend.pool, backend = %backend.addr, why, "check failed");
-            }
-            wait = cfg.interval.get();
-        }
     }
 }
 

@@ -7,12 +7,15 @@
 //! - `postgres`: an SSLRequest, or a StartupMessage, as a PostgreSQL client begins;
 //! - `mysql`: the server's greeting, and optionally a login without password.
 //!
+//! - `background`: one backend's check loop (jittered waits, passive failures, probes).
+//!
 //! Owns: deciding whether a backend is healthy. [`Health`] is a small pure type (consecutive
-//! successes and failures against `rise`/`fall`) tested on its own; probes run on the control
-//! plane's tokio runtime, one task per backend, spread with jitter.
+//! successes and failures against `rise`/`fall`) tested on its own; the loops run on the
+//! control plane's tokio runtime, one task per backend, spread with jitter.
 //! Must not touch: the data plane. A verdict reaches workers only as a backend state change
 //! published by the control state (`control::state`).
 
+pub mod background;
 mod dialogue;
 mod http;
 mod mysql;

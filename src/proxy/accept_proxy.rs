@@ -12,10 +12,10 @@
 //! Must not touch: backends.
 
 use super::conn::Phase;
-use crate::sys;
 use super::worker::Worker;
 use crate::accesslog::End;
 use crate::config::AcceptProxy;
+use crate::sys;
 use ppp::PartialResult;
 use std::net::{IpAddr, SocketAddr};
 

@@ -11,8 +11,9 @@
 /// hundred bytes; with post-quantum key shares about 1.8 KiB.
 pub const MAX_HELLO: usize = 16 * 1024;
 
-/// Longest host name an SNI may carry (a DNS name).
-pub const MAX_NAME: usize = 255;
+/// Longest host name an SNI may carry (a DNS name; defined with the route table that
+/// matches it).
+pub use crate::routes::MAX_SNI_NAME as MAX_NAME;
 
 /// What the first bytes of a connection say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,10 +6,10 @@
 //! Must not touch: anything that would start new work for the connection.
 
 use super::conn::{Phase, Recv, Side};
-use crate::sys;
-use super::table::Op;
+use super::op::Op;
 use super::worker::Worker;
 use crate::accesslog::{End, Record};
+use crate::sys;
 use std::sync::atomic::Ordering::Relaxed;
 
 impl Worker {

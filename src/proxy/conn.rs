@@ -7,7 +7,7 @@
 //! Must not touch: the ring, or anything shared but the `Arc`s it holds.
 
 use super::bufqueue::BufQueue;
-use super::table::Op;
+use super::op::Op;
 use crate::backend::Backend;
 use crate::config::{MAX_RETRIES, ProxyProtocol};
 use crate::snapshot::{Listener, Pool};

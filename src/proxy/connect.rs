@@ -6,14 +6,14 @@
 //! Must not touch: relayed bytes.
 
 use super::conn::{self, Phase, Side};
+use super::op::Op;
 use super::ring::HEADER_MAX;
-use crate::sys;
-use super::table::Op;
 use super::worker::Worker;
 use crate::accesslog::End;
 use crate::backend::ConnectError;
 use crate::balance::{Pick, all_full};
 use crate::config::ProxyProtocol;
+use crate::sys;
 use std::sync::atomic::Ordering::Relaxed;
 
 impl Worker {

@@ -15,11 +15,11 @@
 
 use super::clienthello::{self, Hello, MAX_HELLO};
 use super::conn::Phase;
-use crate::sys;
-use super::table::Op;
+use super::op::Op;
 use super::worker::Worker;
 use crate::accesslog::End;
 use crate::routes::NoRoute;
+use crate::sys;
 
 impl Worker {
     /// Starts (or continues) waiting for the client's first bytes.

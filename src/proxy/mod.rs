@@ -13,10 +13,13 @@ mod close;
 pub mod conn;
 mod connect;
 mod inspect;
+mod op;
 pub mod preflight;
+mod queue;
 mod relay;
 pub mod ring;
 mod table;
+mod waiters;
 pub mod worker;
 
 use crate::config::Config;

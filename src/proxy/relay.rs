@@ -10,11 +10,11 @@
 //! Must not touch: allocation, locks, or any syscall per chunk outside the ring.
 
 use super::conn::{Phase, Recv, Side};
+use super::op::Op;
 use super::ring::Cqe;
-use crate::sys;
-use super::table::Op;
 use super::worker::Worker;
 use crate::accesslog::End;
+use crate::sys;
 use std::sync::atomic::Ordering::Relaxed;
 
 /// Queued buffers in one direction at which its recv is cancelled (backpressure)...

@@ -28,11 +28,12 @@
 
 use super::bufqueue::BufLinks;
 use super::conn::{Phase, Side};
+use super::op::{self, Op};
 use super::ring::{Cqe, Ring};
-use crate::sys;
-use super::table::{self, ConnTable, Op};
+use super::table::ConnTable;
 use crate::accesslog::End;
 use crate::snapshot::Shared;
+use crate::sys;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -77,7 +78,7 @@ pub struct Worker {
     /// Connections whose recv ended with ENOBUFS: (slot, gen, side).
     pub(super) parked: Vec<(u32, u16, Side)>,
     /// Connections waiting in a pool's queue, oldest first (see `accept.rs`).
-    pub(super) queued: super::accept::Waiting,
+    pub(super) queued: super::waiters::Waiting,
     pub(super) now: u32,
     /// Access-log details by slot, for connections of listeners that log.
     pub(super) logs: Vec<super::conn::LogInfo>,
@@ -148,7 +149,7 @@ impl Worker {
         f.recv_cap.store(self.ring.recv_capped(), Relaxed);
         f.buf_inc.store(self.ring.incremental(), Relaxed);
         f.fixed_files.store(self.ring.fixed_files(), Relaxed);
-        self.ring.tick(TICK, table::user_data(0, 0, Op::Tick));
+        self.ring.tick(TICK, op::user_data(0, 0, Op::Tick));
         self.arm_doorbell();
         self.ring
             .set_busy_poll(self.shared.snapshot.load().busy_poll);
@@ -191,7 +192,7 @@ impl Worker {
     }
 
     fn dispatch(&mut self, c: Cqe) {
-        let (slot, gen_, op) = table::decode(c.user_data);
+        let (slot, gen_, op) = op::decode(c.user_data);
         let Some(op) = Op::from_u8(op) else { return };
         match op {
             Op::Tick => self.on_tick(),

@@ -416,7 +416,7 @@ impl Scaler {
         let mut outcome: Option<Result<(u16, String), String>> = None;
         let mut last = (ok, String::new());
         for base in self.cfg.admins() {
-            let answer = source::admin_http(
+            let answer = crate::http_client::admin_http(
                 &format!("{base}{path}"),
                 method,
                 body,
