@@ -18,7 +18,7 @@ step "systemd-analyze verify (any warning fails)"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 for u in systemd/*.service; do
-  sed "s|/usr/local/bin/ringlb|$bin|g" "$u" > "$tmp/$(basename "$u")"
+  sed "s|/usr/bin/ringlb|$bin|g" "$u" > "$tmp/$(basename "$u")"
 done
 out=$(systemd-analyze verify "$tmp"/*.service 2>&1 || true)
 if [ -n "$out" ]; then echo "$out"; fail=1; else echo "ok: $(ls systemd)"; fi
