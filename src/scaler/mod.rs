@@ -29,6 +29,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// What one evaluation decided, and from what.
+struct Decided {
+    desired: u32,
+    /// Backends up or starting.
+    observed: u32,
+    in_service: u32,
+    pending: u32,
+    wishes: Vec<policy::Wish>,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScalerConfig {
@@ -497,18 +507,29 @@ impl Scaler {
         }
     }
 
-    /// One evaluation.
+    /// One evaluation, in phases, each its own method:
+    /// 1. schedules: the min/max in force now ([`Self::apply_schedules`]);
+    /// 2. the dead: backends whose process died leave the pool ([`Self::reap_dead`]);
+    /// 3. the pool as every balancer sees it (none: hold, and stop here);
+    /// 4. drained backends the balancers let go of are stopped ([`Self::stop_drained`]);
+    /// 5. ours but not listed everywhere are registered ([`Self::register_missing`]);
+    /// 6. backends stuck `starting` past `startup_timeout` are replaced
+    ///    ([`Self::replace_stuck`]);
+    /// 7. with `rebalance_on_scale_out`, new backends that came up get their share
+    ///    ([`Self::rebalance_after_scale_out`]);
+    /// 8. the decision: every policy's wish from its reading, combined and governed
+    ///    ([`Self::decide`]);
+    /// 9. the pool is brought to it, and the outcome exported, saved and recorded.
     pub async fn step(&mut self) {
         self.apply_schedules();
         let pool = self.cfg.pool.clone();
-        let token = self.token.clone();
-        // Backends whose process died: out of the pool at once, replaced below.
-        for dead in self.actuator.tick() {
-            self.deregister(&pool, dead).await;
-            tracing::warn!(pool = %pool, backend = %dead, "backend process died: deregistered; it will be replaced");
-        }
-        let backends = match source::pool_backends_all(&self.cfg.admins(), token.as_deref(), &pool)
-            .await
+        self.reap_dead(&pool).await;
+        let backends = match source::pool_backends_all(
+            &self.cfg.admins(),
+            self.token.clone().as_deref(),
+            &pool,
+        )
+        .await
         {
             Ok(b) => b,
             Err(e) => {
@@ -517,7 +538,32 @@ impl Scaler {
                 return;
             }
         };
-        // Drained backends the balancer has let go of can be stopped now.
+        self.stop_drained(&backends).await;
+        self.register_missing(&pool, &backends).await;
+        let stuck = self.replace_stuck(&pool, &backends).await;
+        let rebalanced_after = self.rebalance_after_scale_out(&pool, &backends).await;
+        let backends: Vec<BackendView> = backends
+            .into_iter()
+            .filter(|b| !b.addr.parse().is_ok_and(|a: SocketAddr| stuck.contains(&a)))
+            .collect();
+        let d = self.decide(&pool, &backends).await;
+        self.desired = Some(d.desired);
+        self.reconcile(&backends, d.observed, d.desired).await;
+        self.export(d.observed, d.desired);
+        self.save_state();
+        self.record_event(&backends, &d, rebalanced_after);
+    }
+
+    /// Backends whose process died: out of the pool at once (replaced by the decision).
+    async fn reap_dead(&mut self, pool: &str) {
+        for dead in self.actuator.tick() {
+            self.deregister(pool, dead).await;
+            tracing::warn!(pool = %pool, backend = %dead, "backend process died: deregistered; it will be replaced");
+        }
+    }
+
+    /// Drained backends the balancers have let go of are stopped now.
+    async fn stop_drained(&mut self, backends: &[BackendView]) {
         let listed = |a: &SocketAddr| backends.iter().any(|b| b.addr == a.to_string());
         let gone: Vec<SocketAddr> = self
             .draining
@@ -531,8 +577,11 @@ impl Scaler {
             let count = self.desired.unwrap_or(0);
             self.stop_backend(a, count).await;
         }
-        // Ours but not listed everywhere (adopted after a balancer restart without state, or
-        // a balancer instance that was down when we registered): register where it is missing.
+    }
+
+    /// Ours but not listed by every balancer (adopted after a balancer restart without
+    /// state, or an instance that was down when we registered): registered where missing.
+    async fn register_missing(&mut self, pool: &str, backends: &[BackendView]) {
         let instances = self.cfg.admins().len();
         let everywhere = |a: &SocketAddr| {
             backends
@@ -559,7 +608,11 @@ impl Scaler {
                 self.registered_at.insert(a, Instant::now());
             }
         }
-        // Still `starting` past startup_timeout: out, stopped, replaced below (with backoff).
+    }
+
+    /// Backends still `starting` past `startup_timeout`: deregistered and stopped (the
+    /// decision replaces them, after a backoff). Returns them.
+    async fn replace_stuck(&mut self, pool: &str, backends: &[BackendView]) -> Vec<SocketAddr> {
         let now = Instant::now();
         let stuck: Vec<SocketAddr> = backends
             .iter()
@@ -572,14 +625,14 @@ impl Scaler {
             })
             .collect();
         for a in &stuck {
-            self.deregister(&pool, *a).await;
+            self.deregister(pool, *a).await;
             self.registered_at.remove(a);
             self.stop_backend(*a, self.desired.unwrap_or(0)).await;
             self.startup_failures += 1;
             let backoff = (self.cfg.interval * 2u32.saturating_pow(self.startup_failures.min(16)))
                 .min(MAX_LAUNCH_BACKOFF);
             self.launch_not_before = Some(now + backoff);
-            metrics::counter!("ringlb_scaler_startup_failures_total", "pool" => pool.clone())
+            metrics::counter!("ringlb_scaler_startup_failures_total", "pool" => pool.to_string())
                 .increment(1);
             tracing::warn!(pool = %pool, backend = %a, startup_timeout = %crate::config::values::format_duration(self.cfg.startup_timeout), failures_in_a_row = self.startup_failures, next_launch_in = ?backoff, "backend never became healthy: deregistered and stopped; it will be replaced");
         }
@@ -593,11 +646,12 @@ impl Scaler {
         {
             self.startup_failures = 0;
         }
-        let rebalanced_after = self.rebalance_after_scale_out(&pool, &backends).await;
-        let backends: Vec<BackendView> = backends
-            .into_iter()
-            .filter(|b| !b.addr.parse().is_ok_and(|a: SocketAddr| stuck.contains(&a)))
-            .collect();
+        stuck
+    }
+
+    /// Every policy's wish from its own reading, combined (the largest wins) and governed
+    /// (bounds, cooldowns); without any reading, a hold that never scales in.
+    async fn decide(&mut self, pool: &str, backends: &[BackendView]) -> Decided {
         let in_service = backends.iter().filter(|b| b.state == "up").count() as u32;
         let pending = backends.iter().filter(|b| b.state == "starting").count() as u32;
         let observed = in_service + pending;
@@ -614,7 +668,7 @@ impl Scaler {
         let now = Instant::now();
         let mut wishes = Vec::with_capacity(self.rules.len());
         for r in &mut self.rules {
-            let w = match r.source.read(&pool, in_service, &pids).await {
+            let w = match r.source.read(pool, in_service, &pids).await {
                 Ok(value) => {
                     let (raw, reason) = r.policy.recommend(now, value, cap);
                     // Out only: a wish for more, or none at all.
@@ -675,14 +729,21 @@ impl Scaler {
             }
             desired = d.desired;
         }
-        self.desired = Some(desired);
-        self.reconcile(&backends, observed, desired).await;
-        self.export(observed, desired);
-        self.save_state();
+        Decided {
+            desired,
+            observed,
+            in_service,
+            pending,
+            wishes,
+        }
+    }
+
+    /// One line of the events file (`events_file`): what was read, wished and decided.
+    fn record_event(&mut self, backends: &[BackendView], d: &Decided, rebalanced_after: Vec<String>) {
         let count = |st: &str| backends.iter().filter(|b| b.state == st).count() as u32;
         self.write_event(plot::Event {
             time: chrono::Utc::now().timestamp_millis() as f64 / 1000.0,
-            policies: wishes
+            policies: d.wishes
                 .iter()
                 .map(|w| plot::PolicyPoint {
                     name: w.name.clone(),
@@ -690,9 +751,9 @@ impl Scaler {
                     wish: w.wish,
                 })
                 .collect(),
-            desired,
-            in_service,
-            starting: pending,
+            desired: d.desired,
+            in_service: d.in_service,
+            starting: d.pending,
             draining: count("draining"),
             protected: backends.iter().filter(|b| b.protected).count() as u32,
             min: self.bounds.0,
