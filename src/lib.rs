@@ -51,23 +51,23 @@
 #![deny(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-pub mod accesslog;
-pub mod atomic_file;
+pub(crate) mod accesslog;
+pub(crate) mod atomic_file;
 pub mod backend;
 pub mod balance;
 pub mod config;
 pub mod control;
-pub mod cpus;
+pub(crate) mod cpus;
 pub mod ctl;
 pub mod demo;
-pub mod health;
-pub mod http_client;
-pub mod metrics;
-pub mod notify;
+pub(crate) mod health;
+pub(crate) mod http_client;
+pub(crate) mod metrics;
+pub(crate) mod notify;
 pub mod proxy;
-pub mod routes;
+pub(crate) mod routes;
 pub mod scaler;
 pub mod server;
-pub mod snapshot;
-pub mod sources;
+pub(crate) mod snapshot;
+pub(crate) mod sources;
 pub mod sys;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-pub use crate::backend::unix_now;
+use crate::backend::unix_now;
 
 /// A pool's queue: clients waiting for a backend with room, on any worker. Kept across
 /// reloads (by pool name), like the listeners' counters.

@@ -549,7 +549,7 @@ fn after_a_proxy_header_sni_routes_and_the_log_names_the_real_client() {
         ("a.example", "198.51.100.7:4242", "a"),
         ("other.example", "198.51.100.8:4343", "p"),
     ] {
-        let hello = ringlb::proxy::clienthello::build_hello(Some(sni), 16384);
+        let hello = common::hello::build_hello(Some(sni), 16384);
         let (ip, port) = src.split_once(':').unwrap();
         let mut s = TcpStream::connect(addr(lb.port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

@@ -253,7 +253,7 @@ fn sni_inspection_edges() {
 
     // A ClientHello in 1-byte segments, over several TLS records, routes, and reaches the
     // backend byte for byte.
-    let hello = ringlb::proxy::clienthello::build_hello(Some("x.b.test"), 40);
+    let hello = common::hello::build_hello(Some("x.b.test"), 40);
     let back = send_and_read(to, &hello, 1);
     assert_eq!(back, b"rb\n");
     assert!(
@@ -265,7 +265,7 @@ fn sni_inspection_edges() {
     let back = send_and_read(to, b"GET / HTTP/1.0\r\n\r\n", 64);
     assert_eq!(back, b"rd\n");
     assert!(rd.saw(b"GET / HTTP/1.0\r\n\r\n"));
-    let hello_a = ringlb::proxy::clienthello::build_hello(Some("a.test"), 16384);
+    let hello_a = common::hello::build_hello(Some("a.test"), 16384);
     assert_eq!(send_and_read(to, &hello_a, 4096), b"ra\n");
 
     // Three bytes and a stall: closed at inspect_timeout, no backend reached.
@@ -303,8 +303,8 @@ fn sni_inspection_edges() {
 
     // Without a default pool, an unknown name, no SNI and plaintext are closed.
     let to2 = addr(port2);
-    let unknown = ringlb::proxy::clienthello::build_hello(Some("zzz.test"), 16384);
-    let no_sni = ringlb::proxy::clienthello::build_hello(None, 16384);
+    let unknown = common::hello::build_hello(Some("zzz.test"), 16384);
+    let no_sni = common::hello::build_hello(None, 16384);
     for bytes in [&unknown[..], &no_sni[..], b"hello\n"] {
         assert_eq!(send_and_read(to2, bytes, 4096), b"");
     }
@@ -461,8 +461,7 @@ fn hostile_hellos_from_the_network_are_routed_or_closed() {
         .unwrap_or(60);
     let handles: Vec<_> = (0..cases)
         .map(|i| {
-            let mut bytes =
-                ringlb::proxy::clienthello::build_hello(Some("a.test"), 1 + i * 7 % 300);
+            let mut bytes = common::hello::build_hello(Some("a.test"), 1 + i * 7 % 300);
             let mut noise = vec![0u8; 64];
             fill(&mut noise, &mut seed);
             match i % 4 {
@@ -489,7 +488,7 @@ fn hostile_hellos_from_the_network_are_routed_or_closed() {
     for h in handles {
         h.join().unwrap();
     }
-    let hello = ringlb::proxy::clienthello::build_hello(Some("a.test"), 16384);
+    let hello = common::hello::build_hello(Some("a.test"), 16384);
     assert_eq!(
         send_and_read(addr(port), &hello, 4096),
         b"rd\n",
@@ -829,7 +828,7 @@ fn routes_keep_proxy_protocol_and_http_health_checks() {
         TcpStream::connect(admin).is_ok()
     });
     // The routed connection gets the PROXY header first, then the hello as the client sent it.
-    let hello = ringlb::proxy::clienthello::build_hello(Some("a.test"), 16384);
+    let hello = common::hello::build_hello(Some("a.test"), 16384);
     assert_eq!(send_and_read(addr(port), &hello, 4096), b"ra\n");
     let seen = rec.seen.lock().unwrap().clone();
     let got = seen

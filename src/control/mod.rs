@@ -7,12 +7,12 @@
 //! Must not touch: the data plane, except through the snapshot swap and backend atomics that
 //! `State` publishes.
 
-pub mod admin;
+pub(crate) mod admin;
 mod discovery;
-pub mod rebalance;
+pub(crate) mod rebalance;
 pub mod state;
-pub mod upgrade;
-pub mod views;
+pub(crate) mod upgrade;
+pub(crate) mod views;
 
 use crate::backend::Backend;
 use crate::health;

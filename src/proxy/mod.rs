@@ -20,7 +20,7 @@ mod relay;
 pub mod ring;
 mod table;
 mod waiters;
-pub mod worker;
+pub(crate) mod worker;
 
 use crate::config::Config;
 use crate::snapshot::{Shared, Snapshot};

@@ -294,12 +294,6 @@ impl Actuator {
         }
     }
 
-    /// Whether the process of a backend accepts connections yet (exec: assumed).
-    pub fn ready(&self, addr: SocketAddr) -> bool {
-        !self.children.contains_key(&addr)
-            || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-    }
-
     /// Stops a drained backend: SIGTERM now, SIGKILL after the grace period (see `tick`);
     /// `exec` runs `down` (to its end or its timeout). False if `down` failed: the backend
     /// is still ours (and may still run), for the caller to try again.

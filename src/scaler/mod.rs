@@ -14,11 +14,11 @@
 //! Owns: the loop and the reconciliation. Talks to the balancer only over HTTP (admin API and
 //! /metrics), so it can run on another host. Must not touch: the balancer's internals.
 
-pub mod actuator;
+pub(crate) mod actuator;
 pub mod plot;
-pub mod policy;
-pub mod schedule;
-pub mod source;
+pub(crate) mod policy;
+pub(crate) mod schedule;
+pub(crate) mod source;
 
 use crate::config::values::{US_DAY, US_H, US_MS, US_S};
 use actuator::{Actuator, ActuatorConfig};
@@ -739,11 +739,17 @@ impl Scaler {
     }
 
     /// One line of the events file (`events_file`): what was read, wished and decided.
-    fn record_event(&mut self, backends: &[BackendView], d: &Decided, rebalanced_after: Vec<String>) {
+    fn record_event(
+        &mut self,
+        backends: &[BackendView],
+        d: &Decided,
+        rebalanced_after: Vec<String>,
+    ) {
         let count = |st: &str| backends.iter().filter(|b| b.state == st).count() as u32;
         self.write_event(plot::Event {
             time: chrono::Utc::now().timestamp_millis() as f64 / 1000.0,
-            policies: d.wishes
+            policies: d
+                .wishes
                 .iter()
                 .map(|w| plot::PolicyPoint {
                     name: w.name.clone(),

@@ -347,8 +347,10 @@ impl Policy {
         }
     }
 
-    /// Decides the desired count for one evaluation of this policy alone. `value` is the
-    /// metric (e.g. active connections per in-service backend).
+    /// Decides the desired count for one evaluation of this policy alone (the tests' way to
+    /// drive one policy; the scaler combines several and governs the result once). `value`
+    /// is the metric (e.g. active connections per in-service backend).
+    #[cfg(test)]
     pub fn decide(&mut self, now: Instant, value: f64, cap: Capacity) -> Decision {
         let current = cap.total();
         let (raw, reason) = self.recommend(now, value, cap);
@@ -517,11 +519,6 @@ impl Policy {
                 format!("value {value:.2} within thresholds"),
             ),
         }
-    }
-
-    /// The bounds alone (used when no reading can be had: never scale in, but keep `min`).
-    pub fn floor_only(&self, cap: Capacity) -> u32 {
-        cap.total().max(self.limits.min)
     }
 }
 
@@ -761,7 +758,6 @@ mod tests {
                 .desired,
             2
         );
-        assert_eq!(p.floor_only(cap(0, 0)), 2);
     }
 
     fn aws_steps() -> PolicyConfig {

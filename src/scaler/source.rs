@@ -201,13 +201,6 @@ impl Source {
         }
     }
 
-    pub fn describe(&self) -> String {
-        match &self.cfg {
-            SourceConfig::Lb { metric, .. } => format!("{metric:?} from the balancer's /metrics"),
-            SourceConfig::Prometheus { query, .. } => format!("PromQL {query:?}"),
-        }
-    }
-
     /// One reading for `pool`, whose in-service backends number `in_service`. `pids` are the
     /// backend processes (for CPU).
     pub async fn read(&mut self, pool: &str, in_service: u32, pids: &[u32]) -> Result<f64, String> {

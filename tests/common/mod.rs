@@ -2,6 +2,7 @@
 //! as a child process, and bounded waits (every loop here has a deadline).
 #![allow(dead_code)]
 
+pub mod hello;
 pub mod tls;
 
 use std::io::{BufRead, BufReader, Read, Write};
