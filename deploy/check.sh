@@ -20,7 +20,9 @@ trap 'rm -rf "$tmp"' EXIT
 for u in systemd/*.service; do
   sed "s|/usr/bin/ringlb|$bin|g" "$u" > "$tmp/$(basename "$u")"
 done
-out=$(systemd-analyze verify "$tmp"/*.service 2>&1 || true)
+# --man=no: the man pages the units name are installed by the package (deploy/debian/check.sh
+# verifies the installed units with them), not here.
+out=$(systemd-analyze verify --man=no "$tmp"/*.service 2>&1 || true)
 if [ -n "$out" ]; then echo "$out"; fail=1; else echo "ok: $(ls systemd)"; fi
 
 step "Grafana dashboard: JSON, and every panel has a query"

@@ -1,46 +1,53 @@
 //! ringlb: a layer-4 TCP load balancer for Linux on io_uring.
 //!
 //! # Layout
-//! - [`config`]: the TOML schema, one file per section (listener, pool, health) with its
-//!   ranges and `validate_*`, and `values` (durations, bounded numbers, located errors) that
-//!   the scaler's config shares.
+//! From the ground up: each room imports only rooms listed above it here, never one below
+//! (no circles).
+//! - [`sys`]: the OS layer: the raw system calls std and socket2 lack (sockets, doorbells,
+//!   CPUs, the open-file limit, descriptor passing, process-group signals). With
+//!   `proxy/ring.rs`, the only place `unsafe` is allowed (the crate denies it elsewhere).
 //! - [`backend`]: `Backend`: an address and the atomics every worker shares (state, weight,
 //!   limit, slow start, counters). Imports nothing of ours.
-//! - [`snapshot`]: `Pool`, `Listener`, the `Snapshot` workers read, the pools' queues, and
-//!   `Shared` (what the control plane and the workers hold in common).
-//! - [`sources`]: per-source limits (connections and rate per client address), a
-//!   lock-free table of atomics shared by the workers.
 //! - [`routes`]: source allow/deny (CIDRs as sorted ranges) and the SNI route table.
+//! - [`atomic_file`]: temp file, fsync, rename: how both state files are written.
+//! - [`notify`]: systemd readiness (READY=1 once listeners accept, STOPPING=1, RELOADING=1).
+//! - [`config`]: the TOML schema, one file per section (listener, pool, health) with its
+//!   ranges and `validate_*`, and `values` (durations, rates, bounded numbers, located
+//!   errors) that the scaler's config shares.
 //! - [`balance`]: backend selection behind one trait: round robin, least connections,
 //!   ring hash (xxh3, bounded loads) and Maglev, one file each; one filter (up, untried,
-//!   below its limit) applied outside them.
+//!   below its limit) applied outside them; built from a resolved [`balance::Choice`].
+//! - [`accesslog`]: one record per connection; per-worker bounded queues drained by one
+//!   logger thread (text or JSON, stderr or a file reopened on SIGHUP/SIGUSR1).
+//! - [`sources`]: per-source limits (connections and rate per client address), a
+//!   lock-free table of atomics shared by the workers.
+//! - [`health`]: the rise/fall state machine, the probes, one file per protocol
+//!   (`dialogue`: send/expect over a bounded buffer; `http`, `redis`, `postgres`, `mysql`),
+//!   and `background`: one backend's check loop.
+//! - [`http_client`]: hyper's client, bounded in time and body size, and the admin API's
+//!   503 retry: what the scaler and `ctl` share.
+//! - [`cpus`]: how many workers `workers = 0` means: affinity capped by the cgroup quota.
+//! - [`snapshot`]: `Pool`, `Listener`, the `Snapshot` workers read, the pools' shared
+//!   queues, and `Shared` (what the control plane and the workers hold in common).
 //! - [`proxy`]: the data plane. `worker` runs the per-core loop and dispatch; `table` the
-//!   connection slab and user data; `bufqueue` a direction's buffers; one file per stage:
-//!   `accept` (admission, queue), `accept_proxy` (a PROXY header read from a front
-//!   balancer), `inspect` (SNI, with `clienthello`), `connect` (+PROXY header), `relay`,
-//!   `close`; `ring` (io_uring, its buffer ring and the fixed-file mirror) and `sys` (sockets,
-//!   rlimit, affinity, fd passing) hold the only `unsafe` (the crate denies it elsewhere);
-//!   `preflight` explains what blocks io_uring.
-//! - [`cpus`]: how many CPUs `workers = 0` means: affinity capped by the cgroup quota.
-//! - [`health`]: the rise/fall state machine and the probes, one file per protocol
-//!   (`dialogue`: send/expect over a bounded buffer; `http`, `redis`, `postgres`, `mysql`).
+//!   connection slab; `op` the user data; `bufqueue` a direction's buffers; one file per
+//!   stage, in a connection's order: `accept` (admission), `accept_proxy` (a PROXY header
+//!   from a front balancer), `inspect` (SNI, with `clienthello`), `queue` (the pools'
+//!   queues and the doorbell, with `waiters`), `connect` (+PROXY header), `relay`,
+//!   `close`; `ring` (io_uring, its buffer ring and the fixed-file mirror); `preflight`
+//!   explains what blocks io_uring.
 //! - [`metrics`]: metric names, the Prometheus recorder, the scrape.
 //! - [`control`]: the control plane on its own tokio thread: `state` (membership, runtime
 //!   changes, persistence), `admin` (HTTP API, probes, /metrics), `discovery` (DNS-named
 //!   backends), `upgrade` (socket handover to a successor), `rebalance` (which backends
-//!   are over their share, and how many idle connections workers may close for it),
-//!   health-check and drain tasks.
+//!   are over their share, and how many idle connections workers may close for it), and
+//!   the drains.
+//! - [`scaler`]: `ringlb scale`, the companion autoscaler: `source` (readings), `policy`
+//!   (target tracking, step, simple, one function each, combined by the largest wish),
+//!   `schedule` (scheduled min/max), `actuator` (process, exec; process groups, adoption
+//!   after a restart), `plot` (events and their SVG timeline); talks HTTP only.
 //! - [`server`]: `ringlb serve`: starts the workers, handles signals (SIGTERM drains,
 //!   SIGHUP reloads) and shuts down.
-//! - [`scaler`]: `ringlb scale`, the companion autoscaler: `source` (readings, and hyper's
-//!   client), `policy` (target tracking, step, simple, one function each, combined by the
-//!   largest wish), `schedule` (scheduled min/max), `actuator` (process, exec; process
-//!   groups, adoption after a restart), `plot` (events and their SVG timeline); talks HTTP
-//!   only.
-//! - [`accesslog`]: one record per connection; per-worker bounded queues drained by one
-//!   logger thread (text or JSON, stderr or a file reopened on SIGHUP/SIGUSR1).
-//! - [`atomic_file`]: temp file, fsync, rename: how both state files are written.
-//! - [`notify`]: systemd readiness (READY=1 once listeners accept, STOPPING=1, RELOADING=1).
 //! - [`ctl`]: `ringlb ctl`, a CLI over the admin API (tables or JSON), nothing but HTTP.
 //! - [`demo`]: `ringlb demo`: built-in backends plus a balancer on loopback.
 //!

@@ -86,7 +86,7 @@ pub struct Pool {
     /// Some backend is a backup (picks then look at which tier serves).
     pub has_backups: bool,
     /// TCP keepalive for backend sockets.
-    pub tcp_keepalive: Option<crate::config::KeepaliveTimers>,
+    pub tcp_keepalive: Option<crate::sys::KeepaliveTimers>,
     pub queue: Arc<PoolQueue>,
     /// The health checks' settings (read by the control plane's check loop).
     pub health: crate::config::HealthConfig,
@@ -239,7 +239,7 @@ pub struct Listener {
     /// Congestion control set on the listening socket (accepted sockets inherit it).
     pub tcp_congestion: Option<String>,
     /// TCP keepalive set on the listening socket (accepted sockets inherit it).
-    pub tcp_keepalive: Option<crate::config::KeepaliveTimers>,
+    pub tcp_keepalive: Option<crate::sys::KeepaliveTimers>,
     /// How long a half-closed connection may stay silent, by which side ended first:
     /// `[client ended (server_fin_timeout), backend ended (client_fin_timeout)]`; zero: the
     /// idle timeout applies.

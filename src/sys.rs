@@ -11,13 +11,21 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
+/// Keepalive in the kernel's units: seconds, seconds, probes (None: the system's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepaliveTimers {
+    pub idle: Option<u32>,
+    pub interval: Option<u32>,
+    pub count: Option<u32>,
+}
+
 /// A new TCP socket for a backend connection, close-on-exec, with TCP_NODELAY (a relay
 /// must not hold back the last small segment of a response) and, if given, a congestion
 /// control (validated at config load; should it fail here, the default stays).
 pub fn stream_socket(
     v6: bool,
     congestion: Option<&str>,
-    keepalive: Option<crate::config::KeepaliveTimers>,
+    keepalive: Option<KeepaliveTimers>,
 ) -> io::Result<RawFd> {
     let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
     // SAFETY: plain syscall with constant arguments; the result is checked.
@@ -57,7 +65,7 @@ pub fn stream_socket(
 
 /// SO_KEEPALIVE, with TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT for the timers given
 /// (the others stay the system's): one setsockopt each, values validated at config load.
-pub fn set_keepalive(fd: RawFd, k: crate::config::KeepaliveTimers) {
+pub fn set_keepalive(fd: RawFd, k: KeepaliveTimers) {
     let options = [
         (libc::SOL_SOCKET, libc::SO_KEEPALIVE, Some(1)),
         (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, k.idle),

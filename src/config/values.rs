@@ -414,17 +414,9 @@ pub struct Keepalive {
     pub count: Option<Num<1, 127>>,
 }
 
-/// Keepalive in the kernel's units: seconds, seconds, probes (None: the system's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeepaliveTimers {
-    pub idle: Option<u32>,
-    pub interval: Option<u32>,
-    pub count: Option<u32>,
-}
-
 impl Keepalive {
-    pub fn kernel(&self) -> KeepaliveTimers {
-        KeepaliveTimers {
+    pub fn kernel(&self) -> crate::sys::KeepaliveTimers {
+        crate::sys::KeepaliveTimers {
             idle: self.idle.map(|d| d.get().as_secs() as u32),
             interval: self.interval.map(|d| d.get().as_secs() as u32),
             count: self.count.map(|n| n.get()),
