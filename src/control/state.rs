@@ -98,15 +98,21 @@ pub type Reloaded = (Vec<Arc<Backend>>, Vec<(Arc<Backend>, Departure)>);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Departure(u64);
 
-/// An admin request that cannot be applied, with the HTTP status it maps to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An admin request that cannot be applied, with the HTTP status it maps to (the admin API
+/// tells the cases apart; the text is the response's `error`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
+    #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
     Conflict(String),
     /// Persisting failed: nothing was changed.
+    #[error("{0}")]
     Internal(String),
     /// Not now, shortly: an upgrade is handing this process over (see `upgrade.rs`).
+    #[error("{0}")]
     Unavailable(String),
 }
 

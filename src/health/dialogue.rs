@@ -11,6 +11,40 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// What a parser of the read buffer says: not yet (`None`), or a value and the bytes it used.
 pub type Parsed<T> = Result<Option<(T, usize)>, String>;
 
+/// Why a conversation ended without what was expected. Typed because the probes tell the
+/// cases apart (a peer that answered something and closed is "not an HTTP response"; one
+/// that closed in silence is not); each probe's verdict is its text.
+#[derive(Debug, thiserror::Error)]
+pub enum DialogueError {
+    #[error("send: {0}")]
+    Send(std::io::Error),
+    #[error("read, waiting for {what}: {source}")]
+    Read {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("closed without answering, expected {what}")]
+    ClosedSilent { what: String },
+    #[error("closed after {got}, expected {what}")]
+    ClosedAfter { got: String, what: String },
+    #[error("{read} bytes read without {what} (max_read); got {got}")]
+    TooLong {
+        read: usize,
+        what: String,
+        got: String,
+    },
+    /// The parser of the answer refused it.
+    #[error("{0}")]
+    Malformed(String),
+}
+
+/// The probes' verdicts are text: `?` turns a dialogue's error into its message.
+impl From<DialogueError> for String {
+    fn from(e: DialogueError) -> String {
+        e.to_string()
+    }
+}
+
 pub struct Dialogue<S> {
     stream: S,
     buf: Vec<u8>,
@@ -73,11 +107,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Dialogue<S> {
         }
     }
 
-    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), DialogueError> {
         self.stream
             .write_all(bytes)
             .await
-            .map_err(|e| format!("send: {e}"))
+            .map_err(DialogueError::Send)
     }
 
     /// Reads until `parse` finds what it needs in the unconsumed bytes (it returns the value
@@ -86,31 +120,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Dialogue<S> {
         &mut self,
         what: &str,
         mut parse: impl FnMut(&[u8]) -> Parsed<T>,
-    ) -> Result<T, String> {
+    ) -> Result<T, DialogueError> {
         let mut chunk = [0u8; 4096];
         loop {
-            if let Some((v, used)) = parse(&self.buf)? {
+            if let Some((v, used)) = parse(&self.buf).map_err(DialogueError::Malformed)? {
                 self.buf.drain(..used.min(self.buf.len()));
                 return Ok(v);
             }
             if self.buf.len() >= self.max_read {
-                return Err(format!(
-                    "{} bytes read without {what} (max_read); got {:?}",
-                    self.buf.len(),
-                    shown(&self.buf)
-                ));
+                return Err(DialogueError::TooLong {
+                    read: self.buf.len(),
+                    what: what.to_string(),
+                    got: format!("{:?}", shown(&self.buf)),
+                });
             }
             let room = (self.max_read - self.buf.len()).min(chunk.len());
             let n = self
                 .stream
                 .read(&mut chunk[..room])
                 .await
-                .map_err(|e| format!("read, waiting for {what}: {e}"))?;
+                .map_err(|source| DialogueError::Read {
+                    what: what.to_string(),
+                    source,
+                })?;
             if n == 0 {
+                let what = what.to_string();
                 return Err(if self.buf.is_empty() {
-                    format!("closed without answering, expected {what}")
+                    DialogueError::ClosedSilent { what }
                 } else {
-                    format!("closed after {:?}, expected {what}", shown(&self.buf))
+                    DialogueError::ClosedAfter {
+                        got: format!("{:?}", shown(&self.buf)),
+                        what,
+                    }
                 });
             }
             self.buf.extend_from_slice(&chunk[..n]);
@@ -118,14 +159,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Dialogue<S> {
     }
 
     /// Waits for a match; consumes up to its end.
-    pub async fn expect(&mut self, m: &Matcher) -> Result<(), String> {
+    pub async fn expect(&mut self, m: &Matcher) -> Result<(), DialogueError> {
         let what = m.describe();
         self.read_until(&what, |buf| Ok(m.find(buf).map(|end| ((), end))))
             .await
     }
 
     /// Reads exactly `n` bytes.
-    pub async fn take(&mut self, n: usize, what: &str) -> Result<Vec<u8>, String> {
+    pub async fn take(&mut self, n: usize, what: &str) -> Result<Vec<u8>, DialogueError> {
         self.read_until(what, |buf| {
             Ok((buf.len() >= n).then(|| (buf[..n].to_vec(), n)))
         })

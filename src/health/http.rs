@@ -1,6 +1,7 @@
 //! The HTTP probe: a GET, and the status line against `expect_status`.
 
 use super::Dialogue;
+use super::dialogue::DialogueError;
 use crate::config::{HealthConfig, parse_status_range};
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -31,10 +32,10 @@ pub async fn check<S: AsyncRead + AsyncWrite + Unpin>(
         .await;
     let line = match line {
         Ok(l) => l,
-        Err(e) if e.starts_with("closed after") => {
+        Err(e @ DialogueError::ClosedAfter { .. }) => {
             return Err(format!("not an HTTP response: {e}"));
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     let line = String::from_utf8_lossy(&line);
     let line = line.trim_end();

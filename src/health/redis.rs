@@ -70,7 +70,7 @@ async fn call<S: AsyncRead + AsyncWrite + Unpin>(
     args: &[&[u8]],
 ) -> Result<Reply, String> {
     d.send(&command(args)).await?;
-    d.read_until("a Redis reply", parse_reply).await
+    Ok(d.read_until("a Redis reply", parse_reply).await?)
 }
 
 pub async fn check<S: AsyncRead + AsyncWrite + Unpin>(

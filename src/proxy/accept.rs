@@ -232,9 +232,9 @@ impl Worker {
             gen_,
             inflight: 0,
             phase: if proxied {
-                Phase::ProxyHeader
+                Phase::ProxyHeader { peeked: 0 }
             } else if inspect {
-                Phase::Inspecting
+                Phase::Inspecting { peeked: 0 }
             } else {
                 Phase::Connecting
             },
@@ -248,10 +248,6 @@ impl Worker {
             key: 0,
             last_active: now,
             dirs: [Dir::new(), Dir::new()],
-            header_len: 0,
-            header_sent: 0,
-            peeked: 0,
-            ticket: 0,
             end: None,
             reset: false,
             logged: logs,

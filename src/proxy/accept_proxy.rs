@@ -156,7 +156,10 @@ fn incomplete(b: &[u8]) -> Parsed {
 impl Worker {
     /// Starts (or continues) waiting for the PROXY header.
     pub(super) fn read_proxy_header(&mut self, slot: usize) {
-        self.conns.get(slot).phase = Phase::ProxyHeader;
+        let c = self.conns.get(slot);
+        if !matches!(c.phase, Phase::ProxyHeader { .. }) {
+            c.phase = Phase::ProxyHeader { peeked: 0 };
+        }
         if !self.poll_client(slot) {
             self.proxy_header_failed(slot, ProxyHeaderError::Timeout);
         }
@@ -182,14 +185,17 @@ impl Worker {
         }
         let n = n as usize;
         let c = self.conns.get(slot);
+        let Phase::ProxyHeader { peeked } = c.phase else {
+            return;
+        };
         match parse(&self.peek[..n], c.listener.accept_proxy) {
-            Parsed::Incomplete if n <= c.peeked as usize => {
+            Parsed::Incomplete if n <= peeked as usize => {
                 // Woken with nothing new: the sender half-closed mid-header.
                 self.proxy_header_failed(slot, ProxyHeaderError::Timeout)
             }
             Parsed::Incomplete => {
                 sys::set_rcvlowat(fd, n as i32 + 1);
-                c.peeked = n as u16;
+                c.phase = Phase::ProxyHeader { peeked: n as u16 };
                 self.read_proxy_header(slot)
             }
             Parsed::Bad(why) => self.proxy_header_failed(slot, why),
@@ -199,9 +205,9 @@ impl Worker {
                 if took != len as isize {
                     return self.proxy_header_failed(slot, ProxyHeaderError::Timeout);
                 }
-                if c.peeked > 0 {
+                if peeked > 0 {
                     sys::set_rcvlowat(fd, 1);
-                    c.peeked = 0;
+                    c.phase = Phase::ProxyHeader { peeked: 0 };
                 }
                 if let Some(a) = addrs {
                     c.proxied = Some(Box::new(a));

@@ -45,6 +45,13 @@ impl Worker {
         c.end.get_or_insert(why);
         let phase = c.phase;
         c.phase = Phase::Closing;
+        if let Phase::Queued { .. } = phase {
+            // Closed while queued: it no longer waits (its entry is dropped at the next look
+            // at the queue).
+            c.pool.queue.length.fetch_sub(1, Relaxed);
+            self.queued_changed();
+        }
+        let c = self.conns.get(slot);
         if c.inflight == 0 {
             return;
         }
@@ -53,11 +60,11 @@ impl Worker {
         // connect (or the inspection's poll) also ends its linked timeout.
         let pending = [
             (
-                phase == Phase::Inspecting || phase == Phase::ProxyHeader,
+                matches!(phase, Phase::Inspecting { .. } | Phase::ProxyHeader { .. }),
                 Op::Inspect,
             ),
             (phase == Phase::Connecting, Op::Connect),
-            (phase == Phase::Header, Op::Header),
+            (matches!(phase, Phase::Header { .. }), Op::Header),
             (d0.recv == Recv::Armed, Side::ToBackend.recv_op()),
             (d0.sending, Side::ToBackend.send_op()),
             (d1.recv == Recv::Armed, Side::ToClient.recv_op()),
@@ -111,12 +118,6 @@ impl Worker {
             .connection_duration
             .record(c.accepted_at.elapsed().as_secs_f64());
         self.shared.worker_connections[self.id].fetch_sub(1, Relaxed);
-        if c.ticket != 0 {
-            // Closed while queued: it no longer waits (its entry is dropped at the next
-            // look at the queue).
-            c.pool.queue.length.fetch_sub(1, Relaxed);
-            self.queued_changed();
-        }
         if c.logged {
             self.log_connection(slot, &c);
         }

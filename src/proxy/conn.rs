@@ -102,18 +102,31 @@ impl Dir {
     }
 }
 
+/// A connection's stage, with what only that stage needs: a field of one stage cannot be
+/// read or left behind in another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Waiting for the PROXY header a front balancer sends first.
-    ProxyHeader,
-    /// Waiting for the client's first bytes to pick a pool by SNI.
-    Inspecting,
-    /// Every candidate backend is at its `max_connections`: waiting in the pool's queue.
-    Queued,
+    /// Waiting for the PROXY header a front balancer sends first; `peeked`: the bytes the
+    /// client had sent at the last look.
+    ProxyHeader {
+        peeked: u16,
+    },
+    /// Waiting for the client's first bytes to pick a pool by SNI; `peeked` as above.
+    Inspecting {
+        peeked: u16,
+    },
+    /// Every candidate backend is at its `max_connections`: waiting in the pool's queue
+    /// with this ticket (see `queue.rs`).
+    Queued {
+        ticket: u64,
+    },
     /// Connecting to a backend (maybe a retry).
     Connecting,
-    /// Connected; sending the PROXY header before relaying.
-    Header,
+    /// Connected; sending the PROXY header (`len` bytes, `sent` so far) before relaying.
+    Header {
+        len: u8,
+        sent: u8,
+    },
     Relaying,
     /// Cancelling what is in flight; released when nothing is.
     Closing,
@@ -136,13 +149,6 @@ pub struct Conn {
     /// Worker tick of the last relayed bytes (idle timeout), or of the accept.
     pub last_active: u32,
     pub dirs: [Dir; 2],
-    /// PROXY header: total length and bytes sent so far.
-    pub header_len: u8,
-    pub header_sent: u8,
-    /// Inspection: bytes the client had sent at the last look.
-    pub peeked: u16,
-    /// In a pool's queue: this connection's ticket (0: not queued).
-    pub ticket: u64,
     /// Why it ended (the first reason given wins), for the access log.
     pub end: Option<crate::accesslog::End>,
     /// One side failed (reset, or an error) while relaying: the other is reset at the

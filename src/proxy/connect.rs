@@ -160,8 +160,10 @@ impl Worker {
             // The client's addresses are gone (it reset): nothing to announce.
             return self.teardown(slot, End::ClientError);
         }
-        c.phase = Phase::Header;
-        c.header_len = n as u8;
+        c.phase = Phase::Header {
+            len: n as u8,
+            sent: from as u8,
+        };
         let server = c.server;
         let ud = self.conns.submit(slot, Op::Header);
         self.ring.send_header(server, slot, &hdr[from..n], ud);
@@ -176,11 +178,13 @@ impl Worker {
         if res <= 0 {
             return self.teardown(slot, End::BackendError);
         }
-        c.header_sent += res as u8;
-        if c.header_sent < c.header_len {
+        let Phase::Header { len, sent } = c.phase else {
+            return;
+        };
+        let sent = sent.saturating_add(res as u8);
+        if sent < len {
             // A partial send of a ~100-byte header: resend the rest (rare, but legal).
-            let sent = c.header_sent as usize;
-            return self.send_header(slot, sent);
+            return self.send_header(slot, sent as usize);
         }
         self.start_relay(slot);
     }

@@ -24,7 +24,10 @@ use crate::sys;
 impl Worker {
     /// Starts (or continues) waiting for the client's first bytes.
     pub(super) fn inspect(&mut self, slot: usize) {
-        self.conns.get(slot).phase = Phase::Inspecting;
+        let c = self.conns.get(slot);
+        if !matches!(c.phase, Phase::Inspecting { .. }) {
+            c.phase = Phase::Inspecting { peeked: 0 };
+        }
         if !self.poll_client(slot) {
             self.no_route(slot, NoRoute::Timeout);
         }
@@ -71,15 +74,18 @@ impl Worker {
         let n = n as usize;
         let verdict = clienthello::parse(&self.peek[..n], &mut self.hello);
         let c = self.conns.get(slot);
+        let Phase::Inspecting { peeked } = c.phase else {
+            return;
+        };
         let found = match verdict {
-            Hello::Incomplete if n <= c.peeked as usize => {
+            Hello::Incomplete if n <= peeked as usize => {
                 // Woken with no new bytes: only an EOF wakes a poll below SO_RCVLOWAT, so
                 // the client half-closed mid-hello. Polling again would spin.
                 return self.no_route(slot, NoRoute::Timeout);
             }
             Hello::Incomplete if n < MAX_HELLO => {
                 sys::set_rcvlowat(fd, n as i32 + 1);
-                c.peeked = n as u16;
+                c.phase = Phase::Inspecting { peeked: n as u16 };
                 return self.inspect(slot);
             }
             Hello::Incomplete | Hello::Malformed => Err(NoRoute::Malformed),
@@ -87,7 +93,7 @@ impl Worker {
             Hello::NoSni => Err(NoRoute::NoSni),
             Hello::Sni(name) => c.listener.routes.lookup(name).ok_or(NoRoute::UnknownName),
         };
-        if c.peeked > 0 {
+        if peeked > 0 {
             // Readable at one byte again, for the relay's recvs.
             sys::set_rcvlowat(fd, 1);
         }

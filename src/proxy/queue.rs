@@ -58,8 +58,7 @@ impl Worker {
             return self.teardown(slot, End::QueueFull);
         }
         let ticket = q.next_ticket.fetch_add(1, Relaxed);
-        c.phase = Phase::Queued;
-        c.ticket = ticket;
+        c.phase = Phase::Queued { ticket };
         c.connect_started = std::time::Instant::now();
         let gen_ = c.gen_;
         let waiters = self.queued.of(&q);
@@ -149,8 +148,7 @@ impl Worker {
                 };
                 let slot = w.slot as usize;
                 let live = self.conns.lookup(slot, w.gen_)
-                    && self.conns.get(slot).phase == Phase::Queued
-                    && self.conns.get(slot).ticket == w.ticket;
+                    && self.conns.get(slot).phase == Phase::Queued { ticket: w.ticket };
                 if !live {
                     self.queued.pools[qi].1.pop_front();
                     continue;
@@ -173,7 +171,6 @@ impl Worker {
                 self.queued.pools[qi].1.pop_front();
                 q.length.fetch_sub(1, Relaxed);
                 q.wait.record(c.connect_started.elapsed().as_secs_f64());
-                c.ticket = 0;
                 c.pool = pool;
                 self.connect_next(slot);
                 self.release_if_idle(slot);
@@ -196,8 +193,7 @@ impl Worker {
             while let Some(&w) = self.queued.pools[qi].1.front() {
                 let slot = w.slot as usize;
                 let live = self.conns.lookup(slot, w.gen_)
-                    && self.conns.get(slot).phase == Phase::Queued
-                    && self.conns.get(slot).ticket == w.ticket;
+                    && self.conns.get(slot).phase == Phase::Queued { ticket: w.ticket };
                 if live && self.conns.get(slot).connect_started.elapsed() < timeout {
                     break;
                 }

@@ -214,7 +214,9 @@ impl Worker {
                     self.conns.complete(slot);
                 }
                 match op {
-                    Op::Inspect if self.conns.get(slot).phase == Phase::ProxyHeader => {
+                    Op::Inspect
+                        if matches!(self.conns.get(slot).phase, Phase::ProxyHeader { .. }) =>
+                    {
                         self.on_proxy_header(slot, c.result)
                     }
                     Op::Inspect => self.on_inspect(slot, c.result),

@@ -59,6 +59,7 @@ fn default_stabilization() -> Duration {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[allow(clippy::enum_variant_names)] // AWS step scaling's own names
 pub enum AdjustmentType {
     #[default]
     ChangeInCapacity,
