@@ -57,7 +57,7 @@ fn the_served_document_is_the_committed_one() {
         for (method, op) in item.as_object().unwrap() {
             let open = matches!(
                 path.as_str(),
-                "/healthz" | "/readyz" | "/" | "/status.js" | "/openapi.json"
+                "/healthz" | "/readyz" | "/" | "/status.js" | "/status.css" | "/openapi.json"
             );
             assert_eq!(op.get("security").is_none(), open, "{method} {path}");
         }
@@ -97,6 +97,6 @@ fn schemathesis_finds_no_server_error_and_no_spec_violation() {
         String::from_utf8_lossy(&out.stderr)
     );
     // It really ran every operation.
-    assert!(text.contains("14 selected / 14 total"), "{text}");
-    assert!(text.contains("Tested: 14"), "{text}");
+    assert!(text.contains("15 selected / 15 total"), "{text}");
+    assert!(text.contains("Tested: 15"), "{text}");
 }

@@ -138,6 +138,36 @@ async fn the_status_page_shows_backends_live_and_drains_one_with_a_click() {
     let mut backends = backends;
 
     let (_driver, c) = browser(&dir.path().join("profile")).await;
+    // The page's files: script and style from this origin only, nothing inline.
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/status.js", "text/javascript"),
+        ("/status.css", "text/css"),
+    ] {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(admin).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: ringlb\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        let head = answer
+            .split("\r\n\r\n")
+            .next()
+            .unwrap()
+            .to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{path}: {head}");
+        assert!(
+            head.contains(&format!("content-type: {kind}")),
+            "{path}: {head}"
+        );
+        assert!(
+            head.contains("content-security-policy: default-src 'self'; frame-ancestors 'none'"),
+            "{path}: {head}"
+        );
+    }
     c.goto(&format!("http://{admin}/")).await.unwrap();
 
     // It asks for the token first (the API answered 401 without one).
@@ -149,6 +179,21 @@ async fn the_status_page_shows_backends_live_and_drains_one_with_a_click() {
         .expect("the page asks for the token");
     input.send_keys(TOKEN).await.unwrap();
     click(&c, "#token-submit").await;
+
+    // Its style sheet applies under a CSP that allows no inline style: the header has the
+    // dark background status.css gives it (no style at all would leave it transparent).
+    let header_bg = c
+        .execute(
+            "return getComputedStyle(document.querySelector('header')).backgroundColor",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        header_bg,
+        serde_json::json!("rgb(31, 41, 55)"),
+        "status.css is not applied"
+    );
 
     // Then lists the three backends with their states.
     for a in &addrs {

@@ -509,9 +509,19 @@ async fn status_script() -> Response {
     static_file("text/javascript; charset=utf-8", STATUS_SCRIPT)
 }
 
+/// The status page's style sheet (kept apart so the page's CSP can forbid inline style).
+#[utoipa::path(get, path = "/status.css", tag = "status",
+    responses(
+        (status = 200, description = "The status page's style sheet", content_type = "text/css", body = String),
+        (status = 403, description = "Source not allowed ([admin] allow)", body = ErrorBody),
+    ))]
+async fn status_style() -> Response {
+    static_file("text/css; charset=utf-8", STATUS_STYLE)
+}
+
 /// One of the status page's files: revalidated on every load (a new binary serves a new
-/// page), script only from this origin (no inline script: status.js is a file), never
-/// inside another site's frame.
+/// page), script and style only from this origin (nothing inline: status.js and status.css
+/// are files), never inside another site's frame.
 fn static_file(content_type: &'static str, body: &'static str) -> Response {
     (
         [
@@ -519,7 +529,7 @@ fn static_file(content_type: &'static str, body: &'static str) -> Response {
             (header::CACHE_CONTROL, "no-cache"),
             (
                 header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+                "default-src 'self'; frame-ancestors 'none'",
             ),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
@@ -601,6 +611,7 @@ enum Lookup {
 
 const STATUS_PAGE: &str = include_str!("status/index.html");
 const STATUS_SCRIPT: &str = include_str!("status/status.js");
+const STATUS_STYLE: &str = include_str!("status/status.css");
 
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such endpoint")
@@ -663,6 +674,7 @@ fn routes() -> (
         .routes(routes!(readyz))
         .routes(routes!(status_page))
         .routes(routes!(status_script))
+        .routes(routes!(status_style))
         .routes(routes!(openapi_json));
     (guarded, open)
 }
