@@ -259,34 +259,31 @@ fn anchor(heading: &str) -> String {
         .collect()
 }
 
-fn anchors(text: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
+/// The lines of a Markdown text outside code (fenced blocks, indented blocks).
+fn prose(text: &str) -> impl Iterator<Item = &str> {
     let mut fenced = false;
-    for line in text.lines() {
+    text.lines().filter(move |line| {
         if line.starts_with("```") {
             fenced = !fenced;
+            return false;
         }
-        if !fenced && line.starts_with('#') {
-            let h = line.trim_start_matches('#');
-            if h.starts_with(' ') {
-                out.insert(anchor(h));
-            }
-        }
-    }
-    out
+        !fenced && !line.starts_with("    ")
+    })
+}
+
+fn anchors(text: &str) -> BTreeSet<String> {
+    prose(text)
+        .filter_map(|line| line.strip_prefix('#'))
+        .map(|h| h.trim_start_matches('#'))
+        .filter(|h| h.starts_with(' '))
+        .map(anchor)
+        .collect()
 }
 
 /// The targets of `[text](target)` links outside code.
 fn links(text: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut fenced = false;
-    for line in text.lines() {
-        if line.starts_with("```") {
-            fenced = !fenced;
-        }
-        if fenced || line.starts_with("    ") {
-            continue;
-        }
+    for line in prose(text) {
         let mut rest = line;
         while let Some(i) = rest.find("](") {
             let after = &rest[i + 2..];
@@ -389,4 +386,15 @@ fn the_readme_configuration_is_valid() {
     if let Err(e) = ringlb::config::Config::parse("README.md", &block) {
         panic!("the README's configuration: {e}");
     }
+}
+
+#[test]
+fn headings_and_links_in_code_are_not_read() {
+    let text = "# A b\n```\n# not a heading [no](link.md)\n```\n## C-d (e)\n    [indented](x.md)\n[yes](a.md#b) and [too](#c-d-e)\n";
+    let want: BTreeSet<String> = ["a-b", "c-d-e"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(anchors(text), want);
+    assert_eq!(
+        links(text),
+        vec!["a.md#b".to_string(), "#c-d-e".to_string()]
+    );
 }
