@@ -64,65 +64,13 @@ impl Server {
         let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
             .map_err(|e| format!("cannot handle signals: {e}"))?;
         let limit = crate::sys::raise_nofile_limit();
-        let token = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
-            Some(f) => {
-                Some(crate::config::read_token(f).map_err(|e| format!("admin.token_file {e}"))?)
-            }
-            None => None,
-        };
-        let endpoints = Endpoints {
-            metrics: config
-                .metrics
-                .as_ref()
-                .map(|m| match inherited.metrics.take() {
-                    Some(fd) => Ok(std::net::TcpListener::from(fd)),
-                    None => bind_endpoint("metrics", m.listen),
-                })
-                .transpose()?,
-            admin: config
-                .admin
-                .as_ref()
-                .map(|a| {
-                    match inherited.admin.take() {
-                        Some(fd) => Ok(std::net::TcpListener::from(fd)),
-                        None => bind_endpoint("admin", a.listen),
-                    }
-                    .map(|l| {
-                        (
-                            l,
-                            crate::control::admin::Access {
-                                token,
-                                acl: a.acl(),
-                            },
-                        )
-                    })
-                })
-                .transpose()?,
-        };
+        let endpoints = bind_endpoints(&config, &mut inherited)?;
         if endpoints.metrics.is_some() {
             // Only with an endpoint: without scrapes or upkeep, histogram samples would pile up.
             crate::metrics::install()?;
         }
         let workers = crate::cpus::worker_count(config.workers.get());
         let shutdown_timeout = config.shutdown_timeout.get();
-        let listeners: Vec<(String, std::net::SocketAddr, String)> = config
-            .listeners
-            .iter()
-            .map(|l| {
-                (
-                    l.name.get_ref().clone(),
-                    l.bind,
-                    l.pool
-                        .as_ref()
-                        .map(|p| p.get_ref().clone())
-                        .unwrap_or_else(|| "(routes)".into()),
-                )
-            })
-            .collect();
-        let (metrics_at, admin_at) = (
-            config.metrics.as_ref().map(|m| m.listen),
-            config.admin.as_ref().map(|a| a.listen),
-        );
         let mut state = State::new(config.clone(), workers)?;
         // A successor takes no admin change until it has told the old process that it
         // accepts: should it fail before that, the old one carries on, and a change this
@@ -158,29 +106,7 @@ impl Server {
             }
         };
         shared.ready.store(true, Ordering::Relaxed);
-        let handover = match config.upgrade_socket() {
-            Some(at) => {
-                let (c, h) = (control.clone(), control.clone());
-                let offer = crate::control::upgrade::Offer {
-                    listeners: offer,
-                    admin: admin_dup,
-                    metrics: metrics_dup,
-                };
-                match crate::control::upgrade::Handover::start(
-                    &at,
-                    offer,
-                    move |on| h.hold_changes(on),
-                    move || c.stop_endpoints(),
-                ) {
-                    Ok(h) => Some(h),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "no zero-downtime upgrade for this process");
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
+        let handover = offer_handover(&config, &control, offer, admin_dup, metrics_dup);
         // This process accepts, and offers its own sockets to a successor (its handover
         // socket is bound first, so that the old process never sees a moment without one):
         // the one it replaces may stop.
@@ -190,19 +116,7 @@ impl Server {
             tracing::warn!(error = %e, "upgrade: serving on the inherited sockets");
         }
         control.hold_changes(false);
-        if let Some(a) = config.admin.as_ref().filter(|a| a.insecure_no_token) {
-            tracing::warn!(listen = %a.listen, "[admin] insecure_no_token: the admin API takes requests from anyone who can reach it, without a token");
-        }
-        for (name, bind, pool) in listeners {
-            tracing::info!(listener = %name, %bind, %pool, workers, "listening");
-        }
-        if let Some(a) = metrics_at {
-            tracing::info!(url = %format!("http://{a}/metrics"), "metrics");
-        }
-        if let Some(a) = admin_at {
-            tracing::info!(url = %format!("http://{a}/backends"), "admin API");
-        }
-        tracing::debug!(open_files_limit = limit, "started");
+        log_started(&config, workers, limit);
         // Every worker's listener accepts and the control plane serves: tell systemd.
         crate::notify::notify("READY=1\nSTATUS=listening");
         Ok(Server {
@@ -348,6 +262,103 @@ fn start_access_log(
     let q = crate::accesslog::Queues::new(workers);
     let _ = shared.access_log.set(q.clone());
     Some(crate::accesslog::start(q))
+}
+
+/// The metrics and admin endpoints: the sockets a predecessor handed over, else bound now
+/// (a taken port fails the start cleanly), with the admin API's access rules.
+fn bind_endpoints(
+    config: &Config,
+    inherited: &mut crate::control::upgrade::Inherited,
+) -> Result<Endpoints, String> {
+    let token = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
+        Some(f) => Some(crate::config::read_token(f).map_err(|e| format!("admin.token_file {e}"))?),
+        None => None,
+    };
+    Ok(Endpoints {
+        metrics: config
+            .metrics
+            .as_ref()
+            .map(|m| match inherited.metrics.take() {
+                Some(fd) => Ok(std::net::TcpListener::from(fd)),
+                None => bind_endpoint("metrics", m.listen),
+            })
+            .transpose()?,
+        admin: config
+            .admin
+            .as_ref()
+            .map(|a| {
+                match inherited.admin.take() {
+                    Some(fd) => Ok(std::net::TcpListener::from(fd)),
+                    None => bind_endpoint("admin", a.listen),
+                }
+                .map(|l| {
+                    (
+                        l,
+                        crate::control::admin::Access {
+                            token,
+                            acl: a.acl(),
+                        },
+                    )
+                })
+            })
+            .transpose()?,
+    })
+}
+
+/// Offers this process's sockets to a successor (`ringlb serve --upgrade`) on the upgrade
+/// socket, if there is one; a failure to offer is a warning, not a failed start.
+fn offer_handover(
+    config: &Config,
+    control: &Control,
+    offer: proxy::Offered,
+    admin_dup: Option<std::os::fd::OwnedFd>,
+    metrics_dup: Option<std::os::fd::OwnedFd>,
+) -> Option<crate::control::upgrade::Handover> {
+    match config.upgrade_socket() {
+        Some(at) => {
+            let (c, h) = (control.clone(), control.clone());
+            let offer = crate::control::upgrade::Offer {
+                listeners: offer,
+                admin: admin_dup,
+                metrics: metrics_dup,
+            };
+            match crate::control::upgrade::Handover::start(
+                &at,
+                offer,
+                move |on| h.hold_changes(on),
+                move || c.stop_endpoints(),
+            ) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no zero-downtime upgrade for this process");
+                    None
+                }
+            }
+        }
+        None => None,
+    }
+}
+
+/// What a started balancer says once: its listeners, endpoints and an insecure admin API.
+fn log_started(config: &Config, workers: usize, open_files_limit: u64) {
+    if let Some(a) = config.admin.as_ref().filter(|a| a.insecure_no_token) {
+        tracing::warn!(listen = %a.listen, "[admin] insecure_no_token: the admin API takes requests from anyone who can reach it, without a token");
+    }
+    for l in &config.listeners {
+        let pool = l
+            .pool
+            .as_ref()
+            .map(|p| p.get_ref().as_str())
+            .unwrap_or("(routes)");
+        tracing::info!(listener = %l.name.get_ref(), bind = %l.bind, %pool, workers, "listening");
+    }
+    if let Some(m) = &config.metrics {
+        tracing::info!(url = %format!("http://{}/metrics", m.listen), "metrics");
+    }
+    if let Some(a) = &config.admin {
+        tracing::info!(url = %format!("http://{}/backends", a.listen), "admin API");
+    }
+    tracing::debug!(open_files_limit, "started");
 }
 
 /// `ringlb serve --config FILE`: returns the process exit code.
