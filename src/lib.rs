@@ -29,7 +29,8 @@
 //! - [`cpus`]: how many workers `workers = 0` means: affinity capped by the cgroup quota.
 //! - [`snapshot`]: `Pool`, `Listener`, the `Snapshot` workers read, the pools' shared
 //!   queues, and `Shared` (what the control plane and the workers hold in common).
-//! - [`proxy`]: the data plane. `worker` runs the per-core loop and dispatch; `table` the
+//! - [`proxy`]: the data plane. `event_loop` runs a worker's loop and hands each completion
+//!   to its stage; `worker` is the state they share; `tick` the timeouts; `table` the
 //!   connection slab; `op` the user data; `bufqueue` a direction's buffers; one file per
 //!   stage, in a connection's order: `accept` (admission), `accept_proxy` (a PROXY header
 //!   from a front balancer), `inspect` (SNI, with `clienthello`), `queue` (the pools'

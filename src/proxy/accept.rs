@@ -22,6 +22,46 @@ use std::sync::atomic::Ordering::Relaxed;
 /// Ticks to wait before accepting again after EMFILE/ENFILE.
 const ACCEPT_PAUSE_TICKS: u32 = 2;
 
+/// An accept on listening socket `li` completed: admit the connection (or pause accepting
+/// when out of descriptors), and re-arm the accept if it ended.
+pub(super) fn on_accept(w: &mut Worker, li: usize, c: Cqe) {
+    if w.stopping && !c.more() {
+        return w.on_last_accept(li, c.result);
+    }
+    if !c.more() {
+        w.listening[li].state = AcceptState::Idle;
+    }
+    if c.result < 0 {
+        let err = -c.result;
+        if matches!(
+            err,
+            libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+        ) {
+            // Out of descriptors or memory: pause accepting for a couple of ticks rather
+            // than spin on an error that only time (closing connections) can cure.
+            w.listening[li].paused_until = w.now + ACCEPT_PAUSE_TICKS;
+            w.cancel_accept(li);
+            if w.accept_warned < 1 {
+                tracing::warn!(worker = w.id, error = %std::io::Error::from_raw_os_error(err), "accept failed: pausing accepts");
+            }
+            w.accept_warned += 1;
+        } else if err != libc::ECANCELED {
+            tracing::warn!(worker = w.id, error = %std::io::Error::from_raw_os_error(err), "accept failed");
+        }
+        if w.listening[li].state == AcceptState::Idle && w.now >= w.listening[li].paused_until {
+            w.arm_accept(li);
+        }
+        return;
+    }
+    // Accepted while stopping (the accept's cancel had not landed yet): the kernel
+    // completed this handshake and the client may have sent its request already, so it
+    // is served like the connections that came before, not closed unanswered.
+    w.admit(li, w.listening[li].listener, c.result);
+    if w.listening[li].state == AcceptState::Idle && w.now >= w.listening[li].paused_until {
+        w.arm_accept(li);
+    }
+}
+
 impl Worker {
     pub(super) fn arm_accept(&mut self, i: usize) {
         let l = &mut self.listening[i];
@@ -65,48 +105,6 @@ impl Worker {
             if below_max(&snap.listeners[l.listener]) {
                 self.arm_accept(i);
             }
-        }
-    }
-
-    pub(super) fn on_accept(&mut self, li: usize, c: Cqe) {
-        if self.stopping && !c.more() {
-            return self.on_last_accept(li, c.result);
-        }
-        if !c.more() {
-            self.listening[li].state = AcceptState::Idle;
-        }
-        if c.result < 0 {
-            let err = -c.result;
-            if matches!(
-                err,
-                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
-            ) {
-                // Out of descriptors or memory: pause accepting for a couple of ticks rather
-                // than spin on an error that only time (closing connections) can cure.
-                self.listening[li].paused_until = self.now + ACCEPT_PAUSE_TICKS;
-                self.cancel_accept(li);
-                if self.accept_warned < 1 {
-                    tracing::warn!(worker = self.id, error = %std::io::Error::from_raw_os_error(err), "accept failed: pausing accepts");
-                }
-                self.accept_warned += 1;
-            } else if err != libc::ECANCELED {
-                tracing::warn!(worker = self.id, error = %std::io::Error::from_raw_os_error(err), "accept failed");
-            }
-            if self.listening[li].state == AcceptState::Idle
-                && self.now >= self.listening[li].paused_until
-            {
-                self.arm_accept(li);
-            }
-            return;
-        }
-        // Accepted while stopping (the accept's cancel had not landed yet): the kernel
-        // completed this handshake and the client may have sent its request already, so it
-        // is served like the connections that came before, not closed unanswered.
-        self.admit(li, self.listening[li].listener, c.result);
-        if self.listening[li].state == AcceptState::Idle
-            && self.now >= self.listening[li].paused_until
-        {
-            self.arm_accept(li);
         }
     }
 

@@ -153,6 +153,65 @@ fn incomplete(b: &[u8]) -> Parsed {
     }
 }
 
+/// The client sent bytes (or the wait timed out) while its PROXY header is awaited: parse
+/// it, then admit by the address it carries and go on to inspection or the pool.
+pub(super) fn on_proxy_header(w: &mut Worker, slot: usize, res: i32) {
+    if w.conns.get(slot).phase == Phase::Closing {
+        // Closed meanwhile (a stop's deadline): the cancelled poll says nothing more.
+        return;
+    }
+    if res < 0 {
+        return w.proxy_header_failed(slot, ProxyHeaderError::Timeout);
+    }
+    let c = w.conns.get(slot);
+    let fd = c.client;
+    let want = MAX_HEADER.min(w.peek.len());
+    let n = sys::peek(fd, &mut w.peek[..want]);
+    if n == -(libc::EAGAIN as isize) {
+        return w.read_proxy_header(slot);
+    }
+    if n <= 0 {
+        return w.proxy_header_failed(slot, ProxyHeaderError::Timeout);
+    }
+    let n = n as usize;
+    let c = w.conns.get(slot);
+    let Phase::ProxyHeader { peeked } = c.phase else {
+        return;
+    };
+    match parse(&w.peek[..n], c.listener.accept_proxy) {
+        Parsed::Incomplete if n <= peeked as usize => {
+            // Woken with nothing new: the sender half-closed mid-header.
+            w.proxy_header_failed(slot, ProxyHeaderError::Timeout)
+        }
+        Parsed::Incomplete => {
+            sys::set_rcvlowat(fd, n as i32 + 1);
+            c.phase = Phase::ProxyHeader { peeked: n as u16 };
+            w.read_proxy_header(slot)
+        }
+        Parsed::Bad(why) => w.proxy_header_failed(slot, why),
+        Parsed::Header { len, addrs } => {
+            // Take exactly the header: the client's own bytes stay for what follows.
+            let took = sys::recv_now(fd, &mut w.peek[..len]);
+            if took != len as isize {
+                return w.proxy_header_failed(slot, ProxyHeaderError::Timeout);
+            }
+            if peeked > 0 {
+                sys::set_rcvlowat(fd, 1);
+                c.phase = Phase::ProxyHeader { peeked: 0 };
+            }
+            if let Some(a) = addrs {
+                c.proxied = Some(Box::new(a));
+                if c.logged
+                    && let Some(info) = w.logs.get_mut(slot)
+                {
+                    info.client = Some(a.0);
+                }
+            }
+            w.admit_source(slot);
+        }
+    }
+}
+
 impl Worker {
     /// Starts (or continues) waiting for the PROXY header.
     pub(super) fn read_proxy_header(&mut self, slot: usize) {
@@ -162,63 +221,6 @@ impl Worker {
         }
         if !self.poll_client(slot) {
             self.proxy_header_failed(slot, ProxyHeaderError::Timeout);
-        }
-    }
-
-    pub(super) fn on_proxy_header(&mut self, slot: usize, res: i32) {
-        if self.conns.get(slot).phase == Phase::Closing {
-            // Closed meanwhile (a stop's deadline): the cancelled poll says nothing more.
-            return;
-        }
-        if res < 0 {
-            return self.proxy_header_failed(slot, ProxyHeaderError::Timeout);
-        }
-        let c = self.conns.get(slot);
-        let fd = c.client;
-        let want = MAX_HEADER.min(self.peek.len());
-        let n = sys::peek(fd, &mut self.peek[..want]);
-        if n == -(libc::EAGAIN as isize) {
-            return self.read_proxy_header(slot);
-        }
-        if n <= 0 {
-            return self.proxy_header_failed(slot, ProxyHeaderError::Timeout);
-        }
-        let n = n as usize;
-        let c = self.conns.get(slot);
-        let Phase::ProxyHeader { peeked } = c.phase else {
-            return;
-        };
-        match parse(&self.peek[..n], c.listener.accept_proxy) {
-            Parsed::Incomplete if n <= peeked as usize => {
-                // Woken with nothing new: the sender half-closed mid-header.
-                self.proxy_header_failed(slot, ProxyHeaderError::Timeout)
-            }
-            Parsed::Incomplete => {
-                sys::set_rcvlowat(fd, n as i32 + 1);
-                c.phase = Phase::ProxyHeader { peeked: n as u16 };
-                self.read_proxy_header(slot)
-            }
-            Parsed::Bad(why) => self.proxy_header_failed(slot, why),
-            Parsed::Header { len, addrs } => {
-                // Take exactly the header: the client's own bytes stay for what follows.
-                let took = sys::recv_now(fd, &mut self.peek[..len]);
-                if took != len as isize {
-                    return self.proxy_header_failed(slot, ProxyHeaderError::Timeout);
-                }
-                if peeked > 0 {
-                    sys::set_rcvlowat(fd, 1);
-                    c.phase = Phase::ProxyHeader { peeked: 0 };
-                }
-                if let Some(a) = addrs {
-                    c.proxied = Some(Box::new(a));
-                    if c.logged
-                        && let Some(info) = self.logs.get_mut(slot)
-                    {
-                        info.client = Some(a.0);
-                    }
-                }
-                self.admit_source(slot);
-            }
         }
     }
 

@@ -16,6 +16,81 @@ use crate::config::ProxyProtocol;
 use crate::sys;
 use std::sync::atomic::Ordering::Relaxed;
 
+/// A connect to the backend completed: relay (after the PROXY header, if the pool sends
+/// one), or try the next candidate on refusal or timeout.
+pub(super) fn on_connect(w: &mut Worker, slot: usize, res: i32) {
+    let now = w.now;
+    let c = w.conns.get(slot);
+    if c.phase == Phase::Closing {
+        return;
+    }
+    let backend = c.backend.clone().expect("connecting to a backend");
+    if res == 0 {
+        c.end = None;
+        if c.logged
+            && let Some(info) = w.logs.get_mut(slot)
+        {
+            info.connect_us = c
+                .connect_started
+                .elapsed()
+                .as_micros()
+                .min(u32::MAX as u128) as u32;
+        }
+        backend.stats.failures_in_row.store(0, Relaxed);
+        c.pool
+            .connect_duration
+            .record(c.connect_started.elapsed().as_secs_f64());
+        c.last_active = now;
+        if c.listener.proxy_protocol != ProxyProtocol::Off {
+            return w.send_header(slot, 0);
+        }
+        return w.start_relay(slot);
+    }
+    let reason = match -res {
+        libc::ECONNREFUSED => ConnectError::Refused,
+        libc::ECANCELED | libc::ETIMEDOUT | libc::ETIME => ConnectError::Timeout,
+        _ => ConnectError::Other,
+    };
+    backend.stats.connect_errors[reason as usize].fetch_add(1, Relaxed);
+    // What the access log says if no later attempt connects.
+    c.end = Some(match reason {
+        ConnectError::Refused => End::ConnectRefused,
+        _ => End::ConnectTimeout,
+    });
+    backend.stats.failures_in_row.fetch_add(1, Relaxed);
+    backend.stats.active.fetch_sub(1, Relaxed);
+    tracing::debug!(backend = %backend.addr, ?reason, "connect failed");
+    let fd = c.server;
+    c.server = -1;
+    c.backend = None;
+    // Nothing else uses this descriptor: the linked timeout is not bound to it.
+    let pool = c.pool.clone();
+    let close = w.conns.ud(slot, Op::Close);
+    w.ring.close(fd, close);
+    w.pool_freed(&pool);
+    w.connect_next(slot);
+}
+
+/// Sends the rest of the PROXY header, or starts relaying once it is out.
+pub(super) fn on_header(w: &mut Worker, slot: usize, res: i32) {
+    let c = w.conns.get(slot);
+    if c.phase == Phase::Closing {
+        return;
+    }
+    if res <= 0 {
+        return w.teardown(slot, End::BackendError);
+    }
+    let Phase::Header { len, sent } = c.phase else {
+        return;
+    };
+    let sent = sent.saturating_add(res as u8);
+    if sent < len {
+        // A partial send of a ~100-byte header: resend the rest (rare, but legal).
+        return w.send_header(slot, sent as usize);
+    }
+    w.start_relay(slot);
+}
+
 impl Worker {
     /// Picks the next backend not yet tried and connects to it; closes the client when none
     /// is left.
@@ -89,59 +164,6 @@ impl Worker {
         self.ring.connect(fd, &backend.sockaddr, timeout, cu, tu);
     }
 
-    pub(super) fn on_connect(&mut self, slot: usize, res: i32) {
-        let now = self.now;
-        let c = self.conns.get(slot);
-        if c.phase == Phase::Closing {
-            return;
-        }
-        let backend = c.backend.clone().expect("connecting to a backend");
-        if res == 0 {
-            c.end = None;
-            if c.logged
-                && let Some(info) = self.logs.get_mut(slot)
-            {
-                info.connect_us = c
-                    .connect_started
-                    .elapsed()
-                    .as_micros()
-                    .min(u32::MAX as u128) as u32;
-            }
-            backend.stats.failures_in_row.store(0, Relaxed);
-            c.pool
-                .connect_duration
-                .record(c.connect_started.elapsed().as_secs_f64());
-            c.last_active = now;
-            if c.listener.proxy_protocol != ProxyProtocol::Off {
-                return self.send_header(slot, 0);
-            }
-            return self.start_relay(slot);
-        }
-        let reason = match -res {
-            libc::ECONNREFUSED => ConnectError::Refused,
-            libc::ECANCELED | libc::ETIMEDOUT | libc::ETIME => ConnectError::Timeout,
-            _ => ConnectError::Other,
-        };
-        backend.stats.connect_errors[reason as usize].fetch_add(1, Relaxed);
-        // What the access log says if no later attempt connects.
-        c.end = Some(match reason {
-            ConnectError::Refused => End::ConnectRefused,
-            _ => End::ConnectTimeout,
-        });
-        backend.stats.failures_in_row.fetch_add(1, Relaxed);
-        backend.stats.active.fetch_sub(1, Relaxed);
-        tracing::debug!(backend = %backend.addr, ?reason, "connect failed");
-        let fd = c.server;
-        c.server = -1;
-        c.backend = None;
-        // Nothing else uses this descriptor: the linked timeout is not bound to it.
-        let pool = c.pool.clone();
-        let close = self.conns.ud(slot, Op::Close);
-        self.ring.close(fd, close);
-        self.pool_freed(&pool);
-        self.connect_next(slot);
-    }
-
     /// Sends the PROXY header from byte `from` on (a partial send resends the rest).
     fn send_header(&mut self, slot: usize, from: usize) {
         let c = self.conns.get(slot);
@@ -167,26 +189,6 @@ impl Worker {
         let server = c.server;
         let ud = self.conns.submit(slot, Op::Header);
         self.ring.send_header(server, slot, &hdr[from..n], ud);
-    }
-
-    /// Sends the rest of the PROXY header, or starts relaying once it is out.
-    pub(super) fn on_header(&mut self, slot: usize, res: i32) {
-        let c = self.conns.get(slot);
-        if c.phase == Phase::Closing {
-            return;
-        }
-        if res <= 0 {
-            return self.teardown(slot, End::BackendError);
-        }
-        let Phase::Header { len, sent } = c.phase else {
-            return;
-        };
-        let sent = sent.saturating_add(res as u8);
-        if sent < len {
-            // A partial send of a ~100-byte header: resend the rest (rare, but legal).
-            return self.send_header(slot, sent as usize);
-        }
-        self.start_relay(slot);
     }
 
     fn start_relay(&mut self, slot: usize) {

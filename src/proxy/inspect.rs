@@ -21,6 +21,59 @@ use crate::accesslog::End;
 use crate::routes::NoRoute;
 use crate::sys;
 
+/// The client sent bytes (or the inspection timed out): parse its ClientHello and route by
+/// SNI, or wait for more of it.
+pub(super) fn on_inspect(w: &mut Worker, slot: usize, res: i32) {
+    let c = w.conns.get(slot);
+    if c.phase == Phase::Closing {
+        return;
+    }
+    if res < 0 {
+        // -ECANCELED: the linked timeout fired first.
+        return w.no_route(slot, NoRoute::Timeout);
+    }
+    let fd = c.client;
+    let n = sys::peek(fd, &mut w.peek[..]);
+    if n == -(libc::EAGAIN as isize) {
+        // Woken with nothing to read after all: wait again.
+        return w.inspect(slot);
+    }
+    if n <= 0 {
+        // EOF or a reset before a whole hello: nobody to serve.
+        return w.no_route(slot, NoRoute::Timeout);
+    }
+    let n = n as usize;
+    let verdict = clienthello::parse(&w.peek[..n], &mut w.hello);
+    let c = w.conns.get(slot);
+    let Phase::Inspecting { peeked } = c.phase else {
+        return;
+    };
+    let found = match verdict {
+        Hello::Incomplete if n <= peeked as usize => {
+            // Woken with no new bytes: only an EOF wakes a poll below SO_RCVLOWAT, so
+            // the client half-closed mid-hello. Polling again would spin.
+            return w.no_route(slot, NoRoute::Timeout);
+        }
+        Hello::Incomplete if n < MAX_HELLO => {
+            sys::set_rcvlowat(fd, n as i32 + 1);
+            c.phase = Phase::Inspecting { peeked: n as u16 };
+            return w.inspect(slot);
+        }
+        Hello::Incomplete | Hello::Malformed => Err(NoRoute::Malformed),
+        Hello::NotTls => Err(NoRoute::NotTls),
+        Hello::NoSni => Err(NoRoute::NoSni),
+        Hello::Sni(name) => c.listener.routes.lookup(name).ok_or(NoRoute::UnknownName),
+    };
+    if peeked > 0 {
+        // Readable at one byte again, for the relay's recvs.
+        sys::set_rcvlowat(fd, 1);
+    }
+    match found {
+        Ok(pool) => w.route_to(slot, pool),
+        Err(why) => w.no_route(slot, why),
+    }
+}
+
 impl Worker {
     /// Starts (or continues) waiting for the client's first bytes.
     pub(super) fn inspect(&mut self, slot: usize) {
@@ -50,57 +103,6 @@ impl Worker {
         let tu = self.conns.submit(slot, Op::InspectTimeout);
         self.ring.poll_readable(fd, left, pu, tu);
         true
-    }
-
-    pub(super) fn on_inspect(&mut self, slot: usize, res: i32) {
-        let c = self.conns.get(slot);
-        if c.phase == Phase::Closing {
-            return;
-        }
-        if res < 0 {
-            // -ECANCELED: the linked timeout fired first.
-            return self.no_route(slot, NoRoute::Timeout);
-        }
-        let fd = c.client;
-        let n = sys::peek(fd, &mut self.peek[..]);
-        if n == -(libc::EAGAIN as isize) {
-            // Woken with nothing to read after all: wait again.
-            return self.inspect(slot);
-        }
-        if n <= 0 {
-            // EOF or a reset before a whole hello: nobody to serve.
-            return self.no_route(slot, NoRoute::Timeout);
-        }
-        let n = n as usize;
-        let verdict = clienthello::parse(&self.peek[..n], &mut self.hello);
-        let c = self.conns.get(slot);
-        let Phase::Inspecting { peeked } = c.phase else {
-            return;
-        };
-        let found = match verdict {
-            Hello::Incomplete if n <= peeked as usize => {
-                // Woken with no new bytes: only an EOF wakes a poll below SO_RCVLOWAT, so
-                // the client half-closed mid-hello. Polling again would spin.
-                return self.no_route(slot, NoRoute::Timeout);
-            }
-            Hello::Incomplete if n < MAX_HELLO => {
-                sys::set_rcvlowat(fd, n as i32 + 1);
-                c.phase = Phase::Inspecting { peeked: n as u16 };
-                return self.inspect(slot);
-            }
-            Hello::Incomplete | Hello::Malformed => Err(NoRoute::Malformed),
-            Hello::NotTls => Err(NoRoute::NotTls),
-            Hello::NoSni => Err(NoRoute::NoSni),
-            Hello::Sni(name) => c.listener.routes.lookup(name).ok_or(NoRoute::UnknownName),
-        };
-        if peeked > 0 {
-            // Readable at one byte again, for the relay's recvs.
-            sys::set_rcvlowat(fd, 1);
-        }
-        match found {
-            Ok(pool) => self.route_to(slot, pool),
-            Err(why) => self.no_route(slot, why),
-        }
     }
 
     /// No route matched: the listener's default pool, or a close if it has none.

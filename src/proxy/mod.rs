@@ -12,6 +12,7 @@ pub mod clienthello;
 mod close;
 pub mod conn;
 mod connect;
+mod event_loop;
 mod inspect;
 mod op;
 pub mod preflight;
@@ -19,6 +20,7 @@ mod queue;
 mod relay;
 pub mod ring;
 mod table;
+mod tick;
 mod waiters;
 pub(crate) mod worker;
 
@@ -216,12 +218,13 @@ pub fn start(
                 // serve what its listener takes: end the process, loudly, so that a
                 // supervisor restarts it, rather than limp on.
                 let stopping = shared_for_exit.clone();
-                let why =
-                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run())) {
-                        Ok(Ok(())) => return,
-                        Ok(Err(e)) => format!("its ring failed: {e}"),
-                        Err(p) => format!("it panicked: {}", panic_text(&*p)),
-                    };
+                let why = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    event_loop::run(worker)
+                })) {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => format!("its ring failed: {e}"),
+                    Err(p) => format!("it panicked: {}", panic_text(&*p)),
+                };
                 if !stopping.stopping.load(std::sync::atomic::Ordering::Relaxed) {
                     tracing::error!(worker = id, "worker {id} stopped, {why}; exiting (code 70)");
                     eprintln!("ringlb: worker {id} stopped, {why}; exiting");

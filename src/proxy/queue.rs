@@ -24,6 +24,17 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
+/// The doorbell rang: a worker freed a slot owed to one of the clients queued here.
+pub(super) fn on_doorbell(w: &mut Worker, c: Cqe) {
+    if let Some(bell) = w.shared.doorbells.get().and_then(|b| b.get(w.id)) {
+        sys::reset_doorbell(bell.as_raw_fd());
+    }
+    w.queued.dirty = true;
+    if !c.more() && !w.stopping {
+        w.arm_doorbell();
+    }
+}
+
 impl Worker {
     /// The connection's pool is known: connect, or wait behind those already queued.
     pub(super) fn enter_pool(&mut self, slot: usize) {
@@ -112,17 +123,6 @@ impl Worker {
         if let Some(bell) = self.shared.doorbells.get().and_then(|b| b.get(self.id)) {
             self.ring
                 .poll_multi(bell.as_raw_fd(), user_data(0, 0, Op::Doorbell));
-        }
-    }
-
-    /// The doorbell rang: a worker freed a slot owed to one of the clients queued here.
-    pub(super) fn on_doorbell(&mut self, c: Cqe) {
-        if let Some(bell) = self.shared.doorbells.get().and_then(|b| b.get(self.id)) {
-            sys::reset_doorbell(bell.as_raw_fd());
-        }
-        self.queued.dirty = true;
-        if !c.more() && !self.stopping {
-            self.arm_doorbell();
         }
     }
 

@@ -27,6 +27,111 @@ const RECV_CAP_MAX: u32 = 32;
 /// Bytes a direction relays before they are folded into the backend's shared counters.
 const FLUSH_BYTES: u64 = 64 * 1024;
 
+/// A recv on `side`'s source completed: queue its bytes for the other side, or take its
+/// EOF, error or want of buffers.
+pub(super) fn on_recv(w: &mut Worker, slot: usize, side: Side, cqe: Cqe) {
+    let more = cqe.more();
+    let now = w.now;
+    if !more {
+        w.conns.get(slot).dir(side).recv = Recv::Idle;
+    }
+    if cqe.result > 0 {
+        let bid = cqe.buffer().expect("a recv with data names its buffer");
+        let (n, keeps) = (cqe.result as u32, cqe.buf_more());
+        let c = w.conns.get(slot);
+        if c.phase == Phase::Closing {
+            if let Some(bid) = w.links.discard(bid, n, keeps) {
+                w.ring.recycle(bid);
+            }
+            return;
+        }
+        c.last_active = now;
+        let d = c.dir(side);
+        d.queue.push(&mut w.links, bid, n, keeps);
+        if !d.sending {
+            w.send_head(slot, side);
+        }
+        let d = w.conns.get(slot).dir(side);
+        if more && d.recv == Recv::Armed && d.queue.len() >= HIGH_WATER {
+            // Backpressure: the other side is not taking bytes as fast as they come.
+            d.recv = Recv::Cancelling;
+            let target = w.conns.ud(slot, side.recv_op());
+            let cancel = w.conns.submit(slot, Op::Cancel);
+            w.ring.cancel(target, cancel);
+        }
+        if !more {
+            w.rearm_if_ready(slot, side);
+        }
+        return;
+    }
+    if more || w.conns.get(slot).phase == Phase::Closing {
+        return;
+    }
+    match -cqe.result {
+        0 => {
+            // EOF from the source: once its queue is sent, shut the destination's write
+            // side (or close, if the other direction is already done).
+            let c = w.conns.get(slot);
+            c.dir(side).eof = true;
+            // Whoever sent the first EOF closed the connection, for the access log.
+            c.end.get_or_insert(match side {
+                Side::ToBackend => End::ClientClosed,
+                Side::ToClient => End::BackendClosed,
+            });
+            w.finish_if_drained(slot, side);
+        }
+        libc::ENOBUFS => {
+            w.shared.buffer_ring_exhausted.fetch_add(1, Relaxed);
+            let c = w.conns.get(slot);
+            let gen_ = c.gen_;
+            c.dir(side).recv = Recv::Parked;
+            w.parked.push((slot as u32, gen_, side));
+        }
+        libc::ECANCELED => w.rearm_if_ready(slot, side),
+        // A reset or error on the side this direction reads from.
+        _ => w.abort(slot, side.source_end_error()),
+    }
+}
+
+/// A send to `side`'s destination completed: advance its queue, and send on, finish the
+/// direction, or re-arm its recv.
+pub(super) fn on_send(w: &mut Worker, slot: usize, side: Side, res: i32) {
+    let now = w.now;
+    let c = w.conns.get(slot);
+    c.dir(side).sending = false;
+    if c.phase == Phase::Closing {
+        return;
+    }
+    if res <= 0 {
+        // EPIPE/ECONNRESET: the destination is gone.
+        return w.abort(slot, side.other().source_end_error());
+    }
+    c.last_active = now;
+    if c.logged
+        && let Some(info) = w.logs.get_mut(slot)
+    {
+        info.bytes[side as usize] += res as u64;
+    }
+    let backend = c.backend.clone();
+    let d = c.dir(side);
+    d.unflushed += res as u64;
+    if let Some(bid) = d.queue.advance(&mut w.links, res as u32) {
+        w.ring.recycle(bid);
+    }
+    if d.unflushed >= FLUSH_BYTES {
+        if let Some(b) = &backend {
+            b.stats.bytes[side as usize].fetch_add(d.unflushed, Relaxed);
+        }
+        d.unflushed = 0;
+    }
+    if !d.queue.is_empty() {
+        w.send_head(slot, side);
+    } else {
+        w.finish_if_drained(slot, side);
+    }
+    w.rearm_if_ready(slot, side);
+}
+
 impl Worker {
     pub(super) fn arm_recv(&mut self, slot: usize, side: Side) {
         // Where the kernel caps multishot recvs: this arming may take an eighth of the
@@ -55,70 +160,6 @@ impl Worker {
         }
     }
 
-    pub(super) fn on_recv(&mut self, slot: usize, side: Side, cqe: Cqe) {
-        let more = cqe.more();
-        let now = self.now;
-        if !more {
-            self.conns.get(slot).dir(side).recv = Recv::Idle;
-        }
-        if cqe.result > 0 {
-            let bid = cqe.buffer().expect("a recv with data names its buffer");
-            let (n, keeps) = (cqe.result as u32, cqe.buf_more());
-            let c = self.conns.get(slot);
-            if c.phase == Phase::Closing {
-                if let Some(bid) = self.links.discard(bid, n, keeps) {
-                    self.ring.recycle(bid);
-                }
-                return;
-            }
-            c.last_active = now;
-            let d = c.dir(side);
-            d.queue.push(&mut self.links, bid, n, keeps);
-            if !d.sending {
-                self.send_head(slot, side);
-            }
-            let d = self.conns.get(slot).dir(side);
-            if more && d.recv == Recv::Armed && d.queue.len() >= HIGH_WATER {
-                // Backpressure: the other side is not taking bytes as fast as they come.
-                d.recv = Recv::Cancelling;
-                let target = self.conns.ud(slot, side.recv_op());
-                let cancel = self.conns.submit(slot, Op::Cancel);
-                self.ring.cancel(target, cancel);
-            }
-            if !more {
-                self.rearm_if_ready(slot, side);
-            }
-            return;
-        }
-        if more || self.conns.get(slot).phase == Phase::Closing {
-            return;
-        }
-        match -cqe.result {
-            0 => {
-                // EOF from the source: once its queue is sent, shut the destination's write
-                // side (or close, if the other direction is already done).
-                let c = self.conns.get(slot);
-                c.dir(side).eof = true;
-                // Whoever sent the first EOF closed the connection, for the access log.
-                c.end.get_or_insert(match side {
-                    Side::ToBackend => End::ClientClosed,
-                    Side::ToClient => End::BackendClosed,
-                });
-                self.finish_if_drained(slot, side);
-            }
-            libc::ENOBUFS => {
-                self.shared.buffer_ring_exhausted.fetch_add(1, Relaxed);
-                let c = self.conns.get(slot);
-                let gen_ = c.gen_;
-                c.dir(side).recv = Recv::Parked;
-                self.parked.push((slot as u32, gen_, side));
-            }
-            libc::ECANCELED => self.rearm_if_ready(slot, side),
-            // A reset or error on the side this direction reads from.
-            _ => self.abort(slot, side.source_end_error()),
-        }
-    }
-
     fn send_head(&mut self, slot: usize, side: Side) {
         let c = self.conns.get(slot);
         let fd = c.dest(side);
@@ -128,43 +169,6 @@ impl Worker {
         d.sending = true;
         let ud = self.conns.submit(slot, side.send_op());
         self.ring.send_buffer(fd, bid, offset, len, ud);
-    }
-
-    pub(super) fn on_send(&mut self, slot: usize, side: Side, res: i32) {
-        let now = self.now;
-        let c = self.conns.get(slot);
-        c.dir(side).sending = false;
-        if c.phase == Phase::Closing {
-            return;
-        }
-        if res <= 0 {
-            // EPIPE/ECONNRESET: the destination is gone.
-            return self.abort(slot, side.other().source_end_error());
-        }
-        c.last_active = now;
-        if c.logged
-            && let Some(info) = self.logs.get_mut(slot)
-        {
-            info.bytes[side as usize] += res as u64;
-        }
-        let backend = c.backend.clone();
-        let d = c.dir(side);
-        d.unflushed += res as u64;
-        if let Some(bid) = d.queue.advance(&mut self.links, res as u32) {
-            self.ring.recycle(bid);
-        }
-        if d.unflushed >= FLUSH_BYTES {
-            if let Some(b) = &backend {
-                b.stats.bytes[side as usize].fetch_add(d.unflushed, Relaxed);
-            }
-            d.unflushed = 0;
-        }
-        if !d.queue.is_empty() {
-            self.send_head(slot, side);
-        } else {
-            self.finish_if_drained(slot, side);
-        }
-        self.rearm_if_ready(slot, side);
     }
 
     /// A direction whose source hit EOF and whose queue is empty is finished: shut the
