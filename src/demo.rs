@@ -9,6 +9,9 @@ use crate::config::Config;
 use crate::server::Server;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Starts one HTTP backend that answers every request with `name`; returns its address.
 pub fn start_backend(name: &str) -> std::io::Result<SocketAddr> {
@@ -211,19 +214,69 @@ pub fn run_autoscale(
     metrics: SocketAddr,
     admin: SocketAddr,
 ) -> Result<(), String> {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let first =
         start_backend("backend-1").map_err(|e| format!("cannot start a demo backend: {e}"))?;
     let text = config_text(listen, metrics, admin, &[first])
         .replace("round_robin", "least_conn")
         .replace("interval = \"1s\"", "interval = \"500ms\"");
     let config = Config::parse("demo.toml", &text).map_err(|e| e.to_string())?;
-    let server = Server::start(config, None)?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut server = Server::start(config, None)?;
     let events = std::env::temp_dir().join("ringlb-demo-events.jsonl");
     let timeline = std::env::temp_dir().join("ringlb-demo-timeline.svg");
     let _ = std::fs::remove_file(&events);
+    let scaler = demo_scaler(metrics, admin, &events)?;
+    let (stop_scaler, scaler_thread) = spawn_scaler(scaler);
+    say(&format!(
+        "ringlb demo --autoscale: balancer on {listen}, metrics on http://{metrics}/metrics, admin on http://{admin}/backends"
+    ));
+    say(
+        "Target tracking: 10 active connections per backend, 1 to 6 backends, scale-in after a 10 s window.",
+    );
+    say(
+        "Staged load: ramp to 45 connections over 15 s, hold 25 s, ramp down to 4 long-lived ones over 10 s,",
+    );
+    say(
+        "hold those 30 s (a backend drains with live connections, then leaves), close them; it ends by itself.",
+    );
+    say("Ctrl-C stops everything early, in order: load, scaler, balancer drain, backends.\n");
+
+    let load = Arc::new(Load::default());
+    spawn_load(listen, load.clone());
+    spawn_progress(server.shared.clone(), load.clone());
+    // Ctrl-C reaches this process, not the backends (their own process groups). The order
+    // keeps every connection whole: the load's clients close theirs; the scaler stops, so
+    // that it replaces nothing; the balancer drains (up to shutdown_timeout); only then are
+    // the backends stopped.
+    let result = server.wait_for_stop();
+    load.stop.store(true, Ordering::Relaxed);
+    let _ = stop_scaler.send(());
+    let scaler = scaler_thread.join();
+    let timeout = server.shutdown_timeout();
+    server.stop(timeout);
+    if let Ok(mut s) = scaler {
+        s.stop_backends();
+    }
+    summarize(&events, &timeline, load.cut.load(Ordering::Relaxed));
+    result
+}
+
+/// What the staged load shares with the demo: its stop, the connections it holds, and the
+/// requests that failed on a connection it had not closed itself (cut connections).
+#[derive(Default)]
+struct Load {
+    stop: AtomicBool,
+    open: AtomicUsize,
+    cut: AtomicUsize,
+}
+
+/// The demo's scaler: target tracking on the balancer's active connections, launching
+/// `ringlb backend` processes, its events written to `events`.
+fn demo_scaler(
+    metrics: SocketAddr,
+    admin: SocketAddr,
+    events: &Path,
+) -> Result<crate::scaler::Scaler, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let scaler_text = format!(
         r#"pool = "demo"
 admin_url = "http://{admin}"
@@ -255,9 +308,19 @@ stop_grace = "2s"
         events = events.display().to_string(),
     );
     let scaler_cfg = crate::scaler::ScalerConfig::parse("scaler.toml", &scaler_text)?;
-    let scaler = crate::scaler::Scaler::new(scaler_cfg)?;
+    crate::scaler::Scaler::new(scaler_cfg)
+}
+
+/// Runs the scaler on a thread of its own until the returned sender fires (or is dropped);
+/// the thread hands the scaler back, so that its backends can be stopped last.
+fn spawn_scaler(
+    scaler: crate::scaler::Scaler,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<crate::scaler::Scaler>,
+) {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let scaler_thread = std::thread::spawn(move || {
+    let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -266,33 +329,20 @@ stop_grace = "2s"
             let _ = stop_rx.await;
         }))
     });
-    say(&format!(
-        "ringlb demo --autoscale: balancer on {listen}, metrics on http://{metrics}/metrics, admin on http://{admin}/backends"
-    ));
-    say(
-        "Target tracking: 10 active connections per backend, 1 to 6 backends, scale-in after a 10 s window.",
-    );
-    say(
-        "Staged load: ramp to 45 connections over 15 s, hold 25 s, ramp down to 4 long-lived ones over 10 s,",
-    );
-    say(
-        "hold those 30 s (a backend drains with live connections, then leaves), close them; it ends by itself.",
-    );
-    say("Ctrl-C stops everything early, in order: load, scaler, balancer drain, backends.\n");
+    (stop_tx, thread)
+}
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let open = Arc::new(AtomicUsize::new(0));
-    // Requests that failed on a connection the load had not closed itself: cut connections.
-    let cut = Arc::new(AtomicUsize::new(0));
+/// The staged load (`STAGES`), on a thread: holds as many connections as the stage wants,
+/// each making a request now and then; when the stages are over it stops the demo as
+/// Ctrl-C would.
+fn spawn_load(listen: SocketAddr, load: Arc<Load>) {
     let total: u64 = STAGES.iter().map(|s| s.0).sum();
-    let (s2, o2, cut2) = (stop.clone(), open.clone(), cut.clone());
     std::thread::spawn(move || {
         let start = std::time::Instant::now();
         let mut conns: Vec<TcpStream> = Vec::new();
         let mut turn = 0u64;
-        while !s2.load(Ordering::Relaxed) {
+        while !load.stop.load(Ordering::Relaxed) {
             if start.elapsed().as_secs() >= total {
-                // The stages are over: stop the demo as Ctrl-C would.
                 let _ = signal_hook::low_level::raise(signal_hook::consts::SIGTERM);
                 break;
             }
@@ -322,19 +372,21 @@ stop_grace = "2s"
                 let ok = c.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\n\r\n").is_ok()
                     && c.read(&mut buf).map(|n| n > 0).unwrap_or(false);
                 if !ok {
-                    cut2.fetch_add(1, Ordering::Relaxed);
+                    load.cut.fetch_add(1, Ordering::Relaxed);
                 }
                 ok
             });
-            o2.store(conns.len(), Ordering::Relaxed);
+            load.open.store(conns.len(), Ordering::Relaxed);
             std::thread::sleep(std::time::Duration::from_millis(250));
         }
     });
-    let shared = server.shared.clone();
-    let s3 = stop.clone();
+}
+
+/// A progress line every 2 s: the load, and each backend's port, state and connections.
+fn spawn_progress(shared: Arc<crate::snapshot::Shared>, load: Arc<Load>) {
     std::thread::spawn(move || {
         let start = std::time::Instant::now();
-        while !s3.load(Ordering::Relaxed) {
+        while !load.stop.load(Ordering::Relaxed) {
             std::thread::sleep(std::time::Duration::from_secs(2));
             let snap = shared.snapshot.load();
             let Some(p) = snap.pool("demo") else { continue };
@@ -357,27 +409,16 @@ stop_grace = "2s"
             say(&format!(
                 "[{:>3}s] load {:>2} conns | backends {up} up, {starting} starting, {draining} draining | {}",
                 start.elapsed().as_secs(),
-                open.load(Ordering::Relaxed),
+                load.open.load(Ordering::Relaxed),
                 parts.join(" ")
             ));
         }
     });
-    // Ctrl-C reaches this process, not the backends (their own process groups). The order
-    // keeps every connection whole: the load's clients close theirs; the scaler stops, so
-    // that it replaces nothing; the balancer drains (up to shutdown_timeout); only then are
-    // the backends stopped.
-    let mut server = server;
-    let result = server.wait_for_stop();
-    stop.store(true, Ordering::Relaxed);
-    let _ = stop_tx.send(());
-    let scaler = scaler_thread.join();
-    let timeout = server.shutdown_timeout();
-    server.stop(timeout);
-    if let Ok(mut s) = scaler {
-        s.stop_backends();
-    }
-    // The summary, from the scaler's own events.
-    let list = std::fs::read_to_string(&events)
+}
+
+/// The summary, from the scaler's own events, and the timeline drawn from them.
+fn summarize(events: &Path, timeline: &Path, cut: usize) {
+    let list = std::fs::read_to_string(events)
         .map(|t| crate::scaler::plot::read_events(&t))
         .unwrap_or_default();
     let (mut outs, mut ins) = (0, 0);
@@ -390,11 +431,10 @@ stop_grace = "2s"
     }
     let peak = list.iter().map(|e| e.in_service).max().unwrap_or(0);
     say(&format!(
-        "\nSummary: {} evaluations, {outs} scale-outs and {ins} scale-ins, at most {peak} backends in service; connections cut: {}.",
+        "\nSummary: {} evaluations, {outs} scale-outs and {ins} scale-ins, at most {peak} backends in service; connections cut: {cut}.",
         list.len(),
-        cut.load(Ordering::Relaxed)
     ));
-    match crate::scaler::plot::plot_file(&events, &timeline) {
+    match crate::scaler::plot::plot_file(events, timeline) {
         Ok(_) => say(&format!(
             "Timeline: {} (events: {})",
             timeline.display(),
@@ -402,5 +442,4 @@ stop_grace = "2s"
         )),
         Err(e) => say(&format!("No timeline: {e}")),
     }
-    result
 }

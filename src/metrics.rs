@@ -10,7 +10,7 @@
 
 use crate::backend::BackendState;
 use crate::snapshot::Shared;
-use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics::{Unit, counter, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 use std::sync::OnceLock;
@@ -30,207 +30,312 @@ const LIFETIME: &[f64] = &[
     0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 
+/// Histograms whose buckets are not the exporter's default summary: latencies and lifetimes.
+const BUCKETS: &[(&str, &[f64])] = &[
+    ("ringlb_backend_connect_duration_seconds", LATENCY),
+    ("ringlb_health_check_duration_seconds", LATENCY),
+    ("ringlb_pool_queue_wait_seconds", LATENCY),
+    ("ringlb_connection_duration_seconds", LIFETIME),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+use Kind::*;
+
+/// Every `ringlb_*` series the balancer exports, with its kind, unit and HELP text
+/// (`docs/observability.md` documents the same list; a test holds the two together).
+const METRICS: &[(Kind, &str, Option<Unit>, &str)] = &[
+    (
+        Counter,
+        "ringlb_listener_connections_total",
+        None,
+        "Connections accepted by the listener.",
+    ),
+    (
+        Gauge,
+        "ringlb_listener_active_connections",
+        None,
+        "Connections open on the listener now.",
+    ),
+    (
+        Counter,
+        "ringlb_listener_no_backend_total",
+        None,
+        "Connections closed because no backend was routable.",
+    ),
+    (
+        Counter,
+        "ringlb_listener_rejected_total",
+        None,
+        "Connections closed at once because max_connections was reached.",
+    ),
+    (
+        Counter,
+        "ringlb_listener_denied_total",
+        None,
+        "Connections refused by the listener's allow/deny rules.",
+    ),
+    (
+        Counter,
+        "ringlb_listener_no_route_total",
+        None,
+        "Connections no SNI route matched (sent to the default pool, or closed without one), by reason.",
+    ),
+    (
+        Gauge,
+        "ringlb_pool_queue_length",
+        None,
+        "Clients waiting for a backend below its max_connections.",
+    ),
+    (
+        Histogram,
+        "ringlb_pool_queue_wait_seconds",
+        Some(Unit::Seconds),
+        "Time clients waited in the pool's queue before a backend took them.",
+    ),
+    (
+        Counter,
+        "ringlb_pool_queue_timeouts_total",
+        None,
+        "Queued clients closed after queue_timeout.",
+    ),
+    (
+        Counter,
+        "ringlb_pool_queue_overflows_total",
+        None,
+        "Clients closed at once because the pool's queue was full.",
+    ),
+    (
+        Gauge,
+        "ringlb_backend_effective_weight",
+        None,
+        "The backend's weight in force now (below its weight during slow start).",
+    ),
+    (
+        Gauge,
+        "ringlb_backend_max_connections",
+        None,
+        "The backend's connection limit (0: none).",
+    ),
+    (
+        Counter,
+        "ringlb_backend_connections_total",
+        None,
+        "Connections (connect attempts) sent to the backend.",
+    ),
+    (
+        Gauge,
+        "ringlb_backend_active_connections",
+        None,
+        "Connections open to the backend now.",
+    ),
+    (
+        Counter,
+        "ringlb_backend_connect_errors_total",
+        None,
+        "Failed connects to the backend, by reason.",
+    ),
+    (
+        Counter,
+        "ringlb_backend_bytes_total",
+        Some(Unit::Bytes),
+        "Bytes relayed, by direction.",
+    ),
+    (
+        Gauge,
+        "ringlb_backend_up",
+        None,
+        "1 when the backend takes new connections.",
+    ),
+    (
+        Gauge,
+        "ringlb_backend_state",
+        None,
+        "1 for the backend's current state.",
+    ),
+    (
+        Gauge,
+        "ringlb_backend_weight",
+        None,
+        "The backend's weight.",
+    ),
+    (
+        Gauge,
+        "ringlb_backend_protected",
+        None,
+        "1 while the backend has scale-in protection (admin API, ECS task protection semantics).",
+    ),
+    (
+        Gauge,
+        "ringlb_backend_backup",
+        None,
+        "1 for a backup backend (takes connections only while no non-backup backend of its pool is up).",
+    ),
+    (
+        Counter,
+        "ringlb_backend_rebalanced_total",
+        None,
+        "Idle connections closed because the backend held more than its share of the pool (rebalance).",
+    ),
+    (
+        Counter,
+        "ringlb_backend_closed_on_down_total",
+        None,
+        "Connections closed because the backend was marked down (on_backend_down = \"close\").",
+    ),
+    (
+        Counter,
+        "ringlb_listener_proxy_header_errors_total",
+        None,
+        "Connections closed for their PROXY header, by reason (untrusted sender, malformed, timeout, version).",
+    ),
+    (
+        Counter,
+        "ringlb_listener_source_limited_total",
+        None,
+        "Connections refused by the per-source limits, by reason (connections, rate, table_full).",
+    ),
+    (
+        Counter,
+        "ringlb_listener_fin_timeouts_total",
+        None,
+        "Half-closed connections closed by client_fin_timeout or server_fin_timeout.",
+    ),
+    (
+        Counter,
+        "ringlb_listener_max_age_closed_total",
+        None,
+        "Connections closed, while idle, for being older than max_connection_age.",
+    ),
+    (
+        Counter,
+        "ringlb_health_checks_total",
+        None,
+        "Health probes, by result.",
+    ),
+    (
+        Histogram,
+        "ringlb_health_check_duration_seconds",
+        Some(Unit::Seconds),
+        "Health probe duration.",
+    ),
+    (
+        Histogram,
+        "ringlb_backend_connect_duration_seconds",
+        Some(Unit::Seconds),
+        "Time to connect to a backend.",
+    ),
+    (
+        Gauge,
+        "ringlb_config_last_reload_successful",
+        None,
+        "1 if the last reload applied (or none was tried), 0 if it was refused.",
+    ),
+    (
+        Gauge,
+        "ringlb_config_last_reload_success_timestamp_seconds",
+        Some(Unit::Seconds),
+        "When the configuration in force was loaded (start or last good reload).",
+    ),
+    (
+        Gauge,
+        "ringlb_config_last_reload_timestamp_seconds",
+        Some(Unit::Seconds),
+        "When the last reload was tried, applied or refused (start time before any).",
+    ),
+    (
+        Counter,
+        "ringlb_config_reload_failures_total",
+        None,
+        "Reloads refused (a broken file, or one that needs a restart).",
+    ),
+    (
+        Counter,
+        "ringlb_config_reloads_total",
+        None,
+        "Reloads that applied.",
+    ),
+    (
+        Counter,
+        "ringlb_buffer_ring_exhausted_total",
+        None,
+        "Recvs parked because the worker's relay buffers were all in use.",
+    ),
+    (
+        Counter,
+        "ringlb_relay_repairs_total",
+        None,
+        "Relay directions found unarmed and re-armed (should stay 0).",
+    ),
+    (
+        Gauge,
+        "ringlb_build_info",
+        None,
+        "1, labelled with the version.",
+    ),
+    (
+        Gauge,
+        "ringlb_io_uring_features",
+        None,
+        "1 for each io_uring feature the workers use (recv_cap: capped multishot recvs, Linux 6.17+; buf_inc: incremental buffer consumption, 6.12+; fixed_files: long connections' sockets in a registered file table, 5.19+); 0 where the kernel lacks it or RINGLB_IO_URING_OFF turns it off.",
+    ),
+    (
+        Counter,
+        "ringlb_access_log_dropped_total",
+        None,
+        "Access-log records dropped: a worker's queue was full (the logger fell behind) or the destination could not be written.",
+    ),
+    (
+        Counter,
+        "ringlb_access_log_records_total",
+        None,
+        "Access-log records written.",
+    ),
+    (
+        Histogram,
+        "ringlb_connection_duration_seconds",
+        Some(Unit::Seconds),
+        "Lifetime of proxied connections.",
+    ),
+];
+
 /// Installs the recorder (once per process). Series of removed backends expire after 10
 /// minutes without an update.
 pub fn install() -> Result<(), String> {
     if HANDLE.get().is_some() {
         return Ok(());
     }
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full("ringlb_backend_connect_duration_seconds".into()),
-            LATENCY,
+    let mut builder = PrometheusBuilder::new();
+    for &(name, buckets) in BUCKETS {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full(name.into()), buckets)
+            .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    }
+    let handle = builder
+        .idle_timeout(
+            MetricKindMask::COUNTER | MetricKindMask::GAUGE,
+            Some(Duration::from_secs(600)),
         )
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full("ringlb_health_check_duration_seconds".into()),
-                LATENCY,
-            )
-        })
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full("ringlb_pool_queue_wait_seconds".into()),
-                LATENCY,
-            )
-        })
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full("ringlb_connection_duration_seconds".into()),
-                LIFETIME,
-            )
-        })
-        .map(|b| {
-            b.idle_timeout(
-                MetricKindMask::COUNTER | MetricKindMask::GAUGE,
-                Some(Duration::from_secs(600)),
-            )
-        })
-        .and_then(|b| b.install_recorder())
+        .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     let _ = HANDLE.set(handle);
     let process = metrics_process::Collector::default();
     process.describe();
     let _ = PROCESS.set(process);
-    describe_counter!(
-        "ringlb_listener_connections_total",
-        "Connections accepted by the listener."
-    );
-    describe_gauge!(
-        "ringlb_listener_active_connections",
-        "Connections open on the listener now."
-    );
-    describe_counter!(
-        "ringlb_listener_no_backend_total",
-        "Connections closed because no backend was routable."
-    );
-    describe_counter!(
-        "ringlb_listener_rejected_total",
-        "Connections closed at once because max_connections was reached."
-    );
-    describe_counter!(
-        "ringlb_listener_denied_total",
-        "Connections refused by the listener's allow/deny rules."
-    );
-    describe_counter!(
-        "ringlb_listener_no_route_total",
-        "Connections no SNI route matched (sent to the default pool, or closed without one), by reason."
-    );
-    describe_gauge!(
-        "ringlb_pool_queue_length",
-        "Clients waiting for a backend below its max_connections."
-    );
-    describe_histogram!(
-        "ringlb_pool_queue_wait_seconds",
-        Unit::Seconds,
-        "Time clients waited in the pool's queue before a backend took them."
-    );
-    describe_counter!(
-        "ringlb_pool_queue_timeouts_total",
-        "Queued clients closed after queue_timeout."
-    );
-    describe_counter!(
-        "ringlb_pool_queue_overflows_total",
-        "Clients closed at once because the pool's queue was full."
-    );
-    describe_gauge!(
-        "ringlb_backend_effective_weight",
-        "The backend's weight in force now (below its weight during slow start)."
-    );
-    describe_gauge!(
-        "ringlb_backend_max_connections",
-        "The backend's connection limit (0: none)."
-    );
-    describe_counter!(
-        "ringlb_backend_connections_total",
-        "Connections (connect attempts) sent to the backend."
-    );
-    describe_gauge!(
-        "ringlb_backend_active_connections",
-        "Connections open to the backend now."
-    );
-    describe_counter!(
-        "ringlb_backend_connect_errors_total",
-        "Failed connects to the backend, by reason."
-    );
-    describe_counter!(
-        "ringlb_backend_bytes_total",
-        Unit::Bytes,
-        "Bytes relayed, by direction."
-    );
-    describe_gauge!(
-        "ringlb_backend_up",
-        "1 when the backend takes new connections."
-    );
-    describe_gauge!("ringlb_backend_state", "1 for the backend's current state.");
-    describe_gauge!("ringlb_backend_weight", "The backend's weight.");
-    describe_gauge!(
-        "ringlb_backend_protected",
-        "1 while the backend has scale-in protection (admin API, ECS task protection semantics)."
-    );
-    describe_gauge!(
-        "ringlb_backend_backup",
-        "1 for a backup backend (takes connections only while no non-backup backend of its pool is up)."
-    );
-    describe_counter!(
-        "ringlb_backend_rebalanced_total",
-        "Idle connections closed because the backend held more than its share of the pool (rebalance)."
-    );
-    describe_counter!(
-        "ringlb_backend_closed_on_down_total",
-        "Connections closed because the backend was marked down (on_backend_down = \"close\")."
-    );
-    describe_counter!(
-        "ringlb_listener_proxy_header_errors_total",
-        "Connections closed for their PROXY header, by reason (untrusted sender, malformed, timeout, version)."
-    );
-    describe_counter!(
-        "ringlb_listener_source_limited_total",
-        "Connections refused by the per-source limits, by reason (connections, rate, table_full)."
-    );
-    describe_counter!(
-        "ringlb_listener_fin_timeouts_total",
-        "Half-closed connections closed by client_fin_timeout or server_fin_timeout."
-    );
-    describe_counter!(
-        "ringlb_listener_max_age_closed_total",
-        "Connections closed, while idle, for being older than max_connection_age."
-    );
-    describe_counter!("ringlb_health_checks_total", "Health probes, by result.");
-    describe_histogram!(
-        "ringlb_health_check_duration_seconds",
-        Unit::Seconds,
-        "Health probe duration."
-    );
-    describe_histogram!(
-        "ringlb_backend_connect_duration_seconds",
-        Unit::Seconds,
-        "Time to connect to a backend."
-    );
-    describe_gauge!(
-        "ringlb_config_last_reload_successful",
-        "1 if the last reload applied (or none was tried), 0 if it was refused."
-    );
-    describe_gauge!(
-        "ringlb_config_last_reload_success_timestamp_seconds",
-        Unit::Seconds,
-        "When the configuration in force was loaded (start or last good reload)."
-    );
-    describe_gauge!(
-        "ringlb_config_last_reload_timestamp_seconds",
-        Unit::Seconds,
-        "When the last reload was tried, applied or refused (start time before any)."
-    );
-    describe_counter!(
-        "ringlb_config_reload_failures_total",
-        "Reloads refused (a broken file, or one that needs a restart)."
-    );
-    describe_counter!("ringlb_config_reloads_total", "Reloads that applied.");
-    describe_counter!(
-        "ringlb_buffer_ring_exhausted_total",
-        "Recvs parked because the worker's relay buffers were all in use."
-    );
-    describe_counter!(
-        "ringlb_relay_repairs_total",
-        "Relay directions found unarmed and re-armed (should stay 0)."
-    );
-    describe_gauge!("ringlb_build_info", "1, labelled with the version.");
-    describe_gauge!(
-        "ringlb_io_uring_features",
-        "1 for each io_uring feature the workers use (recv_cap: capped multishot recvs, Linux 6.17+; buf_inc: incremental buffer consumption, 6.12+; fixed_files: long connections' sockets in a registered file table, 5.19+); 0 where the kernel lacks it or RINGLB_IO_URING_OFF turns it off."
-    );
-    describe_counter!(
-        "ringlb_access_log_dropped_total",
-        "Access-log records dropped: a worker's queue was full (the logger fell behind) or the destination could not be written."
-    );
-    describe_counter!(
-        "ringlb_access_log_records_total",
-        "Access-log records written."
-    );
-    describe_histogram!(
-        "ringlb_connection_duration_seconds",
-        Unit::Seconds,
-        "Lifetime of proxied connections."
-    );
+    metrics::with_recorder(|r| {
+        for &(kind, name, unit, help) in METRICS {
+            let (name, help) = (metrics::KeyName::from_const_str(name), help.into());
+            match kind {
+                Counter => r.describe_counter(name, unit, help),
+                Gauge => r.describe_gauge(name, unit, help),
+                Histogram => r.describe_histogram(name, unit, help),
+            }
+        }
+    });
     Ok(())
 }
 
@@ -380,4 +485,58 @@ pub fn upkeep() -> Option<()> {
 /// Renders whatever the recorder holds (the scaler's own metrics).
 pub fn render_registry() -> String {
     HANDLE.get().map(|h| h.render()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `docs/observability.md`'s metric table: (name, kind) for every `ringlb_*` row (a row
+    /// may name several series of one kind, comma-separated).
+    fn documented() -> Vec<(String, String)> {
+        let doc = include_str!("../docs/observability.md");
+        let mut out = Vec::new();
+        for line in doc.lines().filter(|l| l.starts_with("| ringlb_")) {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let kind = cells[2].split_whitespace().next().unwrap_or("").to_string();
+            for name in cells[1].split(',').map(str::trim) {
+                out.push((name.to_string(), kind.clone()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_described_metric_is_documented_with_its_kind() {
+        let doc = documented();
+        assert!(doc.len() > 30, "the table was not found: {doc:?}");
+        for &(kind, name, _, _) in METRICS {
+            let want = format!("{kind:?}").to_lowercase();
+            let found: Vec<_> = doc.iter().filter(|(n, _)| n == name).collect();
+            assert_eq!(found.len(), 1, "{name}: documented {} times", found.len());
+            assert_eq!(found[0].1, want, "{name}: documented as another kind");
+        }
+    }
+
+    #[test]
+    fn names_are_unique_and_histograms_with_buckets_are_described() {
+        let mut names: Vec<_> = METRICS.iter().map(|m| m.1).collect();
+        names.sort_unstable();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(names.len(), before, "a metric is described twice");
+        for (name, buckets) in BUCKETS {
+            assert!(
+                METRICS.iter().any(|m| m.0 == Histogram && m.1 == *name),
+                "{name} has buckets but is no described histogram"
+            );
+            assert!(
+                buckets.windows(2).all(|w| w[0] < w[1]),
+                "{name}: buckets out of order"
+            );
+        }
+        for m in METRICS {
+            assert!(m.1.starts_with("ringlb_") && !m.3.is_empty(), "{}", m.1);
+        }
+    }
 }
