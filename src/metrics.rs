@@ -46,262 +46,89 @@ enum Kind {
 }
 use Kind::*;
 
-/// Every `ringlb_*` series the balancer exports, with its kind, unit and HELP text
-/// (`docs/observability.md` documents the same list; a test holds the two together).
-const METRICS: &[(Kind, &str, Option<Unit>, &str)] = &[
-    (
-        Counter,
-        "ringlb_listener_connections_total",
-        None,
-        "Connections accepted by the listener.",
-    ),
-    (
-        Gauge,
-        "ringlb_listener_active_connections",
-        None,
-        "Connections open on the listener now.",
-    ),
-    (
-        Counter,
-        "ringlb_listener_no_backend_total",
-        None,
-        "Connections closed because no backend was routable.",
-    ),
-    (
-        Counter,
-        "ringlb_listener_rejected_total",
-        None,
-        "Connections closed at once because max_connections was reached.",
-    ),
-    (
-        Counter,
-        "ringlb_listener_denied_total",
-        None,
-        "Connections refused by the listener's allow/deny rules.",
-    ),
-    (
-        Counter,
-        "ringlb_listener_no_route_total",
-        None,
-        "Connections no SNI route matched (sent to the default pool, or closed without one), by reason.",
-    ),
-    (
-        Gauge,
-        "ringlb_pool_queue_length",
-        None,
-        "Clients waiting for a backend below its max_connections.",
-    ),
-    (
-        Histogram,
-        "ringlb_pool_queue_wait_seconds",
-        Some(Unit::Seconds),
-        "Time clients waited in the pool's queue before a backend took them.",
-    ),
-    (
-        Counter,
-        "ringlb_pool_queue_timeouts_total",
-        None,
-        "Queued clients closed after queue_timeout.",
-    ),
-    (
-        Counter,
-        "ringlb_pool_queue_overflows_total",
-        None,
-        "Clients closed at once because the pool's queue was full.",
-    ),
-    (
-        Gauge,
-        "ringlb_backend_effective_weight",
-        None,
-        "The backend's weight in force now (below its weight during slow start).",
-    ),
-    (
-        Gauge,
-        "ringlb_backend_max_connections",
-        None,
-        "The backend's connection limit (0: none).",
-    ),
-    (
-        Counter,
-        "ringlb_backend_connections_total",
-        None,
-        "Connections (connect attempts) sent to the backend.",
-    ),
-    (
-        Gauge,
-        "ringlb_backend_active_connections",
-        None,
-        "Connections open to the backend now.",
-    ),
-    (
-        Counter,
-        "ringlb_backend_connect_errors_total",
-        None,
-        "Failed connects to the backend, by reason.",
-    ),
-    (
-        Counter,
-        "ringlb_backend_bytes_total",
-        Some(Unit::Bytes),
-        "Bytes relayed, by direction.",
-    ),
-    (
-        Gauge,
-        "ringlb_backend_up",
-        None,
-        "1 when the backend takes new connections.",
-    ),
-    (
-        Gauge,
-        "ringlb_backend_state",
-        None,
-        "1 for the backend's current state.",
-    ),
-    (
-        Gauge,
-        "ringlb_backend_weight",
-        None,
-        "The backend's weight.",
-    ),
-    (
-        Gauge,
-        "ringlb_backend_protected",
-        None,
-        "1 while the backend has scale-in protection (admin API, ECS task protection semantics).",
-    ),
-    (
-        Gauge,
-        "ringlb_backend_backup",
-        None,
-        "1 for a backup backend (takes connections only while no non-backup backend of its pool is up).",
-    ),
-    (
-        Counter,
-        "ringlb_backend_rebalanced_total",
-        None,
-        "Idle connections closed because the backend held more than its share of the pool (rebalance).",
-    ),
-    (
-        Counter,
-        "ringlb_backend_closed_on_down_total",
-        None,
-        "Connections closed because the backend was marked down (on_backend_down = \"close\").",
-    ),
-    (
-        Counter,
-        "ringlb_listener_proxy_header_errors_total",
-        None,
-        "Connections closed for their PROXY header, by reason (untrusted sender, malformed, timeout, version).",
-    ),
-    (
-        Counter,
-        "ringlb_listener_source_limited_total",
-        None,
-        "Connections refused by the per-source limits, by reason (connections, rate, table_full).",
-    ),
-    (
-        Counter,
-        "ringlb_listener_fin_timeouts_total",
-        None,
-        "Half-closed connections closed by client_fin_timeout or server_fin_timeout.",
-    ),
-    (
-        Counter,
-        "ringlb_listener_max_age_closed_total",
-        None,
-        "Connections closed, while idle, for being older than max_connection_age.",
-    ),
-    (
-        Counter,
-        "ringlb_health_checks_total",
-        None,
-        "Health probes, by result.",
-    ),
-    (
-        Histogram,
-        "ringlb_health_check_duration_seconds",
-        Some(Unit::Seconds),
-        "Health probe duration.",
-    ),
-    (
-        Histogram,
-        "ringlb_backend_connect_duration_seconds",
-        Some(Unit::Seconds),
-        "Time to connect to a backend.",
-    ),
-    (
-        Gauge,
-        "ringlb_config_last_reload_successful",
-        None,
-        "1 if the last reload applied (or none was tried), 0 if it was refused.",
-    ),
-    (
-        Gauge,
-        "ringlb_config_last_reload_success_timestamp_seconds",
-        Some(Unit::Seconds),
-        "When the configuration in force was loaded (start or last good reload).",
-    ),
-    (
-        Gauge,
-        "ringlb_config_last_reload_timestamp_seconds",
-        Some(Unit::Seconds),
-        "When the last reload was tried, applied or refused (start time before any).",
-    ),
-    (
-        Counter,
-        "ringlb_config_reload_failures_total",
-        None,
-        "Reloads refused (a broken file, or one that needs a restart).",
-    ),
-    (
-        Counter,
-        "ringlb_config_reloads_total",
-        None,
-        "Reloads that applied.",
-    ),
-    (
-        Counter,
-        "ringlb_buffer_ring_exhausted_total",
-        None,
-        "Recvs parked because the worker's relay buffers were all in use.",
-    ),
-    (
-        Counter,
-        "ringlb_relay_repairs_total",
-        None,
-        "Relay directions found unarmed and re-armed (should stay 0).",
-    ),
-    (
-        Gauge,
-        "ringlb_build_info",
-        None,
-        "1, labelled with the version.",
-    ),
-    (
-        Gauge,
-        "ringlb_io_uring_features",
-        None,
-        "1 for each io_uring feature the workers use (recv_cap: capped multishot recvs, Linux 6.17+; buf_inc: incremental buffer consumption, 6.12+; fixed_files: long connections' sockets in a registered file table, 5.19+); 0 where the kernel lacks it or RINGLB_IO_URING_OFF turns it off.",
-    ),
-    (
-        Counter,
-        "ringlb_access_log_dropped_total",
-        None,
-        "Access-log records dropped: a worker's queue was full (the logger fell behind) or the destination could not be written.",
-    ),
-    (
-        Counter,
-        "ringlb_access_log_records_total",
-        None,
-        "Access-log records written.",
-    ),
-    (
-        Histogram,
-        "ringlb_connection_duration_seconds",
-        Some(Unit::Seconds),
-        "Lifetime of proxied connections.",
-    ),
+/// Every `ringlb_*` series the balancer exports, with its kind and HELP text; the unit is
+/// the name's (Prometheus names end in theirs: `_seconds`, `_bytes_total`).
+/// `docs/observability.md` documents the same list; a test holds the two together.
+#[rustfmt::skip]
+const METRICS: &[(Kind, &str, &str)] = &[
+    (Counter, "ringlb_listener_connections_total", "Connections accepted by the listener."),
+    (Gauge, "ringlb_listener_active_connections", "Connections open on the listener now."),
+    (Counter, "ringlb_listener_no_backend_total",
+        "Connections closed because no backend was routable."),
+    (Counter, "ringlb_listener_rejected_total",
+        "Connections closed at once because max_connections was reached."),
+    (Counter, "ringlb_listener_denied_total",
+        "Connections refused by the listener's allow/deny rules."),
+    (Counter, "ringlb_listener_no_route_total",
+        "Connections no SNI route matched (sent to the default pool, or closed without one), by reason."),
+    (Gauge, "ringlb_pool_queue_length", "Clients waiting for a backend below its max_connections."),
+    (Histogram, "ringlb_pool_queue_wait_seconds",
+        "Time clients waited in the pool's queue before a backend took them."),
+    (Counter, "ringlb_pool_queue_timeouts_total", "Queued clients closed after queue_timeout."),
+    (Counter, "ringlb_pool_queue_overflows_total",
+        "Clients closed at once because the pool's queue was full."),
+    (Gauge, "ringlb_backend_effective_weight",
+        "The backend's weight in force now (below its weight during slow start)."),
+    (Gauge, "ringlb_backend_max_connections", "The backend's connection limit (0: none)."),
+    (Counter, "ringlb_backend_connections_total",
+        "Connections (connect attempts) sent to the backend."),
+    (Gauge, "ringlb_backend_active_connections", "Connections open to the backend now."),
+    (Counter, "ringlb_backend_connect_errors_total", "Failed connects to the backend, by reason."),
+    (Counter, "ringlb_backend_bytes_total", "Bytes relayed, by direction."),
+    (Gauge, "ringlb_backend_up", "1 when the backend takes new connections."),
+    (Gauge, "ringlb_backend_state", "1 for the backend's current state."),
+    (Gauge, "ringlb_backend_weight", "The backend's weight."),
+    (Gauge, "ringlb_backend_protected",
+        "1 while the backend has scale-in protection (admin API, ECS task protection semantics)."),
+    (Gauge, "ringlb_backend_backup",
+        "1 for a backup backend (takes connections only while no non-backup backend of its pool is up)."),
+    (Counter, "ringlb_backend_rebalanced_total",
+        "Idle connections closed because the backend held more than its share of the pool (rebalance)."),
+    (Counter, "ringlb_backend_closed_on_down_total",
+        "Connections closed because the backend was marked down (on_backend_down = \"close\")."),
+    (Counter, "ringlb_listener_proxy_header_errors_total",
+        "Connections closed for their PROXY header, by reason (untrusted sender, malformed, timeout, version)."),
+    (Counter, "ringlb_listener_source_limited_total",
+        "Connections refused by the per-source limits, by reason (connections, rate, table_full)."),
+    (Counter, "ringlb_listener_fin_timeouts_total",
+        "Half-closed connections closed by client_fin_timeout or server_fin_timeout."),
+    (Counter, "ringlb_listener_max_age_closed_total",
+        "Connections closed, while idle, for being older than max_connection_age."),
+    (Counter, "ringlb_health_checks_total", "Health probes, by result."),
+    (Histogram, "ringlb_health_check_duration_seconds", "Health probe duration."),
+    (Histogram, "ringlb_backend_connect_duration_seconds", "Time to connect to a backend."),
+    (Gauge, "ringlb_config_last_reload_successful",
+        "1 if the last reload applied (or none was tried), 0 if it was refused."),
+    (Gauge, "ringlb_config_last_reload_success_timestamp_seconds",
+        "When the configuration in force was loaded (start or last good reload)."),
+    (Gauge, "ringlb_config_last_reload_timestamp_seconds",
+        "When the last reload was tried, applied or refused (start time before any)."),
+    (Counter, "ringlb_config_reload_failures_total",
+        "Reloads refused (a broken file, or one that needs a restart)."),
+    (Counter, "ringlb_config_reloads_total", "Reloads that applied."),
+    (Counter, "ringlb_buffer_ring_exhausted_total",
+        "Recvs parked because the worker's relay buffers were all in use."),
+    (Counter, "ringlb_relay_repairs_total",
+        "Relay directions found unarmed and re-armed (should stay 0)."),
+    (Gauge, "ringlb_build_info", "1, labelled with the version."),
+    (Gauge, "ringlb_io_uring_features",
+        "1 for each io_uring feature the workers use (recv_cap: capped multishot recvs, Linux 6.17+; buf_inc: incremental buffer consumption, 6.12+; fixed_files: long connections' sockets in a registered file table, 5.19+); 0 where the kernel lacks it or RINGLB_IO_URING_OFF turns it off."),
+    (Counter, "ringlb_access_log_dropped_total",
+        "Access-log records dropped: a worker's queue was full (the logger fell behind) or the destination could not be written."),
+    (Counter, "ringlb_access_log_records_total", "Access-log records written."),
+    (Histogram, "ringlb_connection_duration_seconds", "Lifetime of proxied connections."),
 ];
+
+/// The unit a series' name ends in.
+fn unit_of(name: &str) -> Option<Unit> {
+    if name.ends_with("_seconds") {
+        Some(Unit::Seconds)
+    } else if name.ends_with("_bytes") || name.ends_with("_bytes_total") {
+        Some(Unit::Bytes)
+    } else {
+        None
+    }
+}
 
 /// Installs the recorder (once per process). Series of removed backends expire after 10
 /// minutes without an update.
@@ -327,7 +154,8 @@ pub fn install() -> Result<(), String> {
     process.describe();
     let _ = PROCESS.set(process);
     metrics::with_recorder(|r| {
-        for &(kind, name, unit, help) in METRICS {
+        for &(kind, name, help) in METRICS {
+            let unit = unit_of(name);
             let (name, help) = (metrics::KeyName::from_const_str(name), help.into());
             match kind {
                 Counter => r.describe_counter(name, unit, help),
@@ -510,12 +338,23 @@ mod tests {
     fn every_described_metric_is_documented_with_its_kind() {
         let doc = documented();
         assert!(doc.len() > 30, "the table was not found: {doc:?}");
-        for &(kind, name, _, _) in METRICS {
+        for &(kind, name, _) in METRICS {
             let want = format!("{kind:?}").to_lowercase();
             let found: Vec<_> = doc.iter().filter(|(n, _)| n == name).collect();
             assert_eq!(found.len(), 1, "{name}: documented {} times", found.len());
             assert_eq!(found[0].1, want, "{name}: documented as another kind");
         }
+    }
+
+    #[test]
+    fn units_come_from_the_name() {
+        assert_eq!(
+            unit_of("ringlb_pool_queue_wait_seconds"),
+            Some(Unit::Seconds)
+        );
+        assert_eq!(unit_of("ringlb_backend_bytes_total"), Some(Unit::Bytes));
+        assert_eq!(unit_of("ringlb_backend_connections_total"), None);
+        assert_eq!(unit_of("ringlb_seconds_total"), None);
     }
 
     #[test]
@@ -536,7 +375,7 @@ mod tests {
             );
         }
         for m in METRICS {
-            assert!(m.1.starts_with("ringlb_") && !m.3.is_empty(), "{}", m.1);
+            assert!(m.1.starts_with("ringlb_") && !m.2.is_empty(), "{}", m.1);
         }
     }
 }

@@ -79,7 +79,8 @@ fn dispatch(w: &mut Worker, c: Cqe) {
     let (slot, gen_, op) = op::decode(c.user_data);
     let Some(op) = Op::from_u8(op) else { return };
     let slot = slot as usize;
-    if op.tracked() {
+    let tracked = op.tracked();
+    if tracked {
         if !w.conns.lookup(slot, gen_) {
             tracing::error!(
                 worker = w.id,
@@ -112,7 +113,7 @@ fn dispatch(w: &mut Worker, c: Cqe) {
         // the cancel of an accept are not tracked.
         Op::InspectTimeout | Op::ConnectTimeout | Op::Cancel | Op::Close | Op::AcceptCancel => {}
     }
-    if op.tracked() {
+    if tracked {
         w.release_if_idle(slot);
     }
 }
